@@ -1,0 +1,1 @@
+"""Per-feeder Ray actors and the pure solver cores they call (topology, power flow, ...)."""

@@ -1,0 +1,1 @@
+"""Field-device protocol clients (Modbus TCP, OPC UA), point maps, codecs and the field simulator."""
