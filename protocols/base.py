@@ -1,0 +1,103 @@
+"""The small interface every field-device client implements, and the values it produces.
+
+A client reads all mapped points of one device (``read_points``) and writes one command
+(``write_command``). Telemetry never raises on a communication failure: each point comes back with
+a :class:`Quality` (``COMM_LOST`` when the device does not answer, ``INVALID`` when it answered with
+an exception/bad status or the value is outside its configured range, ``STALE`` when the last good
+value is too old). Commands do raise, and are sent exactly once: an operate is never retried
+automatically (IEC 61850-7-2 / select-before-operate practice; the head-end decides what to do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from graph_schema.errors import DmsError
+
+
+class Quality(StrEnum):
+    GOOD = "GOOD"
+    STALE = "STALE"
+    INVALID = "INVALID"
+    COMM_LOST = "COMM_LOST"
+
+
+@dataclass(frozen=True, slots=True)
+class PointValue:
+    """One telemetered value. ``value`` is the last known value (``None`` if never read).
+
+    ``exception_code`` is the Modbus exception code (or the OPC UA StatusCode value) that made the
+    value ``INVALID``, when there was one.
+    """
+
+    point_id: str
+    value: float | bool | None
+    quality: Quality
+    source_ts: datetime | None
+    received_ts: datetime
+    exception_code: int | None = None
+
+
+DataChangeCallback = Callable[[list[PointValue]], None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProtocolError(DmsError):
+    """A field protocol failure."""
+
+    code = "PROTOCOL_ERROR"
+
+
+class DeviceUnreachable(ProtocolError):
+    """The device did not answer (no connection, timeout). The command was not confirmed."""
+
+    code = "DEVICE_UNREACHABLE"
+
+
+class DeviceRejected(ProtocolError):
+    """The device answered with an exception (Modbus) or a bad status code (OPC UA)."""
+
+    code = "DEVICE_REJECTED"
+
+    def __init__(self, message: str, *, exception_code: int, element_id: str | None = None) -> None:
+        super().__init__(message, element_id=element_id)
+        self.exception_code = exception_code
+
+    def extensions(self) -> dict[str, object]:
+        ext = super().extensions()
+        ext["exceptionCode"] = self.exception_code
+        return ext
+
+
+class CertificateUntrusted(ProtocolError):
+    """The peer presented a certificate that is not in the trust list."""
+
+    code = "CERTIFICATE_UNTRUSTED"
+
+
+@runtime_checkable
+class FieldClient(Protocol):
+    """One connection to one field device (an RTU unit id, an OPC UA server)."""
+
+    async def connect(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def read_points(self) -> list[PointValue]:
+        """Every mapped READ point of the device; never raises on communication failure."""
+        ...
+
+    async def write_command(self, command_id: str, value: float | bool) -> None:
+        """Send one command once. Raises DeviceUnreachable / DeviceRejected; never retries."""
+        ...
+
+    def subscribe(self, callback: DataChangeCallback) -> None:
+        """Register a callback for pushed data changes (OPC UA); polling clients may ignore it."""
+        ...
