@@ -156,7 +156,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Read every ``DMS_*`` variable; ``overrides`` (e.g. from CLI flags) win over the environment."""
+        """Read every ``DMS_*`` variable; ``overrides`` (e.g. from CLI flags) win over the environment.
+
+        Only pass the overrides you mean: ``None`` is applied too (``neo4j_uri=None`` forces the
+        embedded store).
+        """
         r = _Reader(os.environ if env is None else env)
         values: dict[str, object] = {
             "data_dir": Path(r.str("DMS_DATA_DIR", ".dms") or ".dms"),
@@ -202,8 +206,7 @@ class Settings:
         for key, value in overrides.items():
             if key not in known:
                 raise ConfigError(f"unknown setting {key!r}")
-            if value is not None:
-                values[key] = Path(value) if key == "data_dir" else value  # type: ignore[arg-type]
+            values[key] = Path(value) if key == "data_dir" and value is not None else value  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
     @property

@@ -1,0 +1,266 @@
+"""The fleet supervisor: the one place that calls Ray.
+
+It connects to Ray (a local ``ray.init()`` or ``DMS_RAY_ADDRESS``), starts one named
+:class:`~actors.feeder_actor.FeederActor` per feeder (``num_cpus=0``: actors are I/O- and
+event-driven, and a 2-core node must host many), watches them, and recreates one that died; the
+new one rebuilds from the graph store. Actor methods are never retried by Ray
+(``max_task_retries=0``): a control must be sent at most once. Read-only calls that hit a dead
+actor are retried once here, after the actor was recreated.
+
+Local Ray uses token authentication with a token generated in the data directory, so no run
+depends on a token an earlier run left in ``~/.ray``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+from actors.feeder_actor import FeederActor, StoreAddress, describe_error
+from graph_schema.errors import ActorUnavailable, DmsError, NotFound
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "dms"
+
+# Calls that only read may be retried after the actor was recreated; anything else may not.
+READ_ONLY = frozenset({"ping", "model", "state", "power_flow"})
+
+
+def actor_name(feeder_id: str) -> str:
+    return f"feeder:{feeder_id}"
+
+
+def prepare_local_ray_auth(data_dir: Path) -> None:
+    """Turn on Ray token auth with a token of our own (0600) before a local ``ray.init``."""
+    ray_dir = data_dir / "ray"
+    ray_dir.mkdir(parents=True, exist_ok=True)
+    token_path = ray_dir / "auth_token"
+    if not token_path.exists():
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    # Ray reads these from its environment (the raylet and workers inherit them).
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path.resolve())
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+def connect_ray(*, address: str | None, data_dir: Path, num_cpus: int | None = None) -> bool:
+    """Connect to Ray; returns True when this call started it (and so must shut it down)."""
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "namespace": NAMESPACE,
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": True,
+        "configure_logging": False,
+    }
+    if address is None:
+        prepare_local_ray_auth(data_dir)
+        kwargs["num_cpus"] = num_cpus if num_cpus is not None else os.cpu_count()
+        # Keep Ray's object store small: actors exchange results of a few MB at most.
+        kwargs["object_store_memory"] = 200 * 1024 * 1024
+    else:
+        kwargs["address"] = address
+    ray.init(**kwargs)
+    return True
+
+
+def shutdown_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@dataclass(frozen=True, slots=True)
+class ActorHealth:
+    feeder_id: str
+    ok: bool
+    detail: str
+    restarts: int
+
+
+_RemoteFeederActor = ray.remote(FeederActor).options(  # type: ignore[attr-defined]
+    num_cpus=0,
+    max_restarts=-1,  # Ray restarts a crashed actor in place; the fleet recreates a killed one.
+    max_task_retries=0,  # never resend a call: a control is sent at most once.
+    max_concurrency=64,
+)
+
+
+class Fleet:
+    """One named actor per feeder; starts, watches, recreates and calls them."""
+
+    def __init__(self, store: StoreAddress, *, call_timeout_s: float = 60.0) -> None:
+        self._store = store
+        self._handles: dict[str, Any] = {}
+        self._restarts: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._call_timeout_s = call_timeout_s
+        self._watch_task: asyncio.Task[None] | None = None
+
+    @property
+    def feeder_ids(self) -> list[str]:
+        return sorted(self._handles)
+
+    def restarts(self, feeder_id: str) -> int:
+        return self._restarts.get(feeder_id, 0)
+
+    async def start(self, feeder_ids: Iterable[str], *, wait: bool = True) -> None:
+        for fid in feeder_ids:
+            self._spawn(fid)
+        if wait:
+            await asyncio.gather(*(self.call(fid, "ping") for fid in list(self._handles)))
+
+    def _spawn(self, feeder_id: str) -> Any:
+        name = actor_name(feeder_id)
+        with contextlib.suppress(ValueError):
+            # A leftover actor of the same name (an earlier server in this cluster): replace it.
+            old = ray.get_actor(name, namespace=NAMESPACE)
+            ray.kill(old, no_restart=True)
+        handle = _RemoteFeederActor.options(name=name, namespace=NAMESPACE).remote(feeder_id, self._store)
+        self._handles[feeder_id] = handle
+        self._locks.setdefault(feeder_id, asyncio.Lock())
+        return handle
+
+    async def add(self, feeder_id: str) -> None:
+        """Start the actor of a newly imported feeder, or make an existing one reload."""
+        if feeder_id in self._handles:
+            await self.call(feeder_id, "reload")
+        else:
+            self._spawn(feeder_id)
+            await self.call(feeder_id, "ping")
+
+    async def call(self, feeder_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        handle = self._handles.get(feeder_id)
+        if handle is None:
+            raise NotFound(
+                f"feeder {feeder_id!r} not found; known feeders: {', '.join(self.feeder_ids) or 'none'}",
+                element_id=feeder_id,
+            )
+        try:
+            return await self._invoke(handle, method, args, kwargs)
+        except (ActorDiedError, ActorUnavailableError) as exc:
+            if method not in READ_ONLY:
+                raise ActorUnavailable(
+                    f"feeder {feeder_id!r} actor was unavailable during {method}; it is being restarted "
+                    f"and the request was NOT sent again. Check the device state and retry if needed.",
+                    element_id=feeder_id,
+                ) from exc
+            handle = await self._recreate(feeder_id, handle, reason=describe_error(exc))
+            return await self._invoke(handle, method, args, kwargs)
+
+    async def _invoke(self, handle: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        ref = getattr(handle, method).remote(*args, **kwargs)
+        try:
+            return await asyncio.wait_for(ref, timeout=self._call_timeout_s)
+        except TimeoutError:
+            ray.cancel(ref)
+            raise ActorUnavailable(f"feeder actor did not answer {method} within {self._call_timeout_s:.0f} s")
+        except RayActorError:
+            raise
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.as_instanceof_cause()
+            if isinstance(cause, DmsError):
+                raise cause from None
+            raise
+
+    async def _recreate(self, feeder_id: str, dead_handle: Any, *, reason: str) -> Any:
+        async with self._locks[feeder_id]:
+            if self._handles.get(feeder_id) is not dead_handle:
+                return self._handles[feeder_id]  # another caller already recreated it
+            log.warning("feeder actor %s died (%s); recreating it from the graph store", feeder_id, reason)
+            self._restarts[feeder_id] = self._restarts.get(feeder_id, 0) + 1
+            return self._spawn(feeder_id)
+
+    async def health(self, *, timeout_s: float = 5.0) -> list[ActorHealth]:
+        async def one(fid: str) -> ActorHealth:
+            try:
+                ref = self._handles[fid].ping.remote()
+                info = await asyncio.wait_for(ref, timeout=timeout_s)
+                return ActorHealth(fid, True, f"version {info['version']}", self.restarts(fid))
+            except (TimeoutError, GetTimeoutError):
+                return ActorHealth(fid, False, f"no answer within {timeout_s} s", self.restarts(fid))
+            except Exception as exc:  # report, never raise: health must answer
+                return ActorHealth(fid, False, describe_error(exc), self.restarts(fid))
+
+        return list(await asyncio.gather(*(one(fid) for fid in self.feeder_ids)))
+
+    async def stop_feeder(self, feeder_id: str) -> None:
+        """Stop and forget one feeder's actor (its feeder was deleted)."""
+        handle = self._handles.pop(feeder_id, None)
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(handle.close.remote(), timeout=5)
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+
+    def start_watching(
+        self, interval_s: float = 5.0, discover: Callable[[], Awaitable[list[str]]] | None = None
+    ) -> None:
+        """Recreate dead actors in the background, so the next call finds them warm; with
+        ``discover``, also start actors for feeders that appeared in the store (``dms import``)."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                if discover is not None:
+                    try:
+                        present = set(await discover())
+                        for fid in sorted(present - set(self._handles)):
+                            log.info("new feeder %s in the store; starting its actor", fid)
+                            self._spawn(fid)
+                        for fid in sorted(set(self._handles) - present):
+                            log.info("feeder %s was deleted from the store; stopping its actor", fid)
+                            await self.stop_feeder(fid)
+                    except Exception:
+                        log.warning("could not list feeders in the store", exc_info=True)
+                for fid, handle in list(self._handles.items()):
+                    try:
+                        await asyncio.wait_for(handle.ping.remote(), timeout=interval_s * 4)
+                    except (ActorDiedError, ActorUnavailableError) as exc:
+                        await self._recreate(fid, handle, reason=describe_error(exc))
+                    except Exception:
+                        log.debug("health ping of %s failed", fid, exc_info=True)
+
+        if self._watch_task is None:
+            self._watch_task = asyncio.create_task(watch(), name="fleet-watch")
+
+    async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        for handle in self._handles.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(handle.close.remote(), timeout=5)
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+        self._handles.clear()
+
+    def kill(self, feeder_id: str, *, no_restart: bool = True) -> None:
+        """Kill an actor (tests and chaos drills); the fleet recreates it on the next call."""
+        ray.kill(self._handles[feeder_id], no_restart=no_restart)
+
+    async def memory_uss_bytes(self) -> dict[str, int]:
+        """USS of each feeder actor's worker process (same host only; used by the benchmark)."""
+        import psutil
+
+        out: dict[str, int] = {}
+        for fid in self.feeder_ids:
+            info = await self.call(fid, "ping")
+            with contextlib.suppress(psutil.Error):
+                out[fid] = psutil.Process(int(info["pid"])).memory_full_info().uss
+        return out

@@ -1,0 +1,372 @@
+"""The ``dms`` command line.
+
+``dms demo``      embedded graph store, demo feeders, Ray, field simulator and the server.
+``dms serve``     the server on the configured components (``DMS_*`` settings).
+``dms import``    import a pandapower JSON feeder (refused whole, with every problem listed, if invalid).
+``dms token``     mint a bearer token from the local signing key.
+``dms sim ...``   drive the field simulator of a running demo (fault, clear, comm-loss, load, stick).
+``dms simulate``  run the field simulator alone.
+``dms audit verify``  check the audit hash chain and name the first broken entry.
+
+Every failure prints one clear line to stderr and exits non-zero; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from graph_schema.errors import ConfigError, DmsError
+from server.settings import Settings
+
+log = logging.getLogger("dms")
+
+RUN_FILE = "run.json"
+
+
+def _ttl(value: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([smhd]?)", value.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration; use e.g. 90s, 15m, 1h or 1d")
+    n, unit = int(m.group(1)), m.group(2) or "s"
+    return n * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dms", description="DMS head-end")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, *, server: bool = False) -> None:
+        sp.add_argument("--data-dir", type=Path, default=None, help="data directory (DMS_DATA_DIR; default .dms)")
+        if server:
+            sp.add_argument("--host", default=None, help="listen address (DMS_HOST; default 127.0.0.1)")
+            sp.add_argument("--port", type=int, default=None, help="listen port (DMS_PORT; default 8000)")
+
+    d = sub.add_parser("demo", help="run everything locally on embedded defaults")
+    common(d, server=True)
+    d.add_argument("--speed", type=float, default=1.0, help="simulator clock speed factor")
+    d.add_argument("--no-simulator", action="store_true", help="do not start the field simulator")
+
+    s = sub.add_parser("serve", help="run the server on the configured components")
+    common(s, server=True)
+
+    i = sub.add_parser("import", help="import a feeder from a pandapower JSON file")
+    common(i)
+    i.add_argument("file", type=Path)
+    i.add_argument("--id", dest="feeder_id", default=None, help="feeder id (default: the file name)")
+    i.add_argument("--name", default=None)
+    i.add_argument("--replace", action="store_true", help="replace a feeder of the same id")
+
+    t = sub.add_parser("token", help="mint a bearer token from the local signing key")
+    common(t)
+    t.add_argument("--role", action="append", required=True, help="role (repeat for several)")
+    t.add_argument("--sub", default=None, help="subject (default: the role name in lower case)")
+    t.add_argument("--ttl", type=_ttl, default=3600, help="lifetime, e.g. 15m, 1h (default 1h)")
+    t.add_argument("--feeders", default=None, help="comma-separated feeder ids this token is limited to")
+
+    sim = sub.add_parser("sim", help="drive the field simulator of a running demo")
+    simsub = sim.add_subparsers(dest="sim_command", required=True)
+    f = simsub.add_parser("fault", help="inject a fault on a line")
+    common(f)
+    f.add_argument("--feeder", required=True)
+    f.add_argument("--line", required=True)
+    f.add_argument("--temporary", action="store_true", help="a temporary fault (trip and reclose)")
+    c = simsub.add_parser("clear", help="clear injected faults")
+    common(c)
+    cl = simsub.add_parser("comm-loss", help="make a field device stop answering")
+    common(cl)
+    cl.add_argument("--device", required=True)
+    cl.add_argument("--restore", action="store_true", help="end the communication loss")
+    ld = simsub.add_parser("load", help="scale a feeder's load")
+    common(ld)
+    ld.add_argument("--feeder", required=True)
+    ld.add_argument("--scale", type=float, required=True)
+    st = simsub.add_parser("stick", help="make a switch refuse to move")
+    common(st)
+    st.add_argument("--switch", required=True)
+
+    sm = sub.add_parser("simulate", help="run the field simulator alone")
+    common(sm)
+    sm.add_argument("--feeder", action="append", default=None, help="demo feeder id (default: all)")
+    sm.add_argument("--speed", type=float, default=1.0)
+
+    a = sub.add_parser("audit", help="audit log tools")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    v = asub.add_parser("verify", help="verify the audit hash chain")
+    common(v)
+    return p
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_dir", None) is not None:
+        overrides["data_dir"] = args.data_dir
+    for key in ("host", "port"):
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    overrides.update(extra)
+    return Settings.from_env(**overrides)
+
+
+def _setup_logging(settings: Settings) -> None:
+    from server.logs import configure_logging
+
+    configure_logging(settings.log_level, json_logs=settings.log_json)
+
+
+def _write_run_file(settings: Settings, info: dict[str, Any]) -> Path:
+    path = settings.data_dir / RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(info, fh)
+    return path
+
+
+def _read_run_file(settings: Settings) -> dict[str, Any] | None:
+    path = settings.data_dir / RUN_FILE
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = info.get("pid")
+    if not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return None
+    return info
+
+
+# -- server ------------------------------------------------------------------------------------
+
+
+async def _serve(settings: Settings, *, demo: bool, speed: float = 1.0, simulator: bool = True) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.runtime import start_runtime
+
+    runtime = await start_runtime(settings, demo_feeders=demo)
+    sim_handle = None
+    try:
+        if demo and simulator:
+            from server.field import start_field
+
+            sim_handle = await start_field(runtime, settings, speed=speed)
+        app = create_app(settings, runtime)
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            lifespan="on",
+            ws="websockets-sansio",
+            ssl_certfile=settings.tls_cert_file,
+            ssl_keyfile=settings.tls_key_file,
+            timeout_graceful_shutdown=5,
+        )
+        server = uvicorn.Server(config)
+        scheme = "https" if settings.tls_cert_file else "http"
+        url = f"{scheme}://{settings.host}:{settings.port}/graphql"
+        _write_run_file(
+            settings,
+            {
+                "pid": os.getpid(),
+                "url": url,
+                "bolt_uri": runtime.arcadedb.uri if runtime.arcadedb else None,
+            },
+        )
+        print(f"DMS head-end serving {', '.join(runtime.fleet.feeder_ids) or 'no feeders'} at {url}", flush=True)
+        if demo:
+            print(
+                f"Get a token:  dms token --role OPERATOR --data-dir {settings.data_dir}\n"
+                f"Then query:   curl -s {url} -H 'Authorization: Bearer <token>' "
+                "-H 'Content-Type: application/json' -d '{\"query\":\"{ feeders { id name } }\"}'\n"
+                "GraphiQL is on at the same URL in a browser. Ctrl-C stops everything.",
+                flush=True,
+            )
+        await server.serve()
+        return 0
+    finally:
+        with contextlib.suppress(OSError):
+            (settings.data_dir / RUN_FILE).unlink()
+        if sim_handle is not None:
+            with contextlib.suppress(Exception):
+                await sim_handle.stop()
+        await runtime.stop()
+
+
+# -- store-backed commands ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _store_session(settings: Settings) -> AsyncIterator[Any]:
+    """The graph store for a one-off command: a running demo's, the configured one, or a local one."""
+    from graph_schema.arcadedb import EmbeddedArcadeDB
+    from graph_schema.store import GraphStore
+    from server.runtime import open_store
+
+    running = _read_run_file(settings) if settings.embedded_store else None
+    if running and running.get("bolt_uri"):
+        db = EmbeddedArcadeDB(settings.data_dir, database=settings.neo4j_database)
+        store = await GraphStore.connect(running["bolt_uri"], db.user, db.password, db.database)
+        try:
+            yield store
+        finally:
+            await store.close()
+        return
+    store, arcadedb = await open_store(settings)
+    try:
+        yield store
+    finally:
+        await store.close()
+        if arcadedb is not None:
+            await arcadedb.stop()
+
+
+async def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from graph_schema.importers import from_pandapower_json
+
+    feeder = from_pandapower_json(args.file, feeder_id=args.feeder_id, name=args.name)
+    async with _store_session(settings) as store:
+        await store.save_feeder(feeder, replace=args.replace)
+    print(
+        f"imported feeder {feeder.id!r}: {len(feeder.buses)} buses, {len(feeder.lines)} lines, "
+        f"{len(feeder.switches)} switches, {feeder.customers} customers"
+    )
+    if _read_run_file(settings):
+        print("a running server picks up new feeders within a few seconds; restart it after --replace")
+    return 0
+
+
+async def _audit_verify(settings: Settings) -> int:
+    from security.audit import AuditLog
+
+    async with _store_session(settings) as store:
+        result = await AuditLog(store).verify()
+    if result.ok:
+        print(f"audit chain intact: {result.checked} entries verified")
+        return 0
+    print(
+        f"audit chain BROKEN at entry seq={result.first_broken_seq}: {result.reason} "
+        f"({result.checked} entries checked)",
+        file=sys.stderr,
+    )
+    return 3
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from security.roles import Role
+    from security.tokens import LocalSigningKey, mint_token
+
+    roles = []
+    for r in args.role:
+        try:
+            roles.append(Role(r.upper()))
+        except ValueError:
+            raise ConfigError(f"unknown role {r!r}; use one of {', '.join(x.value for x in Role)}") from None
+    key = LocalSigningKey(settings.data_dir)
+    token = mint_token(
+        key,
+        role=[r.value for r in roles],
+        sub=args.sub or roles[0].value.lower(),
+        ttl_s=args.ttl,
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        feeders=[f.strip() for f in args.feeders.split(",") if f.strip()] if args.feeders else None,
+    )
+    print(token)
+    return 0
+
+
+async def _sim(settings: Settings, args: argparse.Namespace) -> int:
+    from protocols.sim_admin import sim_command
+
+    cmd = args.sim_command
+    payload: dict[str, Any] = {}
+    if cmd == "fault":
+        payload = {"feeder": args.feeder, "line": args.line, "permanent": not args.temporary}
+    elif cmd == "comm-loss":
+        payload = {"device": args.device, "on": not args.restore}
+    elif cmd == "load":
+        payload = {"feeder": args.feeder, "scale": args.scale}
+    elif cmd == "stick":
+        payload = {"switch": args.switch}
+    result = await sim_command(settings.data_dir, cmd, **payload)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from graph_schema.importers import DEMO_FEEDERS
+    from protocols.simulator import run_simulator
+
+    ids = args.feeder or list(DEMO_FEEDERS)
+    unknown = [f for f in ids if f not in DEMO_FEEDERS]
+    if unknown:
+        raise ConfigError(f"unknown demo feeder(s) {', '.join(unknown)}; known: {', '.join(DEMO_FEEDERS)}")
+    await run_simulator([DEMO_FEEDERS[f]() for f in ids], settings.data_dir, speed=args.speed,
+                        allow_nosecurity=settings.opcua_allow_nosecurity)
+    return 0
+
+
+def _run(coro: Any) -> int:
+    """Run a coroutine; SIGTERM is handled like Ctrl-C so everything shuts down cleanly."""
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return int(await coro)
+        except asyncio.CancelledError:
+            return 0
+
+    return asyncio.run(main())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            settings = _settings(args, graphiql=True, introspection=True, neo4j_uri=None)
+            _setup_logging(settings)
+            return _run(_serve(settings, demo=True, speed=args.speed, simulator=not args.no_simulator))
+        settings = _settings(args)
+        _setup_logging(settings)
+        if args.command == "serve":
+            return _run(_serve(settings, demo=False))
+        if args.command == "import":
+            return _run(_import(settings, args))
+        if args.command == "token":
+            return _token(settings, args)
+        if args.command == "sim":
+            return _run(_sim(settings, args))
+        if args.command == "simulate":
+            return _run(_simulate(settings, args))
+        if args.command == "audit":
+            return _run(_audit_verify(settings))
+    except DmsError as exc:
+        print(f"dms {args.command}: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Start and stop the real components in order: graph store, Ray, the feeder fleet.
+
+``start_runtime`` is used by the app's lifespan (``dms serve``/``dms demo``) and by the integration
+tests. If any step fails, everything started so far is stopped before the error propagates:
+nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from actors.feeder_actor import StoreAddress
+from actors.fleet import Fleet, connect_ray, shutdown_ray
+from graph_schema.arcadedb import EmbeddedArcadeDB
+from graph_schema.errors import StoreUnavailable
+from graph_schema.importers import DEMO_FEEDERS
+from graph_schema.store import GraphStore
+from server.services import GridService
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: GraphStore
+    fleet: Fleet
+    grid: GridService
+    arcadedb: EmbeddedArcadeDB | None = None
+    started_ray: bool = False
+    extras: dict[str, object] = field(default_factory=dict)
+
+    async def stop(self) -> None:
+        await stop_parts(self.fleet, self.started_ray, self.store, self.arcadedb)
+
+
+async def stop_parts(
+    fleet: Fleet | None, started_ray: bool, store: GraphStore | None, arcadedb: EmbeddedArcadeDB | None
+) -> None:
+    if fleet is not None:
+        with contextlib.suppress(Exception):
+            await fleet.stop()
+    if started_ray:
+        with contextlib.suppress(Exception):
+            shutdown_ray()
+    if store is not None:
+        with contextlib.suppress(Exception):
+            await store.close()
+    if arcadedb is not None:
+        with contextlib.suppress(Exception):
+            await arcadedb.stop()
+
+
+async def open_store(settings: Settings) -> tuple[GraphStore, EmbeddedArcadeDB | None]:
+    """The configured Neo4j, or a local ArcadeDB started here when ``DMS_NEO4J_URI`` is unset."""
+    arcadedb: EmbeddedArcadeDB | None = None
+    try:
+        if settings.neo4j_uri is None:
+            arcadedb = EmbeddedArcadeDB(settings.data_dir, database=settings.neo4j_database)
+            await arcadedb.start()
+            store = await GraphStore.connect(arcadedb.uri, arcadedb.user, arcadedb.password, arcadedb.database)
+        else:
+            store = await GraphStore.connect(
+                settings.neo4j_uri, settings.neo4j_user, settings.neo4j_password, settings.neo4j_database
+            )
+        await store.ensure_schema()
+    except BaseException:
+        if arcadedb is not None:
+            await arcadedb.stop()
+        raise
+    return store, arcadedb
+
+
+def store_address(settings: Settings, arcadedb: EmbeddedArcadeDB | None) -> StoreAddress:
+    if arcadedb is not None:
+        return StoreAddress(arcadedb.uri, arcadedb.user, arcadedb.password, arcadedb.database)
+    assert settings.neo4j_uri is not None
+    return StoreAddress(settings.neo4j_uri, settings.neo4j_user, settings.neo4j_password, settings.neo4j_database)
+
+
+async def import_demo_feeders(store: GraphStore) -> list[str]:
+    """Import the built-in demo feeders that are absent; returns the ids imported."""
+    imported = []
+    for fid, build in DEMO_FEEDERS.items():
+        if not await store.feeder_exists(fid):
+            await store.save_feeder(build())
+            imported.append(fid)
+    return imported
+
+
+async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Runtime:
+    store: GraphStore | None = None
+    arcadedb: EmbeddedArcadeDB | None = None
+    fleet: Fleet | None = None
+    started_ray = False
+    try:
+        store, arcadedb = await open_store(settings)
+        if demo_feeders:
+            imported = await import_demo_feeders(store)
+            if imported:
+                log.info("imported demo feeders: %s", ", ".join(imported))
+        started_ray = connect_ray(address=settings.ray_address, data_dir=settings.data_dir)
+        fleet = Fleet(store_address(settings, arcadedb))
+        feeder_ids = [f.id for f in await store.list_feeders()]
+        await fleet.start(feeder_ids)
+        fleet.start_watching(discover=lambda: _feeder_ids(store))
+        return Runtime(
+            settings=settings,
+            store=store,
+            fleet=fleet,
+            grid=GridService(store, fleet),
+            arcadedb=arcadedb,
+            started_ray=started_ray,
+        )
+    except BaseException:
+        await stop_parts(fleet, started_ray, store, arcadedb)
+        raise
+
+
+async def _feeder_ids(store: GraphStore) -> list[str]:
+    return [f.id for f in await store.list_feeders()]
+
+
+def describe_store_failure(exc: StoreUnavailable, settings: Settings) -> str:
+    where = settings.neo4j_uri or "the embedded ArcadeDB (DMS_NEO4J_URI unset)"
+    return f"graph store unavailable ({where}): {exc.message}"

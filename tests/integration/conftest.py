@@ -1,0 +1,137 @@
+"""Real components for integration tests, started once per session and torn down at the end.
+
+- ``arcadedb``/``store``: a local ArcadeDB server over Bolt (tests/integration/store_fixtures.py);
+- ``ray_local``: a real local Ray with token authentication (token in the session's data dir);
+- ``runtime``: graph store + the demo feeders + one feeder actor each (server.runtime);
+- ``server``: the real Starlette app under uvicorn on 127.0.0.1 and a free port;
+- ``gql``: POSTs GraphQL over real HTTP with a bearer token minted for a role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from tests.integration.store_fixtures import *  # noqa: F403  (arcadedb, store fixtures)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dms-data")
+
+
+@pytest.fixture(scope="session")
+def ray_local(data_dir: Path):
+    from actors.fleet import connect_ray, shutdown_ray
+
+    started = connect_ray(address=None, data_dir=data_dir, num_cpus=2)
+    yield
+    if started:
+        shutdown_ray()
+
+
+@pytest.fixture(scope="session")
+def settings(data_dir: Path, arcadedb: Any):
+    from server.settings import Settings
+
+    return Settings.from_env(
+        {},
+        data_dir=data_dir,
+        neo4j_uri=arcadedb.uri,
+        neo4j_user=arcadedb.user,
+        neo4j_password=arcadedb.password,
+        neo4j_database=arcadedb.database,
+        rate_limit_per_minute=100_000,
+    )
+
+
+@pytest.fixture(scope="session")
+async def runtime(settings: Any, ray_local: None) -> AsyncIterator[Any]:
+    from server.runtime import start_runtime
+
+    rt = await start_runtime(settings, demo_feeders=True)
+    yield rt
+    await rt.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    ws_url: str
+    app: Any
+
+
+@pytest.fixture(scope="session")
+async def server(settings: Any, runtime: Any) -> AsyncIterator[RunningServer]:
+    from server.app import create_app
+
+    app = create_app(settings, runtime)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
+                            ws="websockets-sansio")
+    srv = uvicorn.Server(config)
+    task = asyncio.create_task(srv.serve())
+    for _ in range(200):
+        if srv.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    yield RunningServer(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/graphql", app)
+    srv.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=15)
+
+
+@pytest.fixture(scope="session")
+def mint(settings: Any) -> Callable[..., str]:
+    from security.tokens import LocalSigningKey, mint_token
+
+    key = LocalSigningKey(settings.data_dir)
+
+    def _mint(*roles: str, sub: str | None = None, ttl_s: int = 600, feeders: list[str] | None = None) -> str:
+        return mint_token(key, role=list(roles), sub=sub or roles[0].lower(), ttl_s=ttl_s,
+                          issuer=settings.auth_issuer, audience=settings.auth_audience, feeders=feeders)
+
+    return _mint
+
+
+@pytest.fixture(scope="session")
+async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+        yield client
+
+
+GqlFn = Callable[..., Awaitable[dict[str, Any]]]
+
+
+@pytest.fixture(scope="session")
+def gql(http: httpx.AsyncClient, mint: Callable[..., str]) -> GqlFn:
+    async def _gql(query: str, variables: dict[str, Any] | None = None, *, role: str | None = "VIEWER",
+                   token: str | None = None, expect_status: int | None = 200) -> dict[str, Any]:
+        headers = {}
+        if token is None and role is not None:
+            token = mint(role)
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        resp = await http.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
+        if expect_status is not None:
+            assert resp.status_code == expect_status, resp.text
+        return resp.json()
+
+    return _gql
