@@ -491,8 +491,11 @@ class TokenValidator:
             exp={"essential": True},
             sub={"essential": True},
         )
+        # joserfc checks claims in token order; put the time window first so a token from the
+        # future reports "not yet valid" rather than whichever claim the issuer happened to list first.
+        ordered = {k: claims[k] for k in ("exp", "nbf", "iss", "aud") if k in claims} | claims
         try:
-            registry.validate(claims)
+            registry.validate(ordered)
         except ExpiredTokenError:
             raise _refuse(Refusal.EXPIRED) from None
         except MissingClaimError as exc:
