@@ -57,3 +57,9 @@ class RateLimited(DmsError):
         ext = super().extensions()
         ext["retryAfterS"] = math.ceil(self.retry_after_s)
         return ext
+
+
+class AuditCorrupt(DmsError):
+    """The audit log's newest entry cannot be read, so no entry can be chained onto it."""
+
+    code = "AUDIT_CORRUPT"

@@ -1,0 +1,343 @@
+"""The hash-chained audit log: chain rules, tamper detection, redaction, and AuditLog over an
+in-memory fake of the GraphStore record API (scalars only, store-assigned seq, append-only)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from security.audit import (
+    GENESIS_HASH,
+    LABEL,
+    REDACTED,
+    AuditAction,
+    AuditEntry,
+    AuditLog,
+    chain_entry,
+    detail_json,
+    redact,
+    utc_stamp,
+    verify_chain,
+)
+from security.errors import AuditCorrupt
+
+
+class FakeStore:
+    """Mimics GraphStore.append_record/list_records for label AuditEntry."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.seq = 0
+        self.fail_next = False
+
+    async def append_record(
+        self, label: str, record: Mapping[str, Any], *, feeder_id: str | None = None
+    ) -> int:
+        assert label == LABEL
+        assert "seq" not in record and "feeder_id" not in record
+        for value in record.values():
+            assert value is None or isinstance(value, str | int | float | bool), value
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("store went away")
+        self.seq += 1
+        self.rows.append({**record, "seq": self.seq, "feeder_id": feeder_id})
+        return self.seq
+
+    async def list_records(
+        self,
+        label: str,
+        *,
+        feeder_id: str | None = None,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+        where: Mapping[str, object] | None = None,
+    ) -> list[dict[str, Any]]:
+        rows = sorted(self.rows, key=lambda r: r["seq"], reverse=newest_first)
+        if after_seq is not None:
+            rows = [r for r in rows if r["seq"] > after_seq]
+        if before_seq is not None:
+            rows = [r for r in rows if r["seq"] < before_seq]
+        return [dict(r) for r in rows[:limit]]
+
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def make_chain(n: int) -> list[AuditEntry]:
+    out: list[AuditEntry] = []
+    prev = None
+    for i in range(n):
+        prev = chain_entry(prev, action=AuditAction.CONTROL_OPERATE, actor=f"op{i}", roles=["OPERATOR"],
+                           target=f"switch:s{i}", source="10.0.0.1", outcome="OK", detail={"i": i},
+                           at=T0 + timedelta(seconds=i))
+        out.append(prev)
+    return out
+
+
+# --- pure chain --------------------------------------------------------------------------------
+
+
+def test_genesis_and_links() -> None:
+    chain = make_chain(3)
+    assert [e.seq for e in chain] == [1, 2, 3]
+    assert chain[0].prev_hash == GENESIS_HASH
+    assert chain[1].prev_hash == chain[0].hash and chain[2].prev_hash == chain[1].hash
+    assert chain[0].at == "2025-03-01T12:00:00.123456Z"
+
+
+def test_hash_is_sha256_of_canonical_json() -> None:
+    e = make_chain(1)[0]
+    body = {"seq": 1, "at": e.at, "actor": "op0", "roles": ["OPERATOR"], "action": "CONTROL_OPERATE",
+            "target": "switch:s0", "source": "10.0.0.1", "outcome": "OK", "detail": '{"i":0}',
+            "prev_hash": GENESIS_HASH}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert e.canonical() == canonical
+    assert e.hash == hashlib.sha256(canonical).hexdigest()
+
+
+def test_anonymous_actor_and_sorted_roles() -> None:
+    e = chain_entry(None, action="LOGIN_FAILED", actor=None, roles=["VIEWER", "OPERATOR", "VIEWER"])
+    assert e.actor == "anonymous" and e.roles == ("OPERATOR", "VIEWER")
+    assert e.at.endswith("Z") and len(e.at) == len("2025-03-01T12:00:00.123456Z")
+
+
+def test_intact_chain_verifies() -> None:
+    assert verify_chain(make_chain(5)).ok
+    assert verify_chain([]).ok and verify_chain([]).checked == 0
+    r = verify_chain(make_chain(5))
+    assert (r.checked, r.first_broken_seq, r.reason) == (5, None, None)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("actor", "mallory"), ("outcome", "FAILED"), ("detail", '{"i":99}'), ("roles", ("SECADM",)),
+    ("at", "2025-03-01T13:00:00.000000Z"), ("target", "switch:x"), ("source", "1.2.3.4"),
+    ("action", "TAG_SET"),
+])
+def test_changed_field_is_named(field: str, value: Any) -> None:
+    chain = make_chain(5)
+    chain[2] = replace(chain[2], **{field: value})
+    r = verify_chain(chain)
+    assert not r.ok and r.first_broken_seq == 3 and r.checked == 2
+    assert "changed" in (r.reason or "")
+
+
+def test_changed_entry_rehashed_breaks_the_next_link() -> None:
+    chain = make_chain(5)
+    forged = replace(chain[2], actor="mallory")
+    chain[2] = replace(forged, hash=forged.computed_hash())
+    r = verify_chain(chain)
+    assert not r.ok and r.first_broken_seq == 4 and "prev_hash" in (r.reason or "")
+
+
+def test_deleted_entry() -> None:
+    chain = make_chain(5)
+    del chain[2]
+    r = verify_chain(chain)
+    assert not r.ok and r.first_broken_seq == 4 and "entry 3 missing" in (r.reason or "")
+
+
+def test_deleted_first_entry() -> None:
+    r = verify_chain(make_chain(3)[1:])
+    assert not r.ok and r.first_broken_seq == 2 and r.checked == 0
+
+
+def test_reordered_entries() -> None:
+    chain = make_chain(5)
+    chain[1], chain[2] = chain[2], chain[1]
+    r = verify_chain(chain)
+    assert not r.ok and r.first_broken_seq == 3 and r.checked == 1
+
+
+def test_reordered_by_swapping_seq_values() -> None:
+    chain = make_chain(5)
+    a, b = chain[1], chain[2]
+    chain[1], chain[2] = replace(b, seq=2), replace(a, seq=3)
+    r = verify_chain(chain)
+    assert not r.ok and r.first_broken_seq == 2
+
+
+def test_inserted_forged_entry() -> None:
+    chain = make_chain(5)
+    forged = chain_entry(chain[1], action="TAG_REMOVE", actor="mallory", detail={})
+    chain.insert(2, forged)  # seq 3 and a correct link to entry 2: looks fine alone...
+    r = verify_chain(chain)
+    # ...but the genuine entry 3 now follows it: duplicated seq
+    assert not r.ok and r.first_broken_seq == 3 and r.checked == 3
+    assert "duplicated" in (r.reason or "")
+
+
+def test_inserted_entry_with_bad_hash() -> None:
+    chain = make_chain(4)
+    chain.insert(2, replace(chain[2], actor="mallory"))
+    r = verify_chain(chain)
+    assert not r.ok and r.first_broken_seq == 3 and r.checked == 2
+
+
+def test_verify_from_anchor() -> None:
+    chain = make_chain(6)
+    assert verify_chain(chain[3:], prev=chain[2]).ok
+    assert not verify_chain(chain[3:], prev=chain[1]).ok
+
+
+# --- redaction ---------------------------------------------------------------------------------
+
+
+def test_redaction() -> None:
+    detail = {"password": "hunter2", "api_key": "k", "Authorization": "Bearer x", "nested": {"token": "t",
+              "value": 1}, "items": [{"client_secret": "s", "ok": True}], "feeder": "f1", "value": 0.5}
+    red = redact(detail)
+    assert red == {"password": REDACTED, "api_key": REDACTED, "Authorization": REDACTED,
+                   "nested": {"token": REDACTED, "value": 1},
+                   "items": [{"client_secret": REDACTED, "ok": True}], "feeder": "f1", "value": 0.5}
+    text = detail_json(detail)
+    for secret in ("hunter2", "Bearer x", '"t"', '"s"'):
+        assert secret not in text
+    assert json.loads(text)["feeder"] == "f1"
+    assert detail == {**detail}  # the caller's mapping is untouched
+    assert detail["password"] == "hunter2"
+
+
+def test_oversized_detail_is_replaced_by_its_digest() -> None:
+    big = json.loads(detail_json({"blob": "x" * 20_000}))
+    assert big["truncated"] is True and len(big["sha256"]) == 64
+
+
+def test_utc_stamp_requires_aware_time() -> None:
+    assert utc_stamp(datetime(2025, 1, 1, 1, 0, tzinfo=UTC)) == "2025-01-01T01:00:00.000000Z"
+    with pytest.raises(ValueError):
+        utc_stamp(datetime(2025, 1, 1))
+
+
+# --- AuditLog over the fake store --------------------------------------------------------------
+
+
+async def _fill(log: AuditLog, n: int) -> list[AuditEntry]:
+    return [await log.record(AuditAction.CONTROL_SELECT, actor="op", roles=["OPERATOR"], target=f"sw{i}",
+                             source="10.0.0.2", outcome="OK", detail={"i": i}) for i in range(n)]
+
+
+async def test_audit_log_appends_and_verifies() -> None:
+    store = FakeStore()
+    log = AuditLog(store)
+    entries = await _fill(log, 7)
+    assert [e.seq for e in entries] == list(range(1, 8))
+    assert (await log.verify(page_size=3)) == verify_chain(entries)
+    r = await log.verify(page_size=3)
+    assert r.ok and r.checked == 7
+    assert (await log.head()) == entries[-1]
+    page = await log.page(after_seq=2, limit=3)
+    assert [e.seq for e in page] == [3, 4, 5] and page == entries[2:5]
+    newest = await log.page(limit=2, newest_first=True)
+    assert [e.seq for e in newest] == [7, 6]
+
+
+async def test_records_are_scalars_and_roundtrip() -> None:
+    store = FakeStore()
+    e = await AuditLog(store).record("LOGIN_FAILED", actor=None, source="1.2.3.4", outcome="DENIED",
+                                     detail={"reason": "expired"})
+    row = store.rows[0]
+    assert row["roles"] == "[]" and row["actor"] == "anonymous"
+    assert AuditEntry.from_record(row) == e
+
+
+async def test_audit_log_resumes_from_stored_tail() -> None:
+    store = FakeStore()
+    await _fill(AuditLog(store), 3)
+    log2 = AuditLog(store)  # e.g. after a restart
+    e = await log2.record("TAG_SET", actor="op", target="sw1")
+    assert e.seq == 4 and e.prev_hash == store.rows[2]["hash"]
+    assert (await log2.verify()).ok
+
+
+async def test_concurrent_records_stay_chained() -> None:
+    store = FakeStore()
+    log = AuditLog(store)
+    await asyncio.gather(*(log.record("CONTROL_RESULT", actor=f"a{i}", detail={"i": i}) for i in range(20)))
+    r = await log.verify()
+    assert r.ok and r.checked == 20
+
+
+async def test_audit_log_redacts_before_hashing() -> None:
+    store = FakeStore()
+    log = AuditLog(store)
+    e = await log.record("SETTING_CHANGE", actor="eng", detail={"name": "neo4j", "password": "s3cret"})
+    assert "s3cret" not in json.dumps(store.rows)
+    assert json.loads(e.detail) == {"name": "neo4j", "password": REDACTED}
+    assert (await log.verify()).ok
+
+
+async def test_audit_log_detects_tampering_in_store() -> None:
+    store = FakeStore()
+    log = AuditLog(store)
+    await _fill(log, 5)
+    store.rows[3]["outcome"] = "FAILED"
+    r = await AuditLog(store).verify()
+    assert not r.ok and r.first_broken_seq == 4 and r.checked == 3
+
+
+async def test_audit_log_detects_deleted_row() -> None:
+    store = FakeStore()
+    await _fill(AuditLog(store), 5)
+    del store.rows[1]
+    r = await AuditLog(store).verify()
+    assert not r.ok and r.first_broken_seq == 3
+
+
+async def test_audit_log_detects_truncated_tail_it_wrote() -> None:
+    store = FakeStore()
+    log = AuditLog(store)
+    await _fill(log, 5)
+    del store.rows[-2:]
+    assert (await AuditLog(store).verify()).ok  # a fresh reader cannot know...
+    r = await log.verify()  # ...but the writer remembers its head
+    assert not r.ok and r.first_broken_seq == 5 and "truncated" in (r.reason or "")
+
+
+async def test_audit_log_malformed_row() -> None:
+    store = FakeStore()
+    await _fill(AuditLog(store), 3)
+    store.rows[1]["roles"] = "not json"
+    r = await AuditLog(store).verify()
+    assert not r.ok and r.first_broken_seq == 2 and "malformed" in (r.reason or "")
+    store.rows[2].pop("hash")
+    with pytest.raises(AuditCorrupt):
+        await AuditLog(store).record("X", actor="a")
+
+
+async def test_failed_append_rereads_the_tail() -> None:
+    store = FakeStore()
+    log = AuditLog(store)
+    await _fill(log, 2)
+    store.fail_next = True
+    with pytest.raises(ConnectionError):
+        await log.record("TAG_SET", actor="op")
+    e = await log.record("TAG_SET", actor="op")
+    assert e.seq == 3 and (await log.verify()).ok
+
+
+async def test_fork_by_another_writer_is_reported() -> None:
+    store = FakeStore()
+    a, b = AuditLog(store), AuditLog(store)
+    await a.record("TAG_SET", actor="a")
+    await b.record("TAG_SET", actor="b")  # b read the tail: chains correctly onto a's entry
+    await a.record("TAG_SET", actor="a")  # a's head is stale: hashed as seq 2, stored as seq 3
+    r = await AuditLog(store).verify()
+    assert not r.ok and r.first_broken_seq == 3
+
+
+async def test_page_limit_bounds() -> None:
+    log = AuditLog(FakeStore())
+    with pytest.raises(ValueError):
+        await log.page(limit=0)
+    with pytest.raises(ValueError):
+        await log.page(limit=1001)
