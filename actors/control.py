@@ -329,12 +329,12 @@ def check_interlocks(
     faulted = sorted(newly_live & set(faulted_elements))
     if faulted:
         what = ", ".join(_describe(model, e) for e in faulted)
-        return (f"closing {sw.id} would close onto a faulted section ({what}); isolate and repair the "
+        return (f"closing onto a faulted section ({what}) through {sw.id}; isolate and repair the "
                 f"fault, then restore")
     grounded = sorted(newly_live & set(grounded_elements))
     if grounded:
         what = ", ".join(_describe(model, e) for e in grounded)
-        return (f"closing {sw.id} would energize a grounded section ({what}); remove the grounds and "
+        return (f"closing onto a grounded section ({what}) through {sw.id}; remove the grounds and "
                 f"release the clearance first")
 
     if not allow_parallel_sources:
@@ -346,8 +346,8 @@ def check_interlocks(
             ordered = sorted(group)
             first = ordered[0]
             second = next(s for s in ordered if owner[s] != owner[first])
-            return (f"closing {sw.id} would parallel sources {first} and {second}; transfer load "
-                    f"open-transition (open the other tie point first)")
+            return (f"paralleling sources {first} and {second} by closing {sw.id} is not allowed on this "
+                    f"feeder; transfer load open-transition (open the other tie point first)")
     if not allow_loops and len(after.loops) > len(before.loops) and sw.bus_id in after.energized_bus_ids:
         return f"closing {sw.id} would create a loop (meshed operation not allowed on this feeder)"
 
@@ -543,8 +543,9 @@ class ControlCore:
         return tag
 
     def tags(self, device_id: str | None = None) -> list[Tag]:
+        """Tags by time set (then in the order they were set or loaded)."""
         return sorted((t for t in self._tags.values() if device_id is None or t.device_id == device_id),
-                      key=lambda t: (t.set_at, t.id))
+                      key=lambda t: t.set_at)
 
     def load_tags(self, tags: Iterable[Tag]) -> None:
         """Replace the tags held with those recorded in the store (after a restart)."""
