@@ -63,3 +63,4 @@ class AuditCorrupt(DmsError):
     """The audit log's newest entry cannot be read, so no entry can be chained onto it."""
 
     code = "AUDIT_CORRUPT"
+
