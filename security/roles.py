@@ -141,11 +141,11 @@ def authorize(principal: Principal | None, permission: Permission, *, feeder_id:
     if principal is None:
         raise Unauthenticated("missing", "authentication required; send a bearer token")
     if permission not in permissions_of(principal.roles):
-        log.info("forbidden: sub=%s roles=%s lacks %s", principal.sub,
+        log.info("forbidden: sub=%r roles=%s lacks %s", principal.sub,
                  sorted(r.value for r in principal.roles), permission.value)
         raise Forbidden()
     if feeder_id is not None and not feeder_in_scope(principal, feeder_id):
-        log.info("forbidden: sub=%s outside feeder scope for %s (%s)", principal.sub, permission.value,
+        log.info("forbidden: sub=%r outside feeder scope for %s (%r)", principal.sub, permission.value,
                  feeder_id)
         raise Forbidden("this feeder is outside the scope of your token; ask for a token that includes it")
 

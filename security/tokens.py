@@ -459,7 +459,7 @@ class TokenValidator:
         if not _B64URL.match(parts[1]) or not _B64URL.match(parts[2]) or not parts[2]:
             raise _refuse(Refusal.MALFORMED, "payload/signature not base64url")
 
-        key = await self._key_for(kid)
+        key = await self._key_for(kid, alg)
         key_alg = key.get("alg")
         if key_alg is not None and key_alg != alg:
             raise _refuse(Refusal.ALG_KEY_MISMATCH, f"key alg {key_alg}, token alg {alg}")
@@ -535,25 +535,29 @@ class TokenValidator:
             if not isinstance(raw_feeders, list) or not all(isinstance(f, str) for f in raw_feeders):
                 raise _refuse(Refusal.INVALID_CLAIM, "feeders")
             feeders = frozenset(raw_feeders)
+        try:
+            expires_at = datetime.fromtimestamp(float(claims["exp"]), UTC)
+        except (OverflowError, ValueError, OSError):
+            raise _refuse(Refusal.INVALID_CLAIM, "exp out of range") from None
         jti = claims.get("jti")
         return Principal(
             sub=sub,
             roles=frozenset(roles),
             feeders=feeders,
             token_id=jti if isinstance(jti, str) and jti else "",
-            expires_at=datetime.fromtimestamp(float(claims["exp"]), UTC),
+            expires_at=expires_at,
         )
 
     # -- keys --
 
-    async def _key_for(self, kid: str | None) -> Key:
+    async def _key_for(self, kid: str | None, alg: str) -> Key:
         keys = await self._keyset(refresh=False)
-        key = _pick(keys, kid)
+        key = _pick(keys, kid, alg)
         if key is None and kid is not None and self.config.local_key is None:
             # Key rotation: an unknown kid earns one (rate-limited) refetch before refusal.
             fresh = await self._keyset(refresh=True)
             if fresh is not keys:
-                key = _pick(fresh, kid)
+                key = _pick(fresh, kid, alg)
                 keys = fresh
         if key is None:
             if kid is None:
@@ -617,11 +621,23 @@ class TokenValidator:
         return self._http
 
 
-def _pick(keys: KeySet, kid: str | None) -> Key | None:
+def _kty_for(alg: str) -> str | None:
+    if alg.startswith("ES"):
+        return "EC"
+    if alg.startswith(("RS", "PS")):
+        return "RSA"
+    if alg.startswith("Ed"):
+        return "OKP"
+    return None
+
+
+def _pick(keys: KeySet, kid: str | None, alg: str) -> Key | None:
     if kid is None:
         # Without a kid only an unambiguous set will do.
         return keys.keys[0] if len(keys.keys) == 1 else None
-    for key in keys.keys:
-        if key.kid == kid:
-            return key
-    return None
+    matches = [key for key in keys.keys if key.kid == kid]
+    # Prefer the key that suits the algorithm when an IdP reuses one kid across key types; a key of
+    # the wrong type is still returned so the refusal says "alg_key_mismatch", not "unknown_kid".
+    kty = _kty_for(alg)
+    matches.sort(key=lambda k: k.key_type != kty)
+    return matches[0] if matches else None

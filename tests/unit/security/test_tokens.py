@@ -510,3 +510,35 @@ async def test_jwks_url_down_later_keeps_cached_keys(clock: Clock) -> None:
         assert (await v.validate(_sign(k1, _claims()))).sub == "alice"
         assert idp.calls == 2
 
+
+
+@pytest.mark.parametrize("exp", [10**20, 1e300])
+async def test_absurd_exp_is_refused_not_crashing(key: LocalSigningKey, validator: TokenValidator,
+                                                  exp: float) -> None:
+    assert await _refused(validator, key.sign(_claims(exp=exp))) == Refusal.INVALID_CLAIM
+
+
+async def test_one_kid_for_two_key_types_picks_the_matching_one(tmp_path: Path, clock: Clock) -> None:
+    rsa = RSAKey.generate_key(2048, private=True)
+    ec = ECKey.generate_key("P-256", private=True)
+    jwks = _jwks_of(rsa, ec)
+    for entry in jwks["keys"]:
+        entry["kid"] = "shared"
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(jwks))
+    v = TokenValidator(ValidatorConfig(issuer=ISS, audience=AUD, jwks_file=path), clock=clock)
+    assert (await v.validate(_sign(ec, _claims(), kid="shared"))).sub == "alice"
+    assert (await v.validate(_sign(rsa, _claims(), kid="shared", alg="RS256"))).sub == "alice"
+
+
+async def test_crit_header_is_refused(key: LocalSigningKey, validator: TokenValidator) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    private = ECKey.import_key(json.loads(key.path.read_text())).private_key
+    header = {"alg": "ES256", "kid": key.kid, "crit": ["x-custom"], "x-custom": 1}
+    signing_input = f"{_b64(header)}.{_b64(_claims())}"
+    r, s = decode_dss_signature(private.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    token = f"{signing_input}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+    assert await _refused(validator, token) == Refusal.MALFORMED
