@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -40,8 +40,6 @@ class Clock:
         return self.t
 
     def utc(self) -> datetime:
-        from datetime import timedelta
-
         return T0 + timedelta(seconds=self.t - 1000.0)
 
 
