@@ -397,7 +397,7 @@ def test_every_pod_is_restricted(minimal) -> None:
     specs = _pod_specs(docs)
     assert len(specs) == 3  # API, Ray head, Ray workers
     for name, spec in specs:
-        assert spec["automountServiceAccountToken"] is False, name
+        assert spec["automountServiceAccountToken"] is False, name  # autoscaling off by default
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         mounts = {}
@@ -526,6 +526,14 @@ def test_ingress_tls_pod_tls_and_service_monitor(chart: Any) -> None:
     assert any(r.get("ports") == [{"port": 443}] for r in api["spec"]["egress"])
     worker = one(docs, "RayCluster")["spec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert "/etc/dms/opcua" in {m["mountPath"] for m in worker["containers"][0]["volumeMounts"]}
+
+
+def test_ray_autoscaling_gets_a_token_only_on_the_head(chart: Any) -> None:
+    docs = _docs(_render(chart, merge(REQUIRED, {"ray": {"enableInTreeAutoscaling": True}})))
+    rc = one(docs, "RayCluster")["spec"]
+    assert rc["enableInTreeAutoscaling"] is True
+    assert rc["headGroupSpec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    assert rc["workerGroupSpecs"][0]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
 def test_external_ray_renders_no_raycluster(chart: Any) -> None:
