@@ -303,7 +303,10 @@ def check_interlocks(
     5. A DISCONNECTOR must not OPEN while it carries load, i.e. while buses downstream of it are
        energized through it, nor CLOSE when that would energize buses (IEC 62271-102: a
        disconnector has no load breaking or making capacity; the load-break device opens first and
-       closes last).
+       closes last). :class:`ControlCore` already refuses remote control of disconnectors (they have
+       no remote mechanism in this model); the rule serves switching orders and restoration plans.
+
+    A CLOSE of a switch already closed changes nothing and is not refused here.
     """
     graph = feeder if isinstance(feeder, TopologyGraph) else TopologyGraph(feeder)
     model = graph.feeder
