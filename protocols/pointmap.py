@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -377,6 +378,11 @@ RTU_TABLE_SIZES = {
 }
 
 
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that orders 'sw2' before 'sw10' (deterministic, human order)."""
+    return tuple((0, int(tok)) if tok.isdigit() else (1, tok) for tok in re.split(r"(\d+)", text) if tok)
+
+
 def point_id(feeder_id: str, element_id: str, kind: PointKind) -> str:
     return f"{feeder_id}/{element_id}/{kind}"
 
@@ -416,14 +422,18 @@ def generate_point_map(
     use_modbus_for_switchgear = split in ("by_kind", "modbus_only")
     use_modbus_for_analogs = split == "modbus_only"
 
-    switches = sorted((s for s in feeder.switches if s.kind.remote_controllable), key=lambda s: s.id)
+    switches = sorted(
+        (s for s in feeder.switches if s.kind.remote_controllable), key=lambda s: natural_key(s.id)
+    )
     fis: list[tuple[str, str]] = (
         [(fi.id, fi.line_id) for fi in feeder.fault_indicators]
         if feeder.fault_indicators
         else [(virtual_fault_indicator_id(ln.id), ln.id) for ln in feeder.lines]
     )
-    fis.sort()
-    tap_trafos = sorted((t for t in feeder.transformers if t.has_tap_changer), key=lambda t: t.id)
+    fis.sort(key=lambda x: natural_key(x[0]))
+    tap_trafos = sorted(
+        (t for t in feeder.transformers if t.has_tap_changer), key=lambda t: natural_key(t.id)
+    )
 
     devices: list[Device] = []
     points: list[PointMapping] = []
@@ -556,16 +566,16 @@ def generate_point_map(
 
     # Analogs.
     analog: list[tuple[str, PointKind, dict[str, Any]]] = []
-    for b in sorted(feeder.buses, key=lambda b: b.id):
+    for b in sorted(feeder.buses, key=lambda b: natural_key(b.id)):
         analog.append((b.id, Quantity.VM_PU, {"deadband": 0.001, "min_value": 0.0, "max_value": 2.0}))
-    for ln in sorted(feeder.lines, key=lambda x: x.id):
+    for ln in sorted(feeder.lines, key=lambda x: natural_key(x.id)):
         analog.append((ln.id, Quantity.I_KA, {"deadband": 0.0005, "min_value": 0.0}))
         analog.append((ln.id, Quantity.P_MW, {"deadband": 0.001}))
         analog.append((ln.id, Quantity.Q_MVAR, {"deadband": 0.001}))
-    for d in sorted(feeder.ders, key=lambda x: x.id):
+    for d in sorted(feeder.ders, key=lambda x: natural_key(x.id)):
         analog.append((d.id, Quantity.P_MW, {"deadband": 0.001}))
-    meters = [ld.id for ld in sorted(feeder.loads, key=lambda x: x.id)]
-    setpoints = [d.id for d in sorted(feeder.ders, key=lambda x: x.id)]
+    meters = [ld.id for ld in sorted(feeder.loads, key=lambda x: natural_key(x.id))]
+    setpoints = [d.id for d in sorted(feeder.ders, key=lambda x: natural_key(x.id))]
 
     if use_modbus_for_analogs:
         dev = rtu_id(0)
