@@ -579,9 +579,13 @@ class TokenValidator:
                 fresh_enough = now - self._fetched_at < self.config.jwks_cache_ttl_s
                 if not refresh and fresh_enough:
                     return self._keys  # another task refreshed it while we waited
-            if self._keys is not None and self._last_attempt is not None \
-                    and now - self._last_attempt < self.config.jwks_min_refetch_s:
-                return self._keys  # refetch rate limit: keep what we have
+            if self._last_attempt is not None:
+                since = now - self._last_attempt
+                if self._keys is not None and since < self.config.jwks_min_refetch_s:
+                    return self._keys  # refetch rate limit: keep what we have
+                if self._keys is None and since < min(self.config.jwks_min_refetch_s, 5.0):
+                    # Never loaded and the last try failed moments ago: do not hammer a down IdP.
+                    raise _refuse(Refusal.JWKS_UNAVAILABLE, "retry pending")
             self._last_attempt = now
             try:
                 keys = await self._load_keys()

@@ -497,6 +497,12 @@ async def test_jwks_url_down_first_time_refuses(clock: Clock) -> None:
     v, client = await _url_validator(idp, clock, mono)
     async with client:
         assert await _refused(v, _sign(k1, _claims())) == Refusal.JWKS_UNAVAILABLE
+        assert await _refused(v, _sign(k1, _claims())) == Refusal.JWKS_UNAVAILABLE
+        assert idp.calls == 1  # a down IdP is not hammered
+        idp.status = 200
+        mono.t += 6
+        assert (await v.validate(_sign(k1, _claims()))).sub == "alice"
+        assert idp.calls == 2
 
 
 async def test_jwks_url_down_later_keeps_cached_keys(clock: Clock) -> None:
