@@ -349,7 +349,9 @@ class PowerFlowModel:
             else:
                 cols[(table, "in_service")][row] = False
         for (table, col), arr in cols.items():
-            net[table][col] = arr
+            # Writing a DataFrame column costs far more than comparing it: write only what differs.
+            if not np.array_equal(net[table][col].to_numpy(), arr):
+                net[table][col] = arr
 
         if not cols[("ext_grid", "in_service")].any():
             return self._dead_result(t0, "no source is in service: every bus is de-energized")
@@ -416,10 +418,11 @@ class PowerFlowModel:
         va = net.res_bus["va_degree"].to_numpy(dtype=float)
         energized = ~np.isnan(vm)
         bus_ids = self._bus_ids
-        buses = tuple(
-            BusResult(b, v, a, True) if e else BusResult(b, None, None, False)
-            for b, v, a, e in zip(bus_ids, vm.tolist(), va.tolist(), energized.tolist(), strict=True)
-        )
+        vm_obj = vm.astype(object)
+        va_obj = va.astype(object)
+        vm_obj[~energized] = None
+        va_obj[~energized] = None
+        buses = tuple(map(BusResult, bus_ids, vm_obj.tolist(), va_obj.tolist(), energized.tolist()))
         violations: list[Violation] = []
         min_vm = max_vm = None
         min_id = max_id = None
