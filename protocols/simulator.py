@@ -127,9 +127,7 @@ class _UnitStore:
 class _SimModbusContext(ModbusServerContext):
     """A server context whose reads/writes go to the simulator (see module docstring)."""
 
-    def __init__(
-        self, sim: FieldSimulator, units: dict[int, _UnitStore], unit_devices: dict[int, str]
-    ) -> None:
+    def __init__(self, sim: FieldSimulator, units: dict[int, _UnitStore], unit_devices: dict[int, str]) -> None:
         # Deliberately not calling super().__init__: it only builds the deprecated block devices.
         self.old_simulator = True
         self.simdevices = []
@@ -344,9 +342,7 @@ class FieldSimulator:
         pm = self._maps_in.get(feeder.id)
         if pm is None:
             mport, oport = free_port(self.host), free_port(self.host)
-            policy = (
-                SecurityPolicy.BASIC256SHA256_SIGN_AND_ENCRYPT if self.certificate else SecurityPolicy.NONE
-            )
+            policy = SecurityPolicy.BASIC256SHA256_SIGN_AND_ENCRYPT if self.certificate else SecurityPolicy.NONE
             pm = generate_point_map(
                 feeder,
                 host=self.host,
@@ -425,8 +421,7 @@ class FieldSimulator:
             secure = d.security_policy is not SecurityPolicy.NONE
             if not secure and not self.allow_nosecurity:
                 raise BadInput(
-                    f"device {d.device_id!r} asks for NoSecurity; "
-                    "set DMS_OPCUA_ALLOW_NOSECURITY=true to allow it"
+                    f"device {d.device_id!r} asks for NoSecurity; set DMS_OPCUA_ALLOW_NOSECURITY=true to allow it"
                 )
             server = Server()
             await server.init()
@@ -532,9 +527,7 @@ class FieldSimulator:
         res = fs.model.solve(
             switch_states=dict(fs.switch_open),
             load_p_mw=loads,
-            load_q_mvar={
-                ld.id: ld.q_mvar / ld.p_mw * loads[ld.id] if ld.p_mw else 0.0 for ld in fs.feeder.loads
-            },
+            load_q_mvar={ld.id: ld.q_mvar / ld.p_mw * loads[ld.id] if ld.p_mw else 0.0 for ld in fs.feeder.loads},
             der_p_mw=ders or None,
             tap_pos=fs.tap_pos or None,
             load_scale=fs.load_scale,
@@ -610,9 +603,7 @@ class FieldSimulator:
                     continue
                 nid, vt = srv.nodes[pid]
                 raw: Any = bool(v) if vt is ua.VariantType.Boolean else (float(v) - p.offset) / p.scale
-                pending.append(
-                    (srv, nid, ua.DataValue(ua.Variant(raw, vt), SourceTimestamp=ts, ServerTimestamp=ts))
-                )
+                pending.append((srv, nid, ua.DataValue(ua.Variant(raw, vt), SourceTimestamp=ts, ServerTimestamp=ts)))
         for srv, nid, dv in pending:
             await srv.server.write_attribute_value(nid, dv)
 
@@ -679,9 +670,7 @@ class FieldSimulator:
     def _release_coil(self, p: PointMapping) -> None:
         self._set_modbus(p, False)
 
-    def _operate(
-        self, fs: _FeederSim, switch_id: str, want_open: bool, p: PointMapping | None = None
-    ) -> None:
+    def _operate(self, fs: _FeederSim, switch_id: str, want_open: bool, p: PointMapping | None = None) -> None:
         fs.switch_open[switch_id] = want_open
         fs.status_open[switch_id] = want_open
         if p is not None:
@@ -699,7 +688,17 @@ class FieldSimulator:
         """If the faulted line is energized, open its nearest upstream breaker/recloser and latch FIs."""
         topo = fs.graph.process(dict(fs.switch_open))
         line = next(ln for ln in fs.feeder.lines if ln.id == line_id)
-        ends = [b for b in (line.from_bus_id, line.to_bus_id) if b in topo.energized_bus_ids]
+        # The conductor is live from an energized end whose switches on this line are all closed.
+        ends = [
+            b
+            for b in (line.from_bus_id, line.to_bus_id)
+            if b in topo.energized_bus_ids
+            and not any(
+                fs.switch_open.get(sw.id, False)
+                for sw in fs.feeder.switches
+                if sw.element_id == line_id and sw.bus_id == b
+            )
+        ]
         if not ends:
             return None
         fed = [b for b in ends if topo.feeding_branch.get(b, ("", ""))[1] == line_id]
@@ -710,16 +709,13 @@ class FieldSimulator:
         else:  # the line closes a loop or hangs off one end: fault fed from the energized end
             upstream_bus = ends[0]
             upstream = list(fs.graph.source_path(topo, upstream_bus))
-            upstream += [
-                s.id for s in fs.feeder.switches if s.element_id == line_id and s.bus_id == upstream_bus
-            ]
+            upstream += [s.id for s in fs.feeder.switches if s.element_id == line_id and s.bus_id == upstream_bus]
         kinds = {s.id: s.kind for s in fs.feeder.switches}
         breaker = next(
             (
                 eid
                 for eid in reversed(upstream)
-                if kinds.get(eid) in (SwitchKind.BREAKER, SwitchKind.RECLOSER)
-                and not fs.switch_open.get(eid, False)
+                if kinds.get(eid) in (SwitchKind.BREAKER, SwitchKind.RECLOSER) and not fs.switch_open.get(eid, False)
             ),
             None,
         )
@@ -751,9 +747,7 @@ class FieldSimulator:
     def _fs(self, feeder_id: str) -> _FeederSim:
         fs = self._sims.get(feeder_id)
         if fs is None:
-            raise NotFound(
-                f"feeder {feeder_id!r} is not simulated (have: {sorted(self._sims)})", element_id=feeder_id
-            )
+            raise NotFound(f"feeder {feeder_id!r} is not simulated (have: {sorted(self._sims)})", element_id=feeder_id)
         return fs
 
     def inject_fault(self, feeder_id: str, line_id: str, permanent: bool = True) -> str | None:
@@ -807,9 +801,7 @@ class FieldSimulator:
     async def comm_loss(self, device_id: str, on: bool = True) -> None:
         """The device stops answering (Modbus: silent unit id; OPC UA: the server goes away)."""
         if device_id not in self.device_ids():
-            raise NotFound(
-                f"device {device_id!r} is not simulated (have: {self.device_ids()})", element_id=device_id
-            )
+            raise NotFound(f"device {device_id!r} is not simulated (have: {self.device_ids()})", element_id=device_id)
         if device_id in self._opcua:
             o = self._opcua[device_id]
             if on and not o.down:
@@ -840,9 +832,7 @@ class FieldSimulator:
             fs.load_scale = 1.0
             fs.der_setpoint.clear()
             fs.tap_pos = {
-                t.id: int(t.tap_pos or t.tap_neutral or 0)
-                for t in fs.feeder.transformers
-                if t.has_tap_changer
+                t.id: int(t.tap_pos or t.tap_neutral or 0) for t in fs.feeder.transformers if t.has_tap_changer
             }
         for dev in list(self._silent):
             await self.comm_loss(dev, on=False)
