@@ -54,6 +54,12 @@ def prepare_local_ray_auth(data_dir: Path) -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path.resolve())
     os.environ.pop("RAY_AUTH_TOKEN", None)
+    # Ray caches its config and token when first imported; refresh both the way Ray itself does
+    # when it turns token mode on (ray/_private/authentication/authentication_token_setup.py).
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def connect_ray(*, address: str | None, data_dir: Path, num_cpus: int | None = None) -> bool:
@@ -91,12 +97,12 @@ class ActorHealth:
     restarts: int
 
 
-_RemoteFeederActor = ray.remote(FeederActor).options(  # type: ignore[attr-defined]
+_RemoteFeederActor = ray.remote(
     num_cpus=0,
     max_restarts=-1,  # Ray restarts a crashed actor in place; the fleet recreates a killed one.
     max_task_retries=0,  # never resend a call: a control is sent at most once.
     max_concurrency=64,
-)
+)(FeederActor)
 
 
 class Fleet:
@@ -167,7 +173,9 @@ class Fleet:
             return await asyncio.wait_for(ref, timeout=self._call_timeout_s)
         except TimeoutError:
             ray.cancel(ref)
-            raise ActorUnavailable(f"feeder actor did not answer {method} within {self._call_timeout_s:.0f} s")
+            raise ActorUnavailable(
+                f"feeder actor did not answer {method} within {self._call_timeout_s:.0f} s"
+            ) from None
         except RayActorError:
             raise
         except ray.exceptions.RayTaskError as exc:

@@ -28,14 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pandapower as pp  # noqa: E402
-import pandapower.networks as pn  # noqa: E402
+import pandapower as pp
+import pandapower.networks as pn
 
-from actors.feeder_actor import StoreAddress  # noqa: E402
-from actors.fleet import Fleet, connect_ray, shutdown_ray  # noqa: E402
-from graph_schema.arcadedb import EmbeddedArcadeDB  # noqa: E402
-from graph_schema.importers import case33bw, cigre_mv, lv_schutterwald  # noqa: E402
-from graph_schema.store import GraphStore  # noqa: E402
+from actors.feeder_actor import StoreAddress
+from actors.fleet import Fleet, connect_ray, shutdown_ray
+from graph_schema.arcadedb import EmbeddedArcadeDB
+from graph_schema.importers import case33bw, cigre_mv, lv_schutterwald
+from graph_schema.store import GraphStore
 
 
 def machine() -> str:
@@ -87,7 +87,9 @@ async def bench_power_flow(fleet: Fleet, repeats: int) -> list[tuple[str, int, f
     return rows
 
 
-async def bench_fleet(store_addr: StoreAddress, store: GraphStore, sizes: list[int]) -> list[tuple[int, float, float, float]]:
+async def bench_fleet(
+    store_addr: StoreAddress, store: GraphStore, sizes: list[int]
+) -> list[tuple[int, float, float, float]]:
     base = case33bw()
     needed = max(sizes)
     ids = [f"bench-{i:02d}" for i in range(needed)]

@@ -14,19 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
-from server.auth import Authenticator
+from security.audit import AuditLog
+from security.limits import RateLimiter
+from server.auth import Authenticator, bearer_token
 from server.metrics import refresh_from_runtime, render
+from server.middleware import BodySizeLimit, CorrelationId, GraphQLAuth, SecurityHeaders
 from server.runtime import Runtime, start_runtime
 from server.schema import build_schema
 from server.settings import Settings
@@ -40,6 +47,7 @@ class Services:
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
         self.auth: Authenticator | None = None
+        self.audit: AuditLog | None = None
 
     @property
     def grid(self) -> Any:
@@ -59,13 +67,42 @@ class DmsGraphQL(GraphQL):
         self.services = services
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> dict[str, Any]:
-        ctx: dict[str, Any] = {"request": request, "response": response, "services": self.services}
+        state = request.scope.get("state", {})
+        return {
+            "request": request,
+            "response": response,
+            "services": self.services,
+            "principal": state.get("principal"),
+            "auth_error": state.get("auth_error"),
+            "source": _client(request),
+        }
+
+    async def on_ws_connect(self, context: dict[str, Any]) -> Any:
+        """Authenticate a WebSocket in ``connection_init``: ``{"authorization": "Bearer <token>"}``.
+
+        A refused token closes the socket (4403); an accepted one is closed (4401) when it expires,
+        which ends every subscription on it.
+        """
         auth = self.services.auth
-        if auth is not None and isinstance(request, Request):
-            ctx["principal"], ctx["auth_error"] = await auth.from_header(
-                request.headers.get("authorization"), source=_client(request)
-            )
-        return ctx
+        params = context.get("connection_params") or {}
+        raw = params.get("authorization") or params.get("Authorization") if isinstance(params, dict) else None
+        token = bearer_token(raw) if isinstance(raw, str) else None
+        if auth is None:
+            raise ConnectionRejectionError({"code": "STARTING"})
+        result = await auth.authenticate(token, source=context["source"], channel="websocket")
+        if result.principal is None:
+            raise ConnectionRejectionError({"code": "UNAUTHENTICATED", "message": "invalid or expired token"})
+        context["principal"] = result.principal
+        ws: WebSocket = context["request"]
+        delay = max(0.0, result.principal.expires_at.timestamp() - time.time())
+        context["expiry_task"] = asyncio.create_task(_close_at_expiry(ws, delay))
+        return {"sub": result.principal.sub}
+
+
+async def _close_at_expiry(ws: WebSocket, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    with contextlib.suppress(Exception):
+        await ws.close(code=4401, reason="token expired")
 
 
 def _client(request: Request | WebSocket) -> str:
@@ -81,10 +118,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
         owned = runtime is None
         rt = runtime if runtime is not None else await start_runtime(settings, demo_feeders=demo_feeders)
         services.runtime = rt
-        services.auth = Authenticator.from_settings(settings)
+        services.audit = AuditLog(rt.store)
+        services.auth = Authenticator.from_settings(settings, services.audit)
         try:
             yield
         finally:
+            await services.auth.aclose()
+            services.auth = None
             services.runtime = None
             if owned:
                 await rt.stop()
@@ -120,9 +160,22 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
-    app.add_route("/graphql", graphql, methods=["GET", "POST"])
-    app.add_websocket_route("/graphql", graphql)
+    middleware = [
+        Middleware(CorrelationId),
+        Middleware(SecurityHeaders, hsts=bool(settings.tls_cert_file)),
+    ]
+    if settings.cors_origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),
+                                     allow_methods=["GET", "POST"],
+                                     allow_headers=["authorization", "content-type", "x-request-id"]))
+    middleware += [
+        Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes),
+        Middleware(GraphQLAuth, authenticator=lambda: services.auth,
+                   limiter=RateLimiter(settings.rate_limit_per_minute)),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.services = services
     return app

@@ -8,7 +8,10 @@ that none is missing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import strawberry
+from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
@@ -17,8 +20,8 @@ from strawberry.extensions import (
     QueryDepthLimiter,
     ValidationCache,
 )
-from graphql.validation import NoSchemaIntrospectionCustomRule
 
+from security.limits import shape_rule
 from server.errors import DmsErrors
 from server.metrics import OperationMetrics
 from server.schema.feeder import FeederQuery
@@ -31,15 +34,18 @@ class Query(FeederQuery):
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
-    extensions: list[object] = [
-        OperationMetrics(),
-        DmsErrors(),
-        ParserCache(maxsize=256),
-        ValidationCache(maxsize=256),
-        MaxTokensLimiter(max_token_count=settings.max_tokens),
-        QueryDepthLimiter(max_depth=settings.max_query_depth),
-        MaxAliasesLimiter(max_alias_count=settings.max_aliases),
-    ]
+    # Factories, not instances: Strawberry builds fresh extensions for every operation.
+    rules: list[Any] = [shape_rule(max_fields=settings.max_complexity)]
     if not settings.introspection:
-        extensions.append(AddValidationRules([NoSchemaIntrospectionCustomRule]))
+        rules.append(NoSchemaIntrospectionCustomRule)
+    extensions: list[Any] = [
+        OperationMetrics,
+        DmsErrors,
+        lambda: ParserCache(maxsize=256),
+        lambda: ValidationCache(maxsize=256),
+        lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
+        lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
+        lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
+        lambda: AddValidationRules(rules),
+    ]
     return strawberry.Schema(query=Query, extensions=extensions)  # type: ignore[arg-type]

@@ -16,7 +16,7 @@ from strawberry.types import Info
 from actors.feeder_actor import FeederState
 from actors.powerflow import PowerFlowResult
 from graph_schema import model as m
-from security.roles import Permission, requires
+from security.roles import Permission, feeder_in_scope, requires
 from server.services import GridService
 
 SwitchKind = strawberry.enum(m.SwitchKind, description="IEC 61970 switch classes")
@@ -407,8 +407,10 @@ class FeederType:
 class FeederQuery:
     @strawberry.field(permission_classes=[requires(Permission.READ_GRID)])
     async def feeders(self, info: Info) -> list[FeederType]:
+        principal = info.context["principal"]
         summaries = await grid(info).list_feeders()
-        return [FeederType(id=strawberry.ID(s.id), name=s.name) for s in summaries]
+        return [FeederType(id=strawberry.ID(s.id), name=s.name) for s in summaries
+                if feeder_in_scope(principal, s.id)]
 
     @strawberry.field(permission_classes=[requires(Permission.READ_GRID, feeder_arg="id")])
     async def feeder(self, info: Info, id: strawberry.ID) -> FeederType:
