@@ -101,3 +101,44 @@ class FieldClient(Protocol):
     def subscribe(self, callback: DataChangeCallback) -> None:
         """Register a callback for pushed data changes (OPC UA); polling clients may ignore it."""
         ...
+
+
+def make_field_client(
+    device: object,
+    points: object,
+    *,
+    data_dir: str | None = None,
+    certificate: object | None = None,
+    trusted_server_certs: object = (),
+    allow_nosecurity: bool = False,
+    **options: object,
+) -> FieldClient:
+    """The right client for ``device`` (a :class:`protocols.pointmap.Device`).
+
+    For OPC UA with ``data_dir`` (the demo), the head-end certificate of ``<data_dir>/pki/headend``
+    is used and the simulator's certificate trusted, unless ``certificate``/``trusted_server_certs``
+    are given. ``options`` go to the client (``timeout_s``, ``publishing_interval_ms``, ...).
+    """
+    from protocols.pointmap import Device, ProtocolKind
+
+    assert isinstance(device, Device)
+    if device.protocol is ProtocolKind.MODBUS:
+        from protocols.modbus_client import ModbusClient
+
+        return ModbusClient(device, points, **options)  # type: ignore[arg-type]
+    from protocols.opcua_client import OpcUaClient
+
+    if data_dir is not None and certificate is None:
+        from protocols.certs import ensure_pki
+
+        pki = ensure_pki(data_dir)
+        certificate = pki.headend
+        trusted_server_certs = trusted_server_certs or [pki.simulator.cert_path]
+    return OpcUaClient(
+        device,
+        points,  # type: ignore[arg-type]
+        certificate=certificate,  # type: ignore[arg-type]
+        trusted_server_certs=trusted_server_certs,  # type: ignore[arg-type]
+        allow_nosecurity=allow_nosecurity,
+        **options,  # type: ignore[arg-type]
+    )
