@@ -158,3 +158,23 @@ def test_transformer_feeder_matches_expectations() -> None:
     t = r.transformers[0]
     assert 0 < t.loading_percent < 50 and t.pl_mw > 0
     assert r.losses_mw == pytest.approx(sum(ln.pl_mw for ln in r.lines) + t.pl_mw)
+
+
+def test_warm_start_agrees_with_cold_start() -> None:
+    f = case33bw()
+    cold, warm = PowerFlowModel(f), PowerFlowModel(f, warm_start=True)
+    calls = [
+        {},
+        {"load_scale": 1.1},
+        {"load_scale": 1.1, "load_p_mw": {"load17": 0.3}},
+        {"switch_states": {"sw33": False, "sw7": True}},
+        {"switch_states": {"sw33": False, "sw7": True}, "load_scale": 0.9},
+        {"load_scale": 50.0},  # diverges: the next call starts cold again
+        {"load_scale": 1.05},
+    ]
+    for kwargs in calls:
+        a, b = cold.solve(**kwargs), warm.solve(**kwargs)
+        assert a.converged == b.converged
+        if a.converged:
+            assert b.losses_mw == pytest.approx(a.losses_mw, rel=1e-6)
+            assert [x.vm_pu for x in b.buses] == pytest.approx([x.vm_pu for x in a.buses], abs=1e-7)
