@@ -27,6 +27,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http.base import HTTPException  # re-exported from cross_web
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from security.audit import AuditLog
@@ -65,6 +66,18 @@ class DmsGraphQL(GraphQL):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
         )
         self.services = services
+
+    def parse_json(self, data: str | bytes) -> Any:
+        """Refuse JSON that is not an object (``0``, ``"x"``, arrays: no batching) with 400.
+
+        Strawberry 0.341 answers such bodies with a 500; found by the fuzzing test."""
+        parsed = super().parse_json(data)
+        if not isinstance(parsed, dict):
+            raise HTTPException(400, "request body must be a JSON object with a 'query' string")
+        for key, kind in (("query", str), ("operationName", str), ("variables", dict), ("extensions", dict)):
+            if parsed.get(key) is not None and not isinstance(parsed[key], kind):
+                raise HTTPException(400, f"'{key}' in the request body must be a {kind.__name__} or null")
+        return parsed
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> dict[str, Any]:
         state = request.scope.get("state", {})

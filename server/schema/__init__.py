@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
+from graphql.error import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
@@ -33,6 +34,15 @@ class Query(FeederQuery):
     pass
 
 
+class DmsSchema(strawberry.Schema):
+    """Leaves error logging to ``server/errors.py``: expected refusals (``DmsError``: not found,
+    forbidden, ...) and query validation errors are answers, not server faults, so they are not
+    logged with tracebacks; internal errors are logged there in full with a correlation id."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        return None
+
+
 def build_schema(settings: Settings) -> strawberry.Schema:
     # Factories, not instances: Strawberry builds fresh extensions for every operation.
     rules: list[Any] = [shape_rule(max_fields=settings.max_complexity)]
@@ -48,4 +58,4 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
         lambda: AddValidationRules(rules),
     ]
-    return strawberry.Schema(query=Query, extensions=extensions)  # type: ignore[arg-type]
+    return DmsSchema(query=Query, extensions=extensions)  # type: ignore[arg-type]
