@@ -25,12 +25,13 @@ from strawberry.extensions import (
 from security.limits import shape_rule
 from server.errors import DmsErrors
 from server.metrics import OperationMetrics
+from server.schema.audit import AuditQuery
 from server.schema.feeder import FeederQuery
 from server.settings import Settings
 
 
 @strawberry.type
-class Query(FeederQuery):
+class Query(FeederQuery, AuditQuery):
     pass
 
 

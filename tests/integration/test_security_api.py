@@ -351,3 +351,24 @@ async def test_audit_verify_finds_a_tampered_entry(settings, runtime, data_dir):
     finally:
         async with runtime.store.driver.session(database=runtime.store.database) as s:
             await s.run("MATCH (a:AuditEntry {seq: $seq}) SET a.actor = 'eve'", seq=entry.seq)
+
+
+async def test_audit_log_query_is_for_security_auditors(gql, runtime):
+    from security.audit import AuditLog
+
+    await AuditLog(runtime.store).record("TAG_SET", actor="op1", roles=["OPERATOR"], target="case33bw/sw5",
+                                         source="127.0.0.1", outcome="OK", detail={"kind": "HOLD"})
+    q = "query A($after: String) { auditLog(first: 2, after: $after) { edges { cursor node { seq action actor "\
+        "hash prevHash } } pageInfo { hasNextPage endCursor } } }"
+    assert codes(await gql(q, role="OPERATOR")) == ["FORBIDDEN"]
+    assert codes(await gql(q, role="SECADM")) == ["FORBIDDEN"]  # the auditor audits the administrator
+    first = await gql(q, role="SECAUD")
+    assert "errors" not in first, first
+    conn = first["data"]["auditLog"]
+    seqs = [e["node"]["seq"] for e in conn["edges"]]
+    assert seqs == sorted(seqs, reverse=True) and len(seqs) == 2
+    assert conn["pageInfo"]["hasNextPage"] is True
+    nxt = await gql(q, {"after": conn["pageInfo"]["endCursor"]}, role="SECAUD")
+    assert all(e["node"]["seq"] < seqs[-1] for e in nxt["data"]["auditLog"]["edges"])
+    bad = await gql(q, {"after": "garbage!"}, role="SECAUD")
+    assert codes(bad) == ["BAD_INPUT"]

@@ -1,0 +1,42 @@
+"""The audit log query (security auditors, IEC 62351-8 SECAUD): newest first, Relay paging."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.types import Info
+
+from security.audit import AuditEntry as AuditRecord
+from security.roles import Permission, requires
+from server.schema.relay import Connection, connection, decode_cursor, page_size
+
+
+@strawberry.type
+class AuditEntry:
+    seq: int
+    at: str
+    actor: str
+    roles: list[str]
+    action: str
+    target: str
+    source: str
+    outcome: str
+    detail: str = strawberry.field(description="JSON text; secrets are redacted before hashing")
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def of(cls, e: AuditRecord) -> AuditEntry:
+        return cls(seq=e.seq, at=e.at, actor=e.actor, roles=list(e.roles), action=e.action, target=e.target,
+                   source=e.source, outcome=e.outcome, detail=e.detail, prev_hash=e.prev_hash, hash=e.hash)
+
+
+@strawberry.type
+class AuditQuery:
+    @strawberry.field(permission_classes=[requires(Permission.READ_AUDIT)],
+                      description="The hash-chained audit log, newest first")
+    async def audit_log(self, info: Info, first: int | None = 50, after: str | None = None) -> Connection[AuditEntry]:
+        limit = page_size(first)
+        before = decode_cursor(after)
+        audit = info.context["services"].audit
+        entries = await audit.page(limit=limit + 1, before_seq=before, newest_first=True)
+        return connection([(e.seq, AuditEntry.of(e)) for e in entries], limit)
