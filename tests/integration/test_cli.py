@@ -1,0 +1,157 @@
+"""The `dms` command line as a user runs it: real subprocesses against the real graph store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.integration.conftest import free_port
+
+
+def dms(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+async def adms(*args: str, env: dict[str, str] | None = None, limit_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(dms, *args, env=env, timeout=limit_s)
+
+
+def store_env(settings: Any, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {"DMS_NEO4J_URI": settings.neo4j_uri, "DMS_NEO4J_USER": settings.neo4j_user,
+            "DMS_NEO4J_PASSWORD": settings.neo4j_password.reveal(), "DMS_NEO4J_DATABASE": settings.neo4j_database,
+            "DMS_DATA_DIR": str(data_dir), **extra}
+
+
+def no_new_children(before: set[int]) -> list[str]:
+    me = psutil.Process()
+    return [f"{p.pid} {p.name()}" for p in me.children(recursive=True) if p.pid not in before]
+
+
+async def test_serve_with_unreachable_store_fails_with_one_clear_line(tmp_path):
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    port = free_port()
+    r = await adms("serve", "--port", str(free_port()),
+                   env={"DMS_NEO4J_URI": f"bolt://127.0.0.1:{port}", "DMS_NEO4J_PASSWORD": "s3cret-pw",
+                        "DMS_DATA_DIR": str(tmp_path)})
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("dms serve:")]
+    assert len(lines) == 1, r.stderr
+    assert "DMS_NEO4J_URI" in lines[0] and str(port) in lines[0]
+    assert "s3cret-pw" not in r.stderr + r.stdout
+    assert no_new_children(before) == []
+
+
+async def test_serve_with_wrong_password_names_the_variables(settings, tmp_path):
+    r = await adms("serve", "--port", str(free_port()),
+                   env={**store_env(settings, tmp_path), "DMS_NEO4J_PASSWORD": "definitely-wrong-pw"})
+    assert r.returncode != 0
+    assert "DMS_NEO4J_PASSWORD" in r.stderr
+    assert "definitely-wrong-pw" not in r.stderr + r.stdout
+
+
+async def test_bad_setting_value_names_the_variable(tmp_path):
+    r = await adms("serve", env={"DMS_PORT": "eighty", "DMS_DATA_DIR": str(tmp_path)})
+    assert r.returncode != 0
+    assert "DMS_PORT='eighty'" in r.stderr
+
+
+def _bad_net_file(path: Path) -> Path:
+    import pandapower as pp
+
+    net = pp.create_empty_network()
+    b0 = pp.create_bus(net, vn_kv=20.0)
+    b1 = pp.create_bus(net, vn_kv=20.0)
+    b2 = pp.create_bus(net, vn_kv=20.0)  # island: no line reaches it
+    pp.create_ext_grid(net, b0)
+    pp.create_line_from_parameters(net, b0, b1, length_km=-1.0, r_ohm_per_km=0.1, x_ohm_per_km=0.1,
+                                   c_nf_per_km=10, max_i_ka=0.4)
+    pp.create_load(net, b1, p_mw=0.1)
+    pp.create_load(net, b2, p_mw=0.1)
+    pp.to_json(net, str(path))
+    return path
+
+
+async def test_import_of_an_invalid_model_lists_every_problem_and_writes_nothing(settings, data_dir, runtime,
+                                                                                 tmp_path):
+    bad = _bad_net_file(tmp_path / "broken-feeder.json")
+    before = [f.id for f in await runtime.store.list_feeders()]
+    r = await adms("import", str(bad), env=store_env(settings, data_dir))
+    assert r.returncode != 0
+    assert "nothing was written" in r.stderr
+    assert "length" in r.stderr  # the negative length
+    assert "bus2" in r.stderr  # the bus no source can reach
+    assert [f.id for f in await runtime.store.list_feeders()] == before
+
+
+async def test_import_of_garbage_names_the_file(settings, data_dir, tmp_path):
+    junk = tmp_path / "junk.json"
+    junk.write_text("{ not json")
+    r = await adms("import", str(junk), env=store_env(settings, data_dir))
+    assert r.returncode != 0 and "junk.json" in r.stderr
+
+
+# pandapower's own mv_oberrhein() loader warns about its stored tap data while it builds the net.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_imported_feeder_is_served_by_the_running_server(settings, data_dir, runtime, gql, tmp_path):
+    import pandapower as pp
+    import pandapower.networks as pn
+
+    path = tmp_path / "mv-oberrhein.json"
+    pp.to_json(pn.mv_oberrhein(), str(path))
+    r = await adms("import", str(path), "--id", "oberrhein", "--name", "MV Oberrhein",
+                   env=store_env(settings, data_dir))
+    try:
+        assert r.returncode == 0, r.stderr
+        assert "imported feeder 'oberrhein'" in r.stdout
+        again = await adms("import", str(path), "--id", "oberrhein", env=store_env(settings, data_dir))
+        assert again.returncode != 0 and "--replace" in again.stderr
+        # The fleet's watcher starts the new feeder's actor within a few seconds.
+        for _ in range(60):
+            res = await gql('{ feeder(id: "oberrhein") { powerFlow { converged } } }')
+            if "errors" not in res:
+                break
+            await asyncio.sleep(0.5)
+        assert res["data"]["feeder"]["powerFlow"]["converged"] is True, res
+    finally:
+        if await runtime.store.feeder_exists("oberrhein"):
+            await runtime.store.delete_feeder("oberrhein")
+
+
+async def test_token_command(tmp_path):
+    ok = await adms("token", "--role", "operator", "--sub", "alice", "--ttl", "15m", "--data-dir", str(tmp_path))
+    assert ok.returncode == 0 and ok.stdout.count(".") == 2
+    bad = await adms("token", "--role", "overlord", "--data-dir", str(tmp_path))
+    assert bad.returncode != 0 and "unknown role" in bad.stderr and "OPERATOR" in bad.stderr
+    ttl = await adms("token", "--role", "VIEWER", "--ttl", "soon", "--data-dir", str(tmp_path))
+    assert ttl.returncode != 0 and "duration" in ttl.stderr
+
+
+async def test_sim_command_without_a_simulator_says_what_to_do(tmp_path):
+    r = await adms("sim", "clear", "--data-dir", str(tmp_path))
+    assert r.returncode != 0
+    assert str(tmp_path) in r.stderr and "dms demo" in r.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["sim", "--help"], ["audit", "verify", "--help"]])
+def test_help(args):
+    assert dms(*args).returncode == 0
+
+
+def test_run_file_is_private(tmp_path):
+    from server.cli import _write_run_file
+    from server.settings import Settings
+
+    path = _write_run_file(Settings.from_env({}, data_dir=tmp_path), {"pid": 1})
+    assert json.loads(path.read_text()) == {"pid": 1}
+    assert path.stat().st_mode & 0o077 == 0
