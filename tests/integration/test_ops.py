@@ -1,0 +1,67 @@
+"""What an operator of the deployment relies on: readiness, health, metrics, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import httpx
+import neo4j
+import uvicorn
+
+from tests.integration.conftest import free_port
+
+
+async def _serve(app):
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    task = asyncio.create_task(srv.serve())
+    for _ in range(200):
+        if srv.started:
+            break
+        await asyncio.sleep(0.05)
+    return srv, task, f"http://127.0.0.1:{port}"
+
+
+async def test_readyz_is_false_while_the_graph_store_is_down(settings, runtime):
+    from graph_schema.store import GraphStore
+    from server.app import create_app
+
+    dead = GraphStore(neo4j.AsyncGraphDatabase.driver(f"bolt://127.0.0.1:{free_port()}",
+                                                      auth=("root", "x"), connection_timeout=1.0), "grid")
+    rt = dataclasses.replace(runtime, store=dead)
+    srv, task, url = await _serve(create_app(settings, rt))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            r = await c.get("/readyz")
+            assert r.status_code == 503
+            assert r.json()["checks"]["store"].startswith("unavailable")
+            assert (await c.get("/healthz")).status_code == 200  # the process itself is fine
+    finally:
+        srv.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+        await dead.close()
+
+
+async def test_readyz_is_false_while_a_feeder_actor_is_down_and_recovers(http, runtime, gql):
+    runtime.fleet.kill("cigre-mv")
+    await asyncio.sleep(0.3)
+    r = await http.get("/readyz")
+    assert r.status_code == 503, r.text
+    assert r.json()["checks"]["feeders"]["cigre-mv"] == "down"
+    # The next call (or the fleet's watcher) recreates it from the store.
+    assert "errors" not in await gql('{ feeder(id: "cigre-mv") { id } }')
+    for _ in range(50):
+        if (await http.get("/readyz")).status_code == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_metrics_expose_http_graphql_and_actor_series(http, gql):
+    await gql("query OpsProbe { feeders { id } }")
+    text = (await http.get("/metrics")).text
+    assert 'dms_graphql_request_seconds_count{operation="OpsProbe",type="query"}' in text
+    assert 'dms_http_requests_total{route="/graphql",status="200"}' in text
+    assert 'dms_feeder_actor_restarts{feeder="cigre-mv"}' in text
+    assert "dms_graphql_subscriptions_active" in text or "# HELP dms_graphql_subscriptions_active" in text
