@@ -7,6 +7,12 @@ new one rebuilds from the graph store. Actor methods are never retried by Ray
 (``max_task_retries=0``): a control must be sent at most once. Read-only calls that hit a dead
 actor are retried once here, after the actor was recreated.
 
+The fleet also starts the cluster's event bus (:class:`actors.eventbus.EventBus`, one named actor
+``dms-events``, ``num_cpus=0``, restarted by Ray when it crashes) and hands every feeder actor a
+:class:`RayEventSink` to publish to it. A feeder's field binding (``attach_field``) is remembered
+here and applied again to an actor that was recreated or restarted, so it rebuilds from the store
+plus a fresh field scan.
+
 Local Ray uses token authentication with a token generated in the data directory, so no run
 depends on a token an earlier run left in ``~/.ray``.
 """
@@ -26,7 +32,9 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
-from actors.feeder_actor import FeederActor, StoreAddress, describe_error
+from actors.eventbus import EventBus
+from actors.events import Event, EventsPage
+from actors.feeder_actor import ActorOptions, FeederActor, StoreAddress, describe_error
 from graph_schema.errors import ActorUnavailable, DmsError, NotFound
 
 log = logging.getLogger(__name__)
@@ -34,7 +42,9 @@ log = logging.getLogger(__name__)
 NAMESPACE = "dms"
 
 # Calls that only read may be retried after the actor was recreated; anything else may not.
-READ_ONLY = frozenset({"ping", "model", "state", "power_flow"})
+READ_ONLY = frozenset({"ping", "model", "state", "power_flow", "measurements", "alarms", "tags", "field_status",
+                       "devices"})
+EVENT_BUS_NAME = "dms-events"
 
 
 def actor_name(feeder_id: str) -> str:
@@ -105,11 +115,80 @@ _RemoteFeederActor = ray.remote(
 )(FeederActor)
 
 
+_RemoteEventBus = ray.remote(
+    num_cpus=0,
+    max_restarts=-1,
+    max_task_retries=0,
+    max_concurrency=1000,  # long polls of every server wait here concurrently (one event loop)
+)(EventBus)
+
+
+class RayEventSink:
+    """What a feeder actor publishes its events through: the named event-bus actor.
+
+    A publish that meets a dead or restarting bus is tried again (up to 3 times): events are not
+    commands, and a duplicate is better than a gap."""
+
+    def __init__(self, name: str = EVENT_BUS_NAME, namespace: str = NAMESPACE) -> None:
+        self._name = name
+        self._namespace = namespace
+        self._handle: Any = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RayEventSink, (self._name, self._namespace))
+
+    async def publish(self, events: list[Event]) -> list[int]:
+        for attempt in range(3):
+            try:
+                if self._handle is None:
+                    self._handle = ray.get_actor(self._name, namespace=self._namespace)
+                seqs: list[int] = await self._handle.publish.remote(events)
+                return seqs
+            except (RayActorError, ValueError):
+                self._handle = None
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+
+class EventBusClient:
+    """The server's side of the event bus (long polls and reads)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def latest_seq(self) -> int:
+        return int(await self._handle.latest_seq.remote())
+
+    async def since(self, seq: int, *, feeder_id: str | None = None, kinds: list[str] | None = None,
+                    limit: int = 1000) -> EventsPage:
+        page: EventsPage = await self._handle.since.remote(seq, feeder_id=feeder_id, kinds=kinds, limit=limit)
+        return page
+
+    async def wait_since(self, seq: int, timeout_s: float, *, limit: int = 5000) -> EventsPage:
+        page: EventsPage = await self._handle.wait_since.remote(seq, timeout_s, limit=limit)
+        return page
+
+    async def flush(self) -> int:
+        return int(await self._handle.flush.remote())
+
+
+def start_event_bus(store: StoreAddress) -> EventBusClient:
+    """The cluster's event bus (created if absent; several servers share one)."""
+    handle = _RemoteEventBus.options(name=EVENT_BUS_NAME, namespace=NAMESPACE, get_if_exists=True).remote(store)
+    return EventBusClient(handle)
+
+
 class Fleet:
     """One named actor per feeder; starts, watches, recreates and calls them."""
 
-    def __init__(self, store: StoreAddress, *, call_timeout_s: float = 60.0) -> None:
+    def __init__(self, store: StoreAddress, *, call_timeout_s: float = 60.0,
+                 options: ActorOptions | None = None) -> None:
         self._store = store
+        self._options = options or ActorOptions()
+        self._bindings: dict[str, tuple[str, str | None, bool]] = {}
+        self._started_at: dict[str, float] = {}
         self._handles: dict[str, Any] = {}
         self._restarts: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -135,8 +214,11 @@ class Fleet:
             # A leftover actor of the same name (an earlier server in this cluster): replace it.
             old = ray.get_actor(name, namespace=NAMESPACE)
             ray.kill(old, no_restart=True)
-        handle = _RemoteFeederActor.options(name=name, namespace=NAMESPACE).remote(feeder_id, self._store)
+        handle = _RemoteFeederActor.options(name=name, namespace=NAMESPACE).remote(
+            feeder_id, self._store, self._options, RayEventSink()
+        )
         self._handles[feeder_id] = handle
+        self._started_at.pop(feeder_id, None)
         self._locks.setdefault(feeder_id, asyncio.Lock())
         return handle
 
@@ -190,7 +272,33 @@ class Fleet:
                 return self._handles[feeder_id]  # another caller already recreated it
             log.warning("feeder actor %s died (%s); recreating it from the graph store", feeder_id, reason)
             self._restarts[feeder_id] = self._restarts.get(feeder_id, 0) + 1
-            return self._spawn(feeder_id)
+            handle = self._spawn(feeder_id)
+            if feeder_id in self._bindings:
+                asyncio.get_running_loop().create_task(self._reattach(feeder_id, handle))
+            return handle
+
+    async def attach_field(self, feeder_id: str, point_map_json: str, data_dir: str | None,
+                           allow_nosecurity: bool) -> dict[str, int]:
+        """Bind a feeder actor to its field devices; remembered for actors recreated later."""
+        self._bindings[feeder_id] = (point_map_json, data_dir, allow_nosecurity)
+        result: dict[str, int] = await self.call(feeder_id, "attach_field", point_map_json, data_dir,
+                                                 allow_nosecurity)
+        return result
+
+    async def detach_field(self, feeder_id: str) -> None:
+        self._bindings.pop(feeder_id, None)
+        if feeder_id in self._handles:
+            await self.call(feeder_id, "detach_field")
+
+    async def _reattach(self, feeder_id: str, handle: Any) -> None:
+        binding = self._bindings.get(feeder_id)
+        if binding is None:
+            return
+        try:
+            await self._invoke(handle, "attach_field", binding, {})
+            log.info("feeder %s: field binding applied to the new actor", feeder_id)
+        except Exception:
+            log.warning("feeder %s: could not re-attach the field binding", feeder_id, exc_info=True)
 
     async def health(self, *, timeout_s: float = 5.0) -> list[ActorHealth]:
         async def one(fid: str) -> ActorHealth:
@@ -208,6 +316,7 @@ class Fleet:
     async def stop_feeder(self, feeder_id: str) -> None:
         """Stop and forget one feeder's actor (its feeder was deleted)."""
         handle = self._handles.pop(feeder_id, None)
+        self._bindings.pop(feeder_id, None)
         if handle is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(handle.close.remote(), timeout=5)
@@ -236,7 +345,12 @@ class Fleet:
                         log.warning("could not list feeders in the store", exc_info=True)
                 for fid, handle in list(self._handles.items()):
                     try:
-                        await asyncio.wait_for(handle.ping.remote(), timeout=interval_s * 4)
+                        info = await asyncio.wait_for(handle.ping.remote(), timeout=interval_s * 4)
+                        started = float(info["started_at"])
+                        if self._started_at.setdefault(fid, started) != started:
+                            # Ray restarted the actor in place: it lost its field binding.
+                            self._started_at[fid] = started
+                            await self._reattach(fid, handle)
                     except (ActorDiedError, ActorUnavailableError) as exc:
                         await self._recreate(fid, handle, reason=describe_error(exc))
                     except Exception:

@@ -56,6 +56,24 @@ class Services:
             raise RuntimeError("the server is still starting")
         return self.runtime.grid
 
+    @property
+    def control(self) -> Any:
+        if self.runtime is None or self.runtime.control is None:
+            raise RuntimeError("the server is still starting")
+        return self.runtime.control
+
+    @property
+    def hub(self) -> Any:
+        if self.runtime is None or self.runtime.hub is None:
+            raise RuntimeError("the server is still starting")
+        return self.runtime.hub
+
+    @property
+    def settings(self) -> Any:
+        if self.runtime is None:
+            raise RuntimeError("the server is still starting")
+        return self.runtime.settings
+
 
 class DmsGraphQL(GraphQL):
     def __init__(self, services: Services, settings: Settings) -> None:
@@ -132,6 +150,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
         rt = runtime if runtime is not None else await start_runtime(settings, demo_feeders=demo_feeders)
         services.runtime = rt
         services.audit = AuditLog(rt.store)
+        if rt.control is not None:
+            rt.control.bind_audit(lambda: services.audit)
         services.auth = Authenticator.from_settings(settings, services.audit)
         try:
             yield

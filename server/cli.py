@@ -165,6 +165,12 @@ async def _serve(settings: Settings, *, demo: bool, speed: float = 1.0, simulato
             from server.field import start_field
 
             sim_handle = await start_field(runtime, settings, speed=speed)
+        elif not demo:
+            from server.field import attach_from_files
+
+            attached = await attach_from_files(runtime, settings)
+            if attached:
+                log.info("field bindings from %s/pointmaps: %s", settings.data_dir, ", ".join(attached))
         app = create_app(settings, runtime)
         config = uvicorn.Config(
             app,

@@ -11,13 +11,13 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from actors.feeder_actor import StoreAddress
-from actors.fleet import Fleet, connect_ray, shutdown_ray
+from actors.feeder_actor import ActorOptions, StoreAddress
+from actors.fleet import EventBusClient, Fleet, connect_ray, shutdown_ray, start_event_bus
 from graph_schema.arcadedb import EmbeddedArcadeDB
 from graph_schema.errors import StoreUnavailable
 from graph_schema.importers import DEMO_FEEDERS
 from graph_schema.store import GraphStore
-from server.services import GridService
+from server.services import ControlService, EventHub, GridService
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,16 @@ class Runtime:
     arcadedb: EmbeddedArcadeDB | None = None
     started_ray: bool = False
     extras: dict[str, object] = field(default_factory=dict)
+    events: EventBusClient | None = None
+    hub: EventHub | None = None
+    control: ControlService | None = None
 
     async def stop(self) -> None:
+        if self.hub is not None:
+            await self.hub.stop()
+        if self.events is not None:
+            with contextlib.suppress(Exception):
+                await self.events.flush()
         await stop_parts(self.fleet, self.started_ray, self.store, self.arcadedb)
 
 
@@ -91,10 +99,19 @@ async def import_demo_feeders(store: GraphStore) -> list[str]:
     return imported
 
 
+def actor_options(settings: Settings) -> ActorOptions:
+    return ActorOptions(
+        scan_interval_s=settings.scan_interval_s,
+        select_timeout_s=settings.select_timeout_s,
+        confirm_timeout_s=settings.confirm_timeout_s,
+    )
+
+
 async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Runtime:
     store: GraphStore | None = None
     arcadedb: EmbeddedArcadeDB | None = None
     fleet: Fleet | None = None
+    hub: EventHub | None = None
     started_ray = False
     try:
         store, arcadedb = await open_store(settings)
@@ -103,19 +120,29 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
             if imported:
                 log.info("imported demo feeders: %s", ", ".join(imported))
         started_ray = connect_ray(address=settings.ray_address, data_dir=settings.data_dir)
-        fleet = Fleet(store_address(settings, arcadedb))
+        address = store_address(settings, arcadedb)
+        events = start_event_bus(address)
+        hub = EventHub(events, store)
+        await hub.start()
+        fleet = Fleet(address, options=actor_options(settings))
         feeder_ids = [f.id for f in await store.list_feeders()]
         await fleet.start(feeder_ids)
         fleet.start_watching(discover=lambda: _feeder_ids(store))
+        grid = GridService(store, fleet)
         return Runtime(
             settings=settings,
             store=store,
             fleet=fleet,
-            grid=GridService(store, fleet),
+            grid=grid,
             arcadedb=arcadedb,
             started_ray=started_ray,
+            events=events,
+            hub=hub,
+            control=ControlService(grid),
         )
     except BaseException:
+        if hub is not None:
+            await hub.stop()
         await stop_parts(fleet, started_ray, store, arcadedb)
         raise
 

@@ -3,18 +3,39 @@
 ``GridService`` reads feeders through the fleet (live state) and the graph store (the list of
 feeders, imports). A feeder's static model is cached here per feeder and dropped on import, so a
 query pays only for the live state it asks for.
+
+``ControlService`` runs select-before-operate and tags for an authenticated caller (authorization on
+the device's feeder, audit of every step). ``EventHub`` is the server's one consumer of the
+cluster's event bus: it long-polls the bus and fans batches out to local subscribers through
+bounded queues; a subscriber that falls behind is dropped with ``SLOW_SUBSCRIBER`` (it resumes
+with ``afterSeq``) instead of slowing the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Collection
+from dataclasses import dataclass
+from typing import Any
 
+from actors.control import Tag
+from actors.eventbus import durable_events_after
+from actors.events import Event
 from actors.feeder_actor import FeederState
-from actors.fleet import Fleet
+from actors.fleet import EventBusClient, Fleet
 from actors.powerflow import PowerFlowResult
-from graph_schema.errors import NotFound
+from graph_schema.errors import BadInput, DmsError, NotFound
 from graph_schema.model import Feeder
 from graph_schema.store import FeederSummary, GraphStore
+from security.audit import AuditAction, AuditLog
+from security.roles import Permission, authorize
+from security.tokens import Principal
+
+log = logging.getLogger(__name__)
 
 
 class GridService:
@@ -57,3 +78,350 @@ class GridService:
         await self.store.save_feeder(feeder, replace=replace)
         self._models.pop(feeder.id, None)
         await self.fleet.add(feeder.id)
+
+    # -- live telemetry, alarms, tags, control history -------------------------------------------
+
+    async def measurements(self, feeder_id: str) -> list[dict[str, Any]]:
+        self._known(feeder_id)
+        out: list[dict[str, Any]] = await self.fleet.call(feeder_id, "measurements")
+        return out
+
+    async def alarms(self, feeder_id: str, active: bool | None) -> list[Any]:
+        self._known(feeder_id)
+        out: list[Any] = await self.fleet.call(feeder_id, "alarms", active)
+        return out
+
+    async def tags(self, feeder_id: str) -> list[Tag]:
+        self._known(feeder_id)
+        out: list[Tag] = await self.fleet.call(feeder_id, "tags")
+        return out
+
+    async def control_history(self, feeder_id: str | None, *, limit: int,
+                              before_seq: int | None) -> list[dict[str, Any]]:
+        return await self.store.list_records("ControlAction", feeder_id=feeder_id, before_seq=before_seq, limit=limit,
+                                             newest_first=True)
+
+    # -- devices and selections ------------------------------------------------------------------
+
+    async def feeder_of_device(self, device_id: str, feeder_id: str | None = None) -> str:
+        """The feeder holding a controllable device (``feeder_id`` given: checked, not searched)."""
+        if feeder_id is not None:
+            model = await self.model(feeder_id)
+            if device_id not in _device_ids(model):
+                raise NotFound(f"device {device_id!r} is not on feeder {feeder_id!r}; query the feeder's switches "
+                               f"for their ids", element_id=device_id)
+            return feeder_id
+        holders = []
+        for fid in self.fleet.feeder_ids:
+            with contextlib.suppress(DmsError):
+                if device_id in _device_ids(await self.model(fid)):
+                    holders.append(fid)
+        if not holders:
+            raise NotFound(f"no feeder has a controllable device {device_id!r}; query feeder.switches for ids",
+                           element_id=device_id)
+        if len(holders) > 1:
+            raise BadInput(f"device id {device_id!r} exists on feeders {', '.join(holders)}; pass feederId",
+                           element_id=device_id)
+        return holders[0]
+
+
+def _device_ids(model: Feeder) -> set[str]:
+    return {d.id for group in (model.switches, model.transformers, model.capacitors, model.ders) for d in group}
+
+
+# -- control ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who asks, from where (for authorization and the audit log)."""
+
+    principal: Principal | None
+    source: str
+
+    @property
+    def sub(self) -> str:
+        return self.principal.sub if self.principal is not None else "anonymous"
+
+    @property
+    def roles(self) -> list[str]:
+        return sorted(r.value for r in self.principal.roles) if self.principal is not None else []
+
+
+class ControlService:
+    """Select-before-operate and tags on behalf of an authenticated caller: authorizes on the
+    device's feeder (feeder-scoped tokens), calls the feeder actor, and audits every step with
+    who/what/where/outcome. An operate is called once: the fleet never retries it."""
+
+    def __init__(self, grid: GridService, audit: Callable[[], AuditLog | None] = lambda: None) -> None:
+        self.grid = grid
+        self._audit = audit
+        self._selection_feeder: dict[str, tuple[str, float]] = {}  # selection id -> (feeder, expires monotonic)
+
+    def bind_audit(self, audit: Callable[[], AuditLog | None]) -> None:
+        """Use the server's one :class:`AuditLog` (one writer keeps the hash chain unforked)."""
+        self._audit = audit
+
+    async def _record(self, action: AuditAction, caller: Caller, target: str, outcome: str,
+                      detail: dict[str, Any]) -> None:
+        audit = self._audit()
+        if audit is None:
+            return
+        try:
+            await audit.record(action, actor=caller.sub, roles=caller.roles, target=target, source=caller.source,
+                               outcome=outcome, detail=detail)
+        except Exception:
+            log.exception("audit record %s for %s could not be written", action, target)
+
+    def _remember(self, selection_id: str, feeder_id: str, ttl_s: float) -> None:
+        now = time.monotonic()
+        for sid, (_, until) in list(self._selection_feeder.items()):
+            if until < now:
+                del self._selection_feeder[sid]
+        self._selection_feeder[selection_id] = (feeder_id, now + ttl_s + 60)
+
+    async def _feeder_for_selection(self, selection_id: str, device_id: str | None, feeder_id: str | None) -> str:
+        if feeder_id is not None:
+            return feeder_id
+        known = self._selection_feeder.get(selection_id)
+        if known is not None:
+            return known[0]
+        if device_id is not None:
+            return await self.grid.feeder_of_device(device_id)
+        for fid in self.grid.fleet.feeder_ids:  # a selection made through another server replica
+            with contextlib.suppress(DmsError):
+                if await self.grid.fleet.call(fid, "owns_selection", selection_id):
+                    return fid
+        raise NoSelectionError()
+
+    async def select(self, caller: Caller, device_id: str, action: str, value: float | None,
+                     feeder_id: str | None, select_timeout_s: float) -> dict[str, Any]:
+        fid = await self.grid.feeder_of_device(device_id, feeder_id)
+        authorize(caller.principal, Permission.CONTROL, feeder_id=fid)
+        target = f"{fid}/{device_id}"
+        detail: dict[str, Any] = {"action": action, "value": value}
+        try:
+            sel: dict[str, Any] = await self.grid.fleet.call(fid, "select", device_id, action, value, caller.sub)
+        except DmsError as exc:
+            await self._record(AuditAction.CONTROL_SELECT, caller, target, "REFUSED", {**detail, "code": exc.code})
+            raise
+        self._remember(sel["id"], fid, select_timeout_s)
+        await self._record(AuditAction.CONTROL_SELECT, caller, target, "ACCEPTED", detail)
+        return {**sel, "feeder_id": fid}
+
+    async def operate(self, caller: Caller, selection_id: str, device_id: str, action: str, value: float | None,
+                      feeder_id: str | None) -> dict[str, Any]:
+        fid = await self._feeder_for_selection(selection_id, device_id, feeder_id)
+        authorize(caller.principal, Permission.CONTROL, feeder_id=fid)
+        target = f"{fid}/{device_id}"
+        detail: dict[str, Any] = {"action": action, "value": value}
+        try:
+            result: dict[str, Any] = await self.grid.fleet.call(fid, "operate", selection_id, device_id, action,
+                                                                 value, caller.sub)
+        except DmsError as exc:
+            await self._record(AuditAction.CONTROL_OPERATE, caller, target, "REFUSED", {**detail, "code": exc.code})
+            raise
+        finally:
+            self._selection_feeder.pop(selection_id, None)
+        await self._record(AuditAction.CONTROL_OPERATE, caller, target, "SENT", detail)
+        await self._record(AuditAction.CONTROL_RESULT, caller, target, result["status"],
+                           {**detail, "code": result.get("code"), "message": result.get("message")})
+        return {**result, "feeder_id": fid}
+
+    async def cancel(self, caller: Caller, selection_id: str, feeder_id: str | None) -> dict[str, Any]:
+        fid = await self._feeder_for_selection(selection_id, None, feeder_id)
+        authorize(caller.principal, Permission.CONTROL, feeder_id=fid)
+        try:
+            out: dict[str, Any] = await self.grid.fleet.call(fid, "cancel", selection_id, caller.sub)
+        except DmsError as exc:
+            await self._record(AuditAction.CONTROL_CANCEL, caller, fid, "REFUSED", {"code": exc.code})
+            raise
+        self._selection_feeder.pop(selection_id, None)
+        await self._record(AuditAction.CONTROL_CANCEL, caller, f"{fid}/{out['device_id']}", "ACCEPTED",
+                           {"action": out["action"]})
+        return out
+
+    async def set_tag(self, caller: Caller, device_id: str, kind: str, reason: str,
+                      feeder_id: str | None) -> tuple[str, Tag]:
+        fid = await self.grid.feeder_of_device(device_id, feeder_id)
+        authorize(caller.principal, Permission.TAG, feeder_id=fid)
+        try:
+            tag: Tag = await self.grid.fleet.call(fid, "set_tag", device_id, kind, reason, caller.sub)
+        except DmsError as exc:
+            await self._record(AuditAction.TAG_SET, caller, f"{fid}/{device_id}", "REFUSED",
+                               {"kind": kind, "reason": reason, "code": exc.code})
+            raise
+        await self._record(AuditAction.TAG_SET, caller, f"{fid}/{device_id}", "ACCEPTED",
+                           {"kind": kind, "reason": reason, "tag_id": tag.id})
+        return fid, tag
+
+    async def remove_tag(self, caller: Caller, tag_id: str) -> tuple[str, Tag]:
+        for fid in self.grid.fleet.feeder_ids:
+            tags: list[Tag] = await self.grid.fleet.call(fid, "tags")
+            if any(t.id == tag_id for t in tags):
+                authorize(caller.principal, Permission.TAG, feeder_id=fid)
+                tag: Tag = await self.grid.fleet.call(fid, "remove_tag", tag_id, caller.sub)
+                await self._record(AuditAction.TAG_REMOVE, caller, f"{fid}/{tag.device_id}", "ACCEPTED",
+                                   {"tag_id": tag_id, "kind": str(tag.kind)})
+                return fid, tag
+        raise NotFound(f"tag {tag_id!r} not found (already removed?); query tags for their ids", element_id=tag_id)
+
+
+class NoSelectionError(DmsError):
+    code = "NO_SELECTION"
+
+    def __init__(self) -> None:
+        super().__init__("no live selection with this id (unknown, already operated or cancelled); select the "
+                         "device first")
+
+
+# -- the event stream on the server side -----------------------------------------------------------
+
+
+class SlowSubscriber(DmsError):
+    code = "SLOW_SUBSCRIBER"
+
+    def __init__(self) -> None:
+        super().__init__("this subscription fell too far behind and was dropped; subscribe again with afterSeq set "
+                         "to the last seq you received to resume without gaps")
+
+
+class Subscriber:
+    """One subscriber's bounded queue of event batches; overflowing it drops the subscriber."""
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[tuple[Event, ...]] = deque()
+        self._wake = asyncio.Event()
+        self.limit = limit
+        self.dropped = False
+
+    def offer(self, batch: tuple[Event, ...]) -> None:
+        if self.dropped:
+            return
+        if len(self._items) >= self.limit:
+            self.dropped = True
+            self._items.clear()
+        else:
+            self._items.append(batch)
+        self._wake.set()
+
+    async def get(self, timeout_s: float | None = None) -> tuple[Event, ...] | None:
+        """The next batch; None after ``timeout_s`` without one. Raises :class:`SlowSubscriber`."""
+        while not self._items:
+            if self.dropped:
+                raise SlowSubscriber()
+            self._wake.clear()
+            if timeout_s is None:
+                await self._wake.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout_s)
+                except TimeoutError:
+                    return None
+        if self.dropped:
+            raise SlowSubscriber()
+        return self._items.popleft()
+
+
+class EventHub:
+    """One consumer task per server long-polls the bus and fans batches out to local subscribers."""
+
+    def __init__(self, bus: EventBusClient, store: GraphStore, *, queue_limit: int = 2000,
+                 poll_timeout_s: float = 5.0) -> None:
+        self.bus = bus
+        self.store = store
+        self.queue_limit = queue_limit
+        self.poll_timeout_s = poll_timeout_s
+        self._subs: set[Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.seq = 0
+
+    async def start(self) -> None:
+        self.seq = await self.bus.latest_seq()
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                page = await self.bus.wait_since(self.seq, self.poll_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("event bus long poll failed; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            if page.truncated and not page.events:
+                log.warning("event hub at seq %d resyncs to %d (bus restarted?)", self.seq, page.next_seq)
+            self.seq = page.next_seq
+            if page.events:
+                for sub in list(self._subs):
+                    sub.offer(page.events)
+                    if sub.dropped:
+                        self._subs.discard(sub)
+
+    def subscribe(self) -> Subscriber:
+        sub = Subscriber(self.queue_limit)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subs.discard(sub)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
+
+    async def history(self, after_seq: int, *, feeder_id: str | None, kinds: Collection[str] | None,
+                      limit: int = 1000) -> tuple[list[Event], int]:
+        """Events after ``after_seq`` (from the window; what left it, from the durable store)."""
+        page = await self.bus.since(after_seq, feeder_id=feeder_id, kinds=list(kinds) if kinds else None,
+                                    limit=limit)
+        events = list(page.events)
+        if page.truncated:
+            first_in_window = events[0].seq if events else page.next_seq + 1
+            durable = await durable_events_after(self.store, after_seq, feeder_id=feeder_id, kinds=kinds,
+                                                 limit=limit)
+            events = [e for e in durable if e.seq < first_in_window] + events
+        return events[:limit], page.next_seq
+
+    async def stream(self, *, after_seq: int | None, feeder_id: str | None, kinds: Collection[str] | None,
+                     visible: Callable[[Event], bool] = lambda e: True,
+                     tick_s: float | None = None) -> AsyncIterator[list[Event]]:
+        """Matching events: first those after ``after_seq`` (resume), then live, in seq order, no
+        duplicates. With ``tick_s`` an empty list comes when nothing arrived for that long."""
+        kind_set = None if kinds is None else {str(k) for k in kinds}
+
+        def match(e: Event) -> bool:
+            return ((kind_set is None or str(e.kind) in kind_set) and (feeder_id is None or e.feeder_id == feeder_id)
+                    and visible(e))
+
+        sub = self.subscribe()  # first: what arrives while the backlog is read waits in the queue
+        try:
+            last = self.seq if after_seq is None else after_seq
+            if after_seq is not None:
+                while True:
+                    events, _ = await self.history(last, feeder_id=feeder_id, kinds=kind_set, limit=1000)
+                    events = [e for e in events if e.seq > last and visible(e)]
+                    if not events:
+                        break
+                    last = events[-1].seq
+                    yield events
+            while True:
+                batch = await sub.get(tick_s)
+                if batch is None:
+                    yield []
+                    continue
+                out = [e for e in batch if e.seq > last and match(e)]
+                if batch:
+                    last = max(last, batch[-1].seq)
+                if out:
+                    yield out
+        finally:
+            self.unsubscribe(sub)

@@ -26,12 +26,24 @@ from security.limits import shape_rule
 from server.errors import DmsErrors
 from server.metrics import OperationMetrics
 from server.schema.audit import AuditQuery
+from server.schema.control import ControlMutation
 from server.schema.feeder import FeederQuery
+from server.schema.realtime import RealtimeQuery, RealtimeSubscription
 from server.settings import Settings
 
 
 @strawberry.type
-class Query(FeederQuery, AuditQuery):
+class Query(FeederQuery, AuditQuery, RealtimeQuery):
+    pass
+
+
+@strawberry.type
+class Mutation(ControlMutation):
+    pass
+
+
+@strawberry.type
+class Subscription(RealtimeSubscription):
     pass
 
 
@@ -59,4 +71,4 @@ def build_schema(settings: Settings) -> strawberry.Schema:
         lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),
         lambda: AddValidationRules(rules),
     ]
-    return DmsSchema(query=Query, extensions=extensions)  # type: ignore[arg-type]
+    return DmsSchema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)  # type: ignore[arg-type]

@@ -1,0 +1,288 @@
+"""Real-time reads and subscriptions: measurements, alarms, events, control history, tags.
+
+Subscriptions (``graphql-transport-ws``) read the server's :class:`server.services.EventHub`. Each
+takes ``afterSeq``: the last event ``seq`` the client received. With it, the client first gets
+every matching event after that seq - from the bus's window or, for what left the window, from
+the durable store (durable events only: alarms, controls, trips, topology changes) - then the live
+ones, in seq order, without duplicates. A subscriber that falls behind is ended with
+``SLOW_SUBSCRIBER`` and resumes with ``afterSeq``.
+
+``measurements`` sends batches; ``deadbandPu`` suppresses VM_PU changes smaller than it (per
+subscriber, against the last value sent to it; quality changes always pass) and ``minIntervalMs``
+coalesces to at most one batch per interval (latest value per point).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from actors.events import Alarm as AlarmRecord
+from actors.events import Event as EventRecord
+from actors.events import EventKind
+from actors.feeder_actor import ALARM_EVENT_KINDS
+from graph_schema.errors import BadInput
+from security.roles import Permission, feeder_in_scope, requires
+from server.metrics import METRICS
+from server.schema.control import Tag
+from server.schema.relay import Connection, connection, decode_cursor, page_size
+
+CONTROL_KINDS = frozenset({EventKind.CONTROL})
+TOPOLOGY_KINDS = frozenset({EventKind.TOPOLOGY_CHANGE})
+
+
+@strawberry.type
+class Measurement:
+    point_id: strawberry.ID
+    element_id: strawberry.ID
+    quantity: str
+    value: float | None = strawberry.field(description="Numeric value; booleans as 1/0 (STATUS 1 = open)")
+    quality: str = strawberry.field(description="GOOD, STALE, INVALID or COMM_LOST")
+    unit: str
+    source_ts: datetime | None
+    received_ts: datetime | None
+    seq: int | None = strawberry.field(default=None, description="Event seq (subscriptions only)")
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    return float(v)
+
+
+def _measurement_of_row(r: dict[str, Any]) -> Measurement:
+    return Measurement(point_id=strawberry.ID(r["point_id"]), element_id=strawberry.ID(r["element_id"]),
+                       quantity=r["quantity"], value=_num(r["value"]), quality=r["quality"], unit=r["unit"],
+                       source_ts=r["source_ts"], received_ts=r["received_ts"])
+
+
+def _ts(text: Any) -> datetime | None:
+    return datetime.fromisoformat(text) if isinstance(text, str) else None
+
+
+def _measurement_of_event(e: EventRecord) -> Measurement:
+    d = e.data
+    return Measurement(point_id=strawberry.ID(str(d["point_id"])), element_id=strawberry.ID(e.element_id or ""),
+                       quantity=str(d["quantity"]), value=_num(d["value"]), quality=str(d["quality"]),
+                       unit=str(d.get("unit") or ""), source_ts=_ts(d.get("source_ts")),
+                       received_ts=_ts(d.get("received_ts")), seq=e.seq)
+
+
+@strawberry.type
+class MeasurementBatch:
+    seq: int = strawberry.field(description="Seq of the newest event in the batch (resume with afterSeq)")
+    feeder_id: strawberry.ID
+    points: list[Measurement]
+
+
+@strawberry.type
+class Event:
+    seq: int
+    kind: str
+    feeder_id: strawberry.ID
+    element_id: strawberry.ID | None
+    severity: str
+    message: str
+    at: datetime
+    data: JSON
+
+    @classmethod
+    def of(cls, e: EventRecord) -> Event:
+        return cls(seq=e.seq, kind=str(e.kind), feeder_id=strawberry.ID(e.feeder_id),
+                   element_id=None if e.element_id is None else strawberry.ID(e.element_id),
+                   severity=str(e.severity), message=e.message, at=e.at, data=dict(e.data))
+
+
+@strawberry.type
+class EventsPage:
+    events: list[Event]
+    next_seq: int = strawberry.field(description="Pass as afterSeq to continue")
+
+
+@strawberry.type
+class Alarm:
+    feeder_id: strawberry.ID
+    element_id: strawberry.ID | None
+    kind: str
+    severity: str
+    message: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    active: bool
+    acknowledged_by: str | None
+
+    @classmethod
+    def of(cls, a: AlarmRecord, active: bool) -> Alarm:
+        return cls(feeder_id=strawberry.ID(a.feeder_id),
+                   element_id=None if a.element_id is None else strawberry.ID(a.element_id), kind=a.kind,
+                   severity=str(a.severity), message=a.message, first_seen=a.first_seen, last_seen=a.last_seen,
+                   count=a.count, active=active, acknowledged_by=a.acknowledged_by)
+
+
+@strawberry.type
+class ControlRecord:
+    seq: int
+    feeder_id: strawberry.ID
+    device_id: strawberry.ID
+    action: str
+    value: float | None
+    operator: str
+    status: str
+    code: str | None
+    message: str | None
+    requested_at: str
+    completed_at: str
+
+
+def _feeders_in_scope(info: Info, feeder_id: str | None) -> list[str]:
+    principal = info.context.get("principal")
+    ids = [str(feeder_id)] if feeder_id is not None else info.context["services"].grid.fleet.feeder_ids
+    return [f for f in ids if principal is not None and feeder_in_scope(principal, f)]
+
+
+def _visible(info: Info) -> Callable[[EventRecord], bool]:
+    principal = info.context.get("principal")
+    return lambda e: principal is not None and feeder_in_scope(principal, e.feeder_id)
+
+
+@strawberry.type
+class RealtimeQuery:
+    @strawberry.field(permission_classes=[requires(Permission.READ_GRID, feeder_arg="feeder_id")],
+                      description="Latest telemetered value of every point of a feeder")
+    async def measurements(self, info: Info, feeder_id: strawberry.ID) -> list[Measurement]:
+        rows = await info.context["services"].grid.measurements(str(feeder_id))
+        return [_measurement_of_row(r) for r in sorted(rows, key=lambda r: r["point_id"])]
+
+    @strawberry.field(permission_classes=[requires(Permission.READ_ALARMS, feeder_arg="feeder_id")],
+                      description="Active alarms (active: false: recently cleared ones; null: both)")
+    async def alarms(self, info: Info, feeder_id: strawberry.ID | None = None,
+                     active: bool | None = True) -> list[Alarm]:
+        grid = info.context["services"].grid
+        out: list[Alarm] = []
+        for fid in _feeders_in_scope(info, feeder_id):
+            live = {a.key for a in await grid.alarms(fid, True)} if active is None else set()
+            for a in await grid.alarms(fid, active):
+                out.append(Alarm.of(a, active is True or a.key in live))
+        return out
+
+    @strawberry.field(permission_classes=[requires(Permission.READ_GRID, feeder_arg="feeder_id")],
+                      description="Safety tags in force")
+    async def tags(self, info: Info, feeder_id: strawberry.ID | None = None) -> list[Tag]:
+        grid = info.context["services"].grid
+        return [Tag.of(fid, t) for fid in _feeders_in_scope(info, feeder_id) for t in await grid.tags(fid)]
+
+    @strawberry.field(permission_classes=[requires(Permission.READ_ALARMS, feeder_arg="feeder_id")],
+                      description="Operates and their outcomes, newest first")
+    async def control_history(self, info: Info, feeder_id: strawberry.ID | None = None, first: int | None = 50,
+                              after: str | None = None) -> Connection[ControlRecord]:
+        limit = page_size(first)
+        grid = info.context["services"].grid
+        scope = _feeders_in_scope(info, feeder_id)
+        rows = await grid.control_history(None if feeder_id is None else str(feeder_id), limit=limit + 1,
+                                          before_seq=decode_cursor(after))
+        items = [(int(r["seq"]), ControlRecord(
+            seq=int(r["seq"]), feeder_id=strawberry.ID(r["feeder_id"] or ""), device_id=strawberry.ID(r["device_id"]),
+            action=r["action"], value=r.get("value"), operator=r["operator"], status=r["status"], code=r.get("code"),
+            message=r.get("message"), requested_at=r["requested_at"], completed_at=r["completed_at"]))
+            for r in rows if r["feeder_id"] in scope]
+        return connection(items, limit)
+
+    @strawberry.field(permission_classes=[requires(Permission.READ_ALARMS, feeder_arg="feeder_id")],
+                      description="Events after afterSeq (from the window, or the durable store beyond it)")
+    async def events(self, info: Info, after_seq: int | None = 0, first: int | None = 100,
+                     feeder_id: strawberry.ID | None = None, kinds: list[str] | None = None) -> EventsPage:
+        limit = page_size(first)
+        hub = info.context["services"].hub
+        after = 0 if after_seq is None else after_seq
+        if after < 0:
+            raise BadInput(f"afterSeq={after} must be >= 0")
+        events, next_seq = await hub.history(after, feeder_id=None if feeder_id is None else str(feeder_id),
+                                             kinds=kinds, limit=limit)
+        visible = _visible(info)
+        shown = [e for e in events if visible(e)]
+        if len(events) == limit:
+            next_seq = events[-1].seq
+        return EventsPage(events=[Event.of(e) for e in shown], next_seq=next_seq)
+
+
+async def _event_stream(info: Info, name: str, feeder_id: strawberry.ID | None, kinds: frozenset[EventKind],
+                        after_seq: int | None) -> AsyncGenerator[Event, None]:
+    hub = info.context["services"].hub
+    METRICS.subscriptions.labels(name).inc()
+    try:
+        async for batch in hub.stream(after_seq=after_seq, feeder_id=None if feeder_id is None else str(feeder_id),
+                                      kinds={str(k) for k in kinds}, visible=_visible(info)):
+            for e in batch:
+                yield Event.of(e)
+    finally:
+        METRICS.subscriptions.labels(name).dec()
+
+
+@strawberry.type
+class RealtimeSubscription:
+    @strawberry.subscription(permission_classes=[requires(Permission.READ_GRID, feeder_arg="feeder_id")],
+                             description="Telemetry changes of a feeder, in batches")
+    async def measurements(self, info: Info, feeder_id: strawberry.ID, deadband_pu: float | None = None,
+                           min_interval_ms: int | None = None,
+                           after_seq: int | None = None) -> AsyncGenerator[MeasurementBatch, None]:
+        if deadband_pu is not None and not deadband_pu >= 0:
+            raise BadInput(f"deadbandPu={deadband_pu} must be >= 0")
+        if min_interval_ms is not None and not 0 <= min_interval_ms <= 3_600_000:
+            raise BadInput(f"minIntervalMs={min_interval_ms} must be between 0 and 3600000")
+        hub = info.context["services"].hub
+        interval_s = (min_interval_ms or 0) / 1000
+        sent: dict[str, tuple[Any, Any]] = {}  # point id -> (value, quality) last sent to this subscriber
+        pending: dict[str, EventRecord] = {}
+        last_yield = 0.0
+        METRICS.subscriptions.labels("measurements").inc()
+        try:
+            async for batch in hub.stream(after_seq=after_seq, feeder_id=str(feeder_id),
+                                          kinds={str(EventKind.MEASUREMENT)}, visible=_visible(info),
+                                          tick_s=interval_s if interval_s > 0 else None):
+                for e in batch:
+                    pid = str(e.data["point_id"])
+                    value, quality = e.data["value"], e.data["quality"]
+                    if deadband_pu and e.data["quantity"] == "VM_PU" and pid in sent:
+                        old_v, old_q = sent[pid]
+                        if (old_q == quality and isinstance(value, float) and isinstance(old_v, float)
+                                and abs(value - old_v) < deadband_pu):
+                            continue
+                    sent[pid] = (value, quality)
+                    pending[pid] = e
+                now = time.monotonic()
+                if pending and now - last_yield >= interval_s:
+                    events = sorted(pending.values(), key=lambda ev: ev.seq)
+                    pending.clear()
+                    last_yield = now
+                    yield MeasurementBatch(seq=events[-1].seq, feeder_id=feeder_id,
+                                           points=[_measurement_of_event(ev) for ev in events])
+        finally:
+            METRICS.subscriptions.labels("measurements").dec()
+
+    @strawberry.subscription(permission_classes=[requires(Permission.READ_ALARMS, feeder_arg="feeder_id")],
+                             description="Alarms raised and cleared (trips, fault indications, comm loss, limits...)")
+    async def alarms(self, info: Info, feeder_id: strawberry.ID | None = None,
+                     after_seq: int | None = None) -> AsyncGenerator[Event, None]:
+        async for e in _event_stream(info, "alarms", feeder_id, ALARM_EVENT_KINDS, after_seq):
+            yield e
+
+    @strawberry.subscription(permission_classes=[requires(Permission.READ_ALARMS, feeder_arg="feeder_id")],
+                             description="Selections, operates, results, cancels and tags")
+    async def control_events(self, info: Info, feeder_id: strawberry.ID | None = None,
+                             after_seq: int | None = None) -> AsyncGenerator[Event, None]:
+        async for e in _event_stream(info, "controlEvents", feeder_id, CONTROL_KINDS, after_seq):
+            yield e
+
+    @strawberry.subscription(permission_classes=[requires(Permission.READ_GRID, feeder_arg="feeder_id")],
+                             description="Switch position changes and the re-solved energization")
+    async def topology_changes(self, info: Info, feeder_id: strawberry.ID,
+                               after_seq: int | None = None) -> AsyncGenerator[Event, None]:
+        async for e in _event_stream(info, "topologyChanges", feeder_id, TOPOLOGY_KINDS, after_seq):
+            yield e
