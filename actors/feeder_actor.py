@@ -770,6 +770,10 @@ class FeederActor:
                             f"{self._opts.confirm_timeout_s:g} s; it was not resent. Verify the device position")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._telemetry_changed.wait(), remaining)
+            resolver = self._resolver
+            if resolver is not None and not resolver.done():  # answer with the re-solved state in place
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(resolver), 10)
             return "CONFIRMED", None, f"{action} of {device_id} confirmed by telemetry"
         finally:
             if is_switch:

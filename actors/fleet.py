@@ -261,6 +261,11 @@ class Fleet:
         except RayActorError:
             raise
         except ray.exceptions.RayTaskError as exc:
+            # The original exception keeps instance attributes (a control refusal's ``code``);
+            # ``as_instanceof_cause`` rebuilds the class and loses them.
+            original = getattr(exc, "cause", None)
+            if isinstance(original, DmsError):
+                raise original from None
             cause = exc.as_instanceof_cause()
             if isinstance(cause, DmsError):
                 raise cause from None

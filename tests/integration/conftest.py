@@ -4,7 +4,10 @@
 - ``ray_local``: a real local Ray with token authentication (token in the session's data dir);
 - ``runtime``: graph store + the demo feeders + one feeder actor each (server.runtime);
 - ``server``: the real Starlette app under uvicorn on 127.0.0.1 and a free port;
-- ``gql``: POSTs GraphQL over real HTTP with a bearer token minted for a role.
+- ``gql``: POSTs GraphQL over real HTTP with a bearer token minted for a role;
+- ``field_sim``: one field simulator per session (real Modbus TCP + OPC UA servers on loopback) for
+  ``case33bw`` (switchgear on Modbus RTUs, analogs on OPC UA) and ``case33bw-ua``, a copy of it
+  imported for the session with everything on OPC UA (``split="opcua_only"``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ def settings(data_dir: Path, arcadedb: Any):
         neo4j_password=arcadedb.password,
         neo4j_database=arcadedb.database,
         rate_limit_per_minute=100_000,
+        scan_interval_s=0.2,
+        select_timeout_s=3.0,
+        confirm_timeout_s=3.0,
     )
 
 
@@ -135,3 +141,32 @@ def gql(http: httpx.AsyncClient, mint: Callable[..., str]) -> GqlFn:
         return resp.json()
 
     return _gql
+
+
+UA_FEEDER = "case33bw-ua"
+
+
+@pytest.fixture(scope="session")
+async def field_sim(settings: Any, runtime: Any) -> AsyncIterator[Any]:
+    """The simulator (not yet attached: test modules attach and detach the actors themselves)."""
+    from dataclasses import replace
+
+    from graph_schema.importers import case33bw
+    from protocols.certs import ensure_pki
+    from protocols.pointmap import generate_point_map
+    from protocols.simulator import FieldSimulator
+
+    base = case33bw()
+    ua = replace(base, id=UA_FEEDER, name="Baran & Wu, all on OPC UA")
+    await runtime.grid.import_feeder(ua, replace=True)
+    pki = ensure_pki(settings.data_dir)
+    maps = {UA_FEEDER: generate_point_map(ua, opcua_endpoint=f"opc.tcp://127.0.0.1:0/dms/{UA_FEEDER}",
+                                          split="opcua_only")}
+    sim = FieldSimulator([base, ua], point_maps=maps, certificate=pki.simulator,
+                         trusted_client_certs=[pki.headend.cert_path], tick_s=0.2, operate_delay_s=0.1,
+                         reclose_delay_s=0.6)
+    async with sim:
+        yield sim
+    with contextlib.suppress(Exception):
+        await runtime.store.delete_feeder(UA_FEEDER)
+        await runtime.fleet.stop_feeder(UA_FEEDER)
