@@ -33,6 +33,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from security.audit import AuditLog
 from security.limits import RateLimiter
 from server.auth import Authenticator, bearer_token
+from server.feeds import outages_geojson
 from server.metrics import refresh_from_runtime, render
 from server.middleware import BodySizeLimit, CorrelationId, GraphQLAuth, SecurityHeaders
 from server.runtime import Runtime, start_runtime
@@ -149,9 +150,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
         owned = runtime is None
         rt = runtime if runtime is not None else await start_runtime(settings, demo_feeders=demo_feeders)
         services.runtime = rt
-        services.audit = AuditLog(rt.store)
-        if rt.control is not None:
-            rt.control.bind_audit(lambda: services.audit)
+        services.audit = rt.audit
         services.auth = Authenticator.from_settings(settings, services.audit)
         try:
             yield
@@ -193,6 +192,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
+        Route("/feeds/outages.geojson", outages_geojson, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
     ]

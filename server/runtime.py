@@ -17,6 +17,8 @@ from graph_schema.arcadedb import EmbeddedArcadeDB
 from graph_schema.errors import StoreUnavailable
 from graph_schema.importers import DEMO_FEEDERS
 from graph_schema.store import GraphStore
+from security.audit import AuditLog
+from server.outage_service import OutageService
 from server.services import ControlService, EventHub, GridService
 from server.settings import Settings
 
@@ -35,6 +37,16 @@ class Runtime:
     events: EventBusClient | None = None
     hub: EventHub | None = None
     control: ControlService | None = None
+    # One audit log per runtime: a single writer keeps the hash chain unforked, however many apps
+    # (a test's second server, say) share the runtime.
+    audit: AuditLog = field(init=False)
+    outages: OutageService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuditLog(self.store)
+        self.outages = OutageService(self.store)
+        if self.control is not None:
+            self.control.bind_audit(lambda: self.audit)
 
     async def stop(self) -> None:
         if self.hub is not None:

@@ -28,12 +28,13 @@ from server.metrics import OperationMetrics
 from server.schema.audit import AuditQuery
 from server.schema.control import ControlMutation
 from server.schema.feeder import FeederQuery
+from server.schema.outages import OutageQuery
 from server.schema.realtime import RealtimeQuery, RealtimeSubscription
 from server.settings import Settings
 
 
 @strawberry.type
-class Query(FeederQuery, AuditQuery, RealtimeQuery):
+class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery):
     pass
 
 
