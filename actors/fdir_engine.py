@@ -411,7 +411,7 @@ class FdirEngine:
         if reuse is not None:  # the same disturbance, better known: its zone is located again
             self._fault_zones.pop(reuse.id, None)
         # SUSTAINED: a pending plan is stale now.
-        if pend is not None:
+        if pend is not None and self.plans[pend.id].state == PlanState.PENDING_APPROVAL:
             await self._finish(pend.id, PlanState.SUPERSEDED, message="superseded by new indications")
         outage = await self._open_outage(det.load_ids, det.device_ids, det.deenergized_bus_ids, reuse, det.explanation)
         if self._mode == FdirMode.OFF:
@@ -646,6 +646,10 @@ class FdirEngine:
         self._commanded_open = set()
         try:
             out = await self._run_steps(ps, by)
+        except Exception as exc:  # a bug or a failing port outside operate(): stop, never leave EXECUTING
+            self._auto_blocked = f"internal error in plan {pid}"
+            await self._finish(pid, PlanState.FAILED, message=f"internal error, switching stopped: {exc!r}")
+            raise
         finally:
             self._executing_id = None
             self._executing_step = None

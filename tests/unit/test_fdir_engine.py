@@ -408,6 +408,9 @@ async def test_new_trip_between_steps_aborts(c33: FdirModel) -> None:
     rig.engine._ports = replace(rig.engine._ports, operate=slow_operate)
     run = asyncio.ensure_future(rig.engine.on_indications(ind))
     await gate.wait()
+    st = rig.engine.status()
+    assert st.executing_plan is not None and st.executing_plan.state == PlanState.EXECUTING
+    assert st.executing_step is not None and st.executing_step.device_id == "sw11"
     # Another protective device trips while sw11 is being operated (no re-trip of sw1 here: sw25
     # stands for a recloser on a lateral).
     second = asyncio.ensure_future(rig.engine.on_indications(Indications(tripped_devices={"sw25"})))
@@ -517,3 +520,17 @@ def test_merge_indications_lockout_after_reclose() -> None:
     m = merge_indications(a, b)
     assert m.reclosed == frozenset() and m.tripped_devices == {"sw1"}
     assert dict(m.fault_indicators) == {"line1": True, "line2": False}
+
+
+async def test_failing_event_bus_and_store_do_not_stop_switching(c33: FdirModel) -> None:
+    states, ind = line10(c33)
+    rig = make_rig(c33, states, FdirMode.AUTOMATIC)
+
+    async def broken(*_: Any) -> Any:
+        raise ConnectionError("down")
+
+    rig.engine._ports = replace(rig.engine._ports, emit=broken, persist_outage=broken)
+    ps = await rig.engine.on_indications(ind)
+    assert ps is not None and ps.state == PlanState.COMPLETED and ops(rig) == LINE10_OPS
+    (o,) = rig.engine.tracker.outages()
+    assert o.status == OutageStatus.PARTIALLY_RESTORED
