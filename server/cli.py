@@ -152,6 +152,35 @@ def _read_run_file(settings: Settings) -> dict[str, Any] | None:
 # -- server ------------------------------------------------------------------------------------
 
 
+def _graceful_server(config: Any) -> Any:
+    """A uvicorn server that stops gracefully on SIGINT/SIGTERM and does NOT re-raise the signal
+    afterwards (uvicorn does, which would interrupt our own shutdown of the simulator, the actors,
+    Ray and the graph store that follows ``serve()``)."""
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            loop = asyncio.get_running_loop()
+            signals = (signal.SIGINT, signal.SIGTERM)
+            # Loop-level handlers replace _run's task-cancel handler while serving.
+            for sig in signals:
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+            try:
+                yield
+            finally:
+                # Shutting down: further signals must not cut the clean-up short (SIGKILL still can).
+                for sig in signals:
+                    loop.add_signal_handler(sig, log.warning, "already shutting down; please wait")
+
+    return Server(config)
+
+
 async def _serve(settings: Settings, *, demo: bool, speed: float = 1.0, simulator: bool = True) -> int:
     import uvicorn
 
@@ -183,7 +212,7 @@ async def _serve(settings: Settings, *, demo: bool, speed: float = 1.0, simulato
             ssl_keyfile=settings.tls_key_file,
             timeout_graceful_shutdown=5,
         )
-        server = uvicorn.Server(config)
+        server = _graceful_server(config)
         scheme = "https" if settings.tls_cert_file else "http"
         url = f"{scheme}://{settings.host}:{settings.port}/graphql"
         _write_run_file(

@@ -155,3 +155,48 @@ def test_run_file_is_private(tmp_path):
     path = _write_run_file(Settings.from_env({}, data_dir=tmp_path), {"pid": 1})
     assert json.loads(path.read_text()) == {"pid": 1}
     assert path.stat().st_mode & 0o077 == 0
+
+
+async def test_demo_starts_serves_and_stops_cleanly_on_sigterm(tmp_path):
+    """`dms demo` end to end: embedded store, Ray, simulator, server; SIGTERM leaves nothing running."""
+    import signal
+
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.cli", "demo", "--data-dir", str(tmp_path), "--port", str(port),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    descendants: set[int] = set()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+            for _ in range(240):
+                try:
+                    if (await c.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert proc.returncode is None, "dms demo exited during start-up"
+                await asyncio.sleep(0.5)
+            descendants = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+            token = (await adms("token", "--role", "VIEWER", "--data-dir", str(tmp_path))).stdout.strip()
+            r = await c.post("/graphql", json={"query": '{ feeder(id: "case33bw") { powerFlow { lossesMw } } }'},
+                             headers={"Authorization": f"Bearer {token}"})
+            assert r.json()["data"]["feeder"]["powerFlow"]["lossesMw"] == pytest.approx(0.2027, abs=1e-4)
+            sim = await adms("sim", "load", "--feeder", "cigre-mv", "--scale", "1.1", "--data-dir", str(tmp_path))
+            assert sim.returncode == 0, sim.stderr
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=90)
+        text = out.decode(errors="replace")
+        assert proc.returncode == 0, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        await asyncio.sleep(1.0)
+        alive = [pid for pid in descendants if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+        assert alive == [], f"left running after the demo: {alive}"
+        assert not (tmp_path / "run.json").exists()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
