@@ -41,8 +41,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from actors.control import ControlAction, ControlCore, Tag, TagKind, expected_state
+from actors.control import ControlAction, ControlCore, DeviceUnreachable, NotConfirmed, Tag, TagKind, expected_state
 from actors.events import ALARM_KIND_KEY, Alarm, AlarmBook, Event, EventKind, Scalar, Severity
+from actors.fdir import Indications
+from actors.fdir_engine import FdirEngine, FdirMode, FdirPorts, FdirStatus, PlanStatus
+from actors.outages import Outage
 from actors.powerflow import PowerFlowModel, PowerFlowResult
 from actors.topology import TopologyGraph, TopologyResult
 from graph_schema.errors import BadInput, DmsError, NotFound
@@ -88,6 +91,9 @@ class ActorOptions:
     modbus_timeout_s: float = 1.0
     opcua_publishing_interval_ms: float = 100.0
     backoff_max_s: float = 2.0  # reconnect back-off cap of the field clients
+    fdir_mode: str = "ADVISORY"  # default FDIR mode; fdir_modes overrides it per feeder
+    fdir_modes: tuple[tuple[str, str], ...] = ()
+    fdir_settle_s: float = 2.0  # wait after the first indication for the rest to arrive
 
 
 class EventSink(Protocol):
@@ -158,6 +164,9 @@ class FeederActor:
         self._pending_wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
         self._tripped: set[str] = set()
+        self._reclosed: set[str] = set()
+        self._fdir: FdirEngine | None = None
+        self._fdir_tasks: set[asyncio.Task[Any]] = set()
         self._fi_latched: set[str] = set()
         self._last_gasp: set[str] = set()
         self._vm_alarm: dict[str, str] = {}
@@ -212,6 +221,7 @@ class FeederActor:
         self._line_up_bus = {br: up for _, (up, br) in normal.feeding_branch.items() if br in line_ids}
         self._fi_line = {fi.id: fi.line_id for fi in feeder.fault_indicators}
         await self._resolve()
+        await self._start_fdir(feeder)
         log.info("feeder %s loaded: %d buses, %d switches", self.feeder_id, len(feeder.buses), len(feeder.switches))
 
     async def _resolve(self) -> FeederState:
@@ -240,6 +250,10 @@ class FeederActor:
             return self._state.version
 
     async def close(self) -> None:
+        for task in list(self._fdir_tasks):
+            task.cancel()
+        if self._fdir is not None:
+            await self._fdir.aclose()
         await self.detach_field()
         if self._flusher is not None:
             await self._flush_now()
@@ -510,9 +524,12 @@ class FeederActor:
         if on and eid not in active:
             active.add(eid)
             self._raise_alarm(kind, eid, alarm_kind, raise_msg, severity=severity)
+            self._fdir_kick()
         elif not on and eid in active:
             active.discard(eid)
             self._clear_alarm(eid, alarm_kind, clear_msg)
+            if kind is EventKind.FAULT_INDICATION and not self._fi_latched:
+                self._fdir_spawn(self._fdir_fault_cleared())
 
     def _on_voltage(self, bus_id: str, vm_pu: float) -> None:
         assert self._feeder is not None
@@ -547,8 +564,11 @@ class FeederActor:
             self._raise_alarm(EventKind.BREAKER_TRIP, switch_id, "BREAKER_TRIP",
                               f"{str(kind).lower()} {switch_id} opened without a command (trip)",
                               severity=Severity.CRITICAL)
+            self._fdir_kick()
         elif not is_open and switch_id in self._tripped:
             self._tripped.discard(switch_id)
+            if self._expect.get(switch_id) is not False:  # closed by its own recloser, not by us
+                self._reclosed.add(switch_id)
             self._clear_alarm(switch_id, "BREAKER_TRIP", f"{switch_id} is closed again")
         self._dirty_switches.add(switch_id)
         if self._resolver is None or self._resolver.done():
@@ -820,6 +840,137 @@ class FeederActor:
         await self._ready()
         assert self._core is not None
         return self._core.tags()
+
+    # -- FDIR ------------------------------------------------------------------------------------
+
+    async def _start_fdir(self, feeder: Feeder) -> None:
+        """The FDIR engine of this feeder, with its still-active outages read back from the store."""
+        if self._fdir is not None:
+            await self._fdir.aclose()
+        assert self._store is not None
+        restored: list[tuple[Outage, int]] = []
+        for row in await self._store.list_records("Outage", feeder_id=self.feeder_id, limit=200, newest_first=True):
+            try:
+                outage = Outage.from_record(row)
+            except DmsError:
+                log.error("feeder %s: outage record seq=%s is malformed; skipped", self.feeder_id, row.get("seq"))
+                continue
+            if outage.active:
+                restored.append((outage, int(row["seq"])))
+        ports = FdirPorts(operate=self._fdir_operate, switch_states=lambda: dict(self._switch_states),
+                          persist_outage=self._persist_outage, emit=self._fdir_emit, now=lambda: datetime.now(UTC))
+        mode = FdirMode(dict(self._opts.fdir_modes).get(self.feeder_id, self._opts.fdir_mode))
+        self._fdir = await asyncio.to_thread(FdirEngine, feeder, ports, mode=mode, settle_s=self._opts.fdir_settle_s,
+                                             outages=restored)
+
+    def _fdir_spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro, name=f"fdir {self.feeder_id}")
+        self._fdir_tasks.add(task)
+        task.add_done_callback(self._fdir_done)
+
+    def _fdir_done(self, task: asyncio.Task[Any]) -> None:
+        self._fdir_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("feeder %s: FDIR task failed", self.feeder_id, exc_info=task.exception())
+
+    def _fdir_kick(self) -> None:
+        """Hand the engine what the field says now; it waits for the rest and decides."""
+        if self._fdir is None:  # in OFF mode the engine still records outages
+            return
+        self._fdir_spawn(self._fdir.on_indications(self._indications()))
+
+    def _indications(self) -> Indications:
+        from protocols.base import Quality
+        from protocols.pointmap import Signal
+
+        fis: dict[str, bool | None] = {}
+        for pid, p in self._pm_by_id.items():
+            if p.quantity is Signal.FAULT:
+                pv = self._values.get(pid)
+                good = pv is not None and pv.quality is Quality.GOOD and pv.value is not None
+                fis[p.element_id] = bool(pv.value) if good else None  # type: ignore[union-attr]
+        for fi in self._fi_latched:
+            fis[fi] = True
+        return Indications(tripped_devices=frozenset(self._tripped | self._reclosed),
+                           reclosed=frozenset(self._reclosed - self._tripped), fault_indicators=fis,
+                           last_gasp_loads=frozenset(self._last_gasp), time=datetime.now(UTC))
+
+    async def _fdir_fault_cleared(self) -> None:
+        if self._fdir is not None and self._fdir.status().active_outage_ids:
+            self._reclosed.clear()
+            await self._fdir.on_fault_cleared(by="field")
+
+    async def _fdir_operate(self, device_id: str, action: ControlAction) -> bool:
+        """One FDIR switching step through the same select-before-operate path as an operator's."""
+        assert self._core is not None
+        states = self._switch_states
+        # The engine checked this step against every faulted zone it located (more precisely than the
+        # indicator-based guess operators' controls get), so the zone is not passed again here.
+        sel = self._core.select(device_id, action, None, FDIR_OPERATOR, switch_states=states)
+        self._core.operate(sel.id, device_id, action, None, FDIR_OPERATOR, switch_states=states)
+        started = datetime.now(UTC)
+        self._event(EventKind.CONTROL, device_id, f"FDIR operates {device_id}: {action}", durable=True,
+                    data={"phase": "OPERATE_SENT", "action": str(action), "operator": FDIR_OPERATOR})
+        status, code, message = await self._execute(device_id, ControlAction(action), None)
+        await self._record_control(device_id, str(action), None, FDIR_OPERATOR, status, code, message, started)
+        if status == "CONFIRMED":
+            return True
+        if code == "DEVICE_UNREACHABLE":
+            raise DeviceUnreachable(device_id, message)
+        raise NotConfirmed(device_id, str(action), self._opts.confirm_timeout_s)
+
+    async def _persist_outage(self, record: dict[str, Any], seq: int | None) -> int:
+        assert self._store is not None
+        props = dict(record)
+        feeder_id = str(props.pop("feeder_id", self.feeder_id))
+        if seq is None:
+            return await self._store.append_record("Outage", props, feeder_id=feeder_id)
+        await self._store.update_record("Outage", seq, props)
+        return seq
+
+    async def _fdir_emit(self, kind: EventKind, severity: Severity, message: str, data: Mapping[str, Scalar]) -> None:
+        element = data.get("device_id") if isinstance(data.get("device_id"), str) else None
+        self._event(kind, element, message, severity=severity, durable=True, data=dict(data))  # type: ignore[arg-type]
+
+    async def fdir_status(self) -> FdirStatus:
+        await self._ready()
+        assert self._fdir is not None
+        return self._fdir.status()
+
+    async def fdir_plans(self) -> list[PlanStatus]:
+        await self._ready()
+        assert self._fdir is not None
+        return list(self._fdir.plans.values())
+
+    async def fdir_timings(self) -> dict[str, Any]:
+        await self._ready()
+        assert self._fdir is not None
+        return dict(self._fdir.timings)
+
+    async def set_fdir_mode(self, mode: str, by: str) -> str:
+        await self._ready()
+        assert self._fdir is not None
+        try:
+            wanted = FdirMode(mode)
+        except ValueError:
+            raise BadInput(f"FDIR mode {mode!r} is unknown; use AUTOMATIC, ADVISORY or OFF") from None
+        with _portable_errors():
+            return str(await self._fdir.set_mode(wanted, by))
+
+    async def approve_plan(self, plan_id: str, by: str) -> PlanStatus:
+        await self._ready()
+        assert self._fdir is not None
+        with _portable_errors():
+            return await self._fdir.approve(plan_id, by)
+
+    async def reject_plan(self, plan_id: str, by: str, reason: str) -> PlanStatus:
+        await self._ready()
+        assert self._fdir is not None
+        with _portable_errors():
+            return await self._fdir.reject(plan_id, by, reason)
+
+
+FDIR_OPERATOR = "fdir"
 
 
 def describe_error(exc: BaseException) -> str:

@@ -378,7 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            settings = _settings(args, graphiql=True, introspection=True, neo4j_uri=None)
+            # The demo runs case33bw in automatic FDIR and cigre-mv in advisory (one approval).
+            settings = _settings(args, graphiql=True, introspection=True, neo4j_uri=None,
+                                 fdir_modes=(("case33bw", "AUTOMATIC"), ("cigre-mv", "ADVISORY")))
             _setup_logging(settings)
             return _run(_serve(settings, demo=True, speed=args.speed, simulator=not args.no_simulator))
         settings = _settings(args)

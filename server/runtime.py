@@ -45,8 +45,6 @@ class Runtime:
     def __post_init__(self) -> None:
         self.audit = AuditLog(self.store)
         self.outages = OutageService(self.store)
-        if self.control is not None:
-            self.control.bind_audit(lambda: self.audit)
 
     async def stop(self) -> None:
         if self.hub is not None:
@@ -116,6 +114,9 @@ def actor_options(settings: Settings) -> ActorOptions:
         scan_interval_s=settings.scan_interval_s,
         select_timeout_s=settings.select_timeout_s,
         confirm_timeout_s=settings.confirm_timeout_s,
+        fdir_mode=settings.fdir_mode,
+        fdir_modes=settings.fdir_modes,
+        fdir_settle_s=settings.fdir_settle_s,
     )
 
 
@@ -141,7 +142,7 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
         await fleet.start(feeder_ids)
         fleet.start_watching(discover=lambda: _feeder_ids(store))
         grid = GridService(store, fleet)
-        return Runtime(
+        rt = Runtime(
             settings=settings,
             store=store,
             fleet=fleet,
@@ -152,6 +153,9 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
             hub=hub,
             control=ControlService(grid),
         )
+        if rt.control is not None:
+            rt.control.bind_audit(lambda: rt.audit)  # bound once: copies of the runtime keep it
+        return rt
     except BaseException:
         if hub is not None:
             await hub.stop()

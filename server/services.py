@@ -48,13 +48,13 @@ class GridService:
     async def list_feeders(self) -> list[FeederSummary]:
         return await self.store.list_feeders()
 
-    def _known(self, feeder_id: str) -> None:
+    def require_feeder(self, feeder_id: str) -> None:
         if feeder_id not in self.fleet.feeder_ids:
             known = ", ".join(self.fleet.feeder_ids) or "none"
             raise NotFound(f"feeder {feeder_id!r} not found; known feeders: {known}", element_id=feeder_id)
 
     async def model(self, feeder_id: str) -> Feeder:
-        self._known(feeder_id)
+        self.require_feeder(feeder_id)
         cached = self._models.get(feeder_id)
         if cached is not None:
             return cached
@@ -65,12 +65,12 @@ class GridService:
             return self._models[feeder_id]
 
     async def state(self, feeder_id: str) -> FeederState:
-        self._known(feeder_id)
+        self.require_feeder(feeder_id)
         state: FeederState = await self.fleet.call(feeder_id, "state")
         return state
 
     async def power_flow(self, feeder_id: str, *, fresh: bool = False) -> PowerFlowResult:
-        self._known(feeder_id)
+        self.require_feeder(feeder_id)
         result: PowerFlowResult = await self.fleet.call(feeder_id, "power_flow", fresh=fresh)
         return result
 
@@ -82,17 +82,17 @@ class GridService:
     # -- live telemetry, alarms, tags, control history -------------------------------------------
 
     async def measurements(self, feeder_id: str) -> list[dict[str, Any]]:
-        self._known(feeder_id)
+        self.require_feeder(feeder_id)
         out: list[dict[str, Any]] = await self.fleet.call(feeder_id, "measurements")
         return out
 
     async def alarms(self, feeder_id: str, active: bool | None) -> list[Any]:
-        self._known(feeder_id)
+        self.require_feeder(feeder_id)
         out: list[Any] = await self.fleet.call(feeder_id, "alarms", active)
         return out
 
     async def tags(self, feeder_id: str) -> list[Tag]:
-        self._known(feeder_id)
+        self.require_feeder(feeder_id)
         out: list[Tag] = await self.fleet.call(feeder_id, "tags")
         return out
 

@@ -154,6 +154,12 @@ class Settings:
     select_timeout_s: float = 10.0
     confirm_timeout_s: float = 5.0
 
+    # FDIR: the default mode and per-feeder modes (AUTOMATIC, ADVISORY or OFF), and how long the
+    # engine waits after the first indication for the rest (fault indicators, meters) to arrive.
+    fdir_mode: str = "ADVISORY"
+    fdir_modes: tuple[tuple[str, str], ...] = ()
+    fdir_settle_s: float = 2.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every ``DMS_*`` variable; ``overrides`` (e.g. from CLI flags) win over the environment.
@@ -195,6 +201,9 @@ class Settings:
             "scan_interval_s": r.float("DMS_SCAN_INTERVAL_S", 1.0, minimum=0.01),
             "select_timeout_s": r.float("DMS_SELECT_TIMEOUT_S", 10.0, minimum=0.1),
             "confirm_timeout_s": r.float("DMS_CONFIRM_TIMEOUT_S", 5.0, minimum=0.1),
+            "fdir_mode": _fdir_mode("DMS_FDIR_MODE", r.str("DMS_FDIR_MODE", "ADVISORY") or "ADVISORY"),
+            "fdir_modes": _fdir_modes(r.list("DMS_FDIR_MODES")),
+            "fdir_settle_s": r.float("DMS_FDIR_SETTLE_S", 2.0, minimum=0.0),
         }
         if values["log_level"] not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(
@@ -209,6 +218,29 @@ class Settings:
             values[key] = Path(value) if key == "data_dir" and value is not None else value  # type: ignore[arg-type]
         return cls(**values)  # type: ignore[arg-type]
 
+    def fdir_mode_of(self, feeder_id: str) -> str:
+        return dict(self.fdir_modes).get(feeder_id, self.fdir_mode)
+
     @property
     def embedded_store(self) -> bool:
         return self.neo4j_uri is None
+
+
+_FDIR_MODES = ("AUTOMATIC", "ADVISORY", "OFF")
+
+
+def _fdir_mode(name: str, value: str) -> str:
+    mode = value.strip().upper()
+    if mode not in _FDIR_MODES:
+        raise ConfigError(f"{name}={value!r} is not an FDIR mode; use one of {', '.join(_FDIR_MODES)}")
+    return mode
+
+
+def _fdir_modes(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for item in items:
+        feeder, sep, mode = item.partition(":")
+        if not sep or not feeder.strip():
+            raise ConfigError(f"DMS_FDIR_MODES entry {item!r} is not FEEDER:MODE; e.g. case33bw:AUTOMATIC")
+        out.append((feeder.strip(), _fdir_mode("DMS_FDIR_MODES", mode)))
+    return tuple(out)

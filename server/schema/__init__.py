@@ -27,6 +27,7 @@ from server.errors import DmsErrors
 from server.metrics import OperationMetrics
 from server.schema.audit import AuditQuery
 from server.schema.control import ControlMutation
+from server.schema.fdir import FdirMutation, FdirQuery
 from server.schema.feeder import FeederQuery
 from server.schema.outages import OutageQuery
 from server.schema.realtime import RealtimeQuery, RealtimeSubscription
@@ -34,12 +35,12 @@ from server.settings import Settings
 
 
 @strawberry.type
-class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery):
+class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery):
     pass
 
 
 @strawberry.type
-class Mutation(ControlMutation):
+class Mutation(ControlMutation, FdirMutation):
     pass
 
 

@@ -57,6 +57,9 @@ def settings(data_dir: Path, arcadedb: Any):
         scan_interval_s=0.2,
         select_timeout_s=3.0,
         confirm_timeout_s=3.0,
+        # FDIR holds plans for approval unless a test switches a feeder to AUTOMATIC itself.
+        fdir_mode="ADVISORY",
+        fdir_settle_s=0.5,
     )
 
 
@@ -151,7 +154,7 @@ async def field_sim(settings: Any, runtime: Any) -> AsyncIterator[Any]:
     """The simulator (not yet attached: test modules attach and detach the actors themselves)."""
     from dataclasses import replace
 
-    from graph_schema.importers import case33bw
+    from graph_schema.importers import case33bw, cigre_mv
     from protocols.certs import ensure_pki
     from protocols.pointmap import generate_point_map
     from protocols.simulator import FieldSimulator
@@ -162,7 +165,7 @@ async def field_sim(settings: Any, runtime: Any) -> AsyncIterator[Any]:
     pki = ensure_pki(settings.data_dir)
     maps = {UA_FEEDER: generate_point_map(ua, opcua_endpoint=f"opc.tcp://127.0.0.1:0/dms/{UA_FEEDER}",
                                           split="opcua_only")}
-    sim = FieldSimulator([base, ua], point_maps=maps, certificate=pki.simulator,
+    sim = FieldSimulator([base, ua, cigre_mv()], point_maps=maps, certificate=pki.simulator,
                          trusted_client_certs=[pki.headend.cert_path], tick_s=0.2, operate_delay_s=0.1,
                          reclose_delay_s=0.6)
     async with sim:
