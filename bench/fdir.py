@@ -82,6 +82,26 @@ async def one_fault(rt: Any, sim: Any, fid: str, line_id: str) -> tuple[float, f
     return timings.plan_s, timings.restore_s
 
 
+def faultable_lines(feeder: Any) -> list[str]:
+    """Lines that are energized in normal positions and have a switch (a section of their own)."""
+    from actors.fdir import FdirModel
+    from tests.unit.fdir_grids import fault_scenario
+
+    model = FdirModel(feeder)
+    switched = {s.element_id for s in feeder.switches}
+    out = []
+    for ln in feeder.lines:
+        section = next((sec.id for sec in model.sections if ln.id in sec.line_ids), None)
+        if ln.id not in switched or section is None:
+            continue
+        try:
+            fault_scenario(model, section)
+        except ValueError:
+            continue  # a tie's line: dead in normal positions
+        out.append(ln.id)
+    return out
+
+
 def core_plan_time(feeder: Any, line_id: str, repeats: int = 3) -> float:
     """The same fault planned by the pure core in this process (the baseline)."""
     from actors.fdir import FdirModel, plan_fault
@@ -109,7 +129,7 @@ async def main() -> None:
     from server.field import attach
 
     with tempfile.TemporaryDirectory(prefix="dms-bench-fdir-") as tmp:
-        settings = Settings.from_env({}, data_dir=Path(tmp), neo4j_uri=None, scan_interval_s=0.1,
+        settings = Settings.from_env({}, data_dir=Path(tmp), neo4j_uri=None, scan_interval_s=0.2,
                                      fdir_mode="AUTOMATIC", fdir_settle_s=args.settle, confirm_timeout_s=5.0)
         rt = await start_runtime(settings, demo_feeders=True)
         try:
@@ -123,8 +143,7 @@ async def main() -> None:
                 await asyncio.sleep(3)
                 rows = []
                 for fid, model in models.items():
-                    switched = {s.element_id for s in model.switches}
-                    lines = [ln.id for ln in model.lines if ln.id in switched]
+                    lines = faultable_lines(model)
                     step = max(1, len(lines) // args.faults_per_feeder)
                     sample = lines[1::step][: args.faults_per_feeder]
                     plans, restores, cores = [], [], []

@@ -29,7 +29,7 @@ from server.schema.audit import AuditQuery
 from server.schema.control import ControlMutation
 from server.schema.fdir import FdirMutation, FdirQuery
 from server.schema.feeder import FeederQuery
-from server.schema.outages import OutageQuery
+from server.schema.outages import OutageQuery, OutageSubscription
 from server.schema.realtime import RealtimeQuery, RealtimeSubscription
 from server.settings import Settings
 
@@ -45,7 +45,7 @@ class Mutation(ControlMutation, FdirMutation):
 
 
 @strawberry.type
-class Subscription(RealtimeSubscription):
+class Subscription(RealtimeSubscription, OutageSubscription):
     pass
 
 

@@ -6,15 +6,21 @@ any time during the outage. Each step records who lost and who regained supply, 
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from datetime import datetime
 
 import strawberry
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from actors.outages import Cause
+from actors.events import EventKind
+from actors.outages import Cause, public_view
 from actors.outages import Outage as OutageRecord
 from actors.outages import OutageStatus as _OutageStatus
+from graph_schema.errors import DmsError
 from security.roles import Permission, authorize, requires
+from server.metrics import METRICS
+from server.schema.realtime import Event, _event_stream
 from server.schema.relay import Connection, connection, decode_cursor, page_size
 
 OutageStatus = strawberry.enum(_OutageStatus)
@@ -82,3 +88,60 @@ class OutageQuery:
         record = await info.context["services"].runtime.outages.get(str(id))
         authorize(info.context["principal"], Permission.READ_OUTAGES, feeder_id=record.feeder_id)
         return Outage.of(record)
+
+
+@strawberry.type
+class PublicOutage:
+    """What a utility's public outage map shows: no internal ids, no device or bus names."""
+
+    id: strawberry.ID
+    customers_affected: int
+    started_at: str
+    estimated_restoration: str | None
+    cause: str
+    status: str
+    area: JSON | None = strawberry.field(description="GeoJSON geometry of the affected area, when known")
+
+
+async def _public(info: Info, outage_id: str) -> PublicOutage | None:
+    rt = info.context["services"].runtime
+    try:
+        outage = await rt.outages.get(outage_id)
+    except DmsError:
+        return None
+    try:
+        feeder = await rt.grid.model(outage.feeder_id)
+    except DmsError:
+        feeder = None
+    view = public_view(outage, feeder)
+    return PublicOutage(id=strawberry.ID(view["id"]), customers_affected=view["customersAffected"],
+                        started_at=view["startedAt"], estimated_restoration=view["estimatedRestoration"],
+                        cause=view["cause"], status=view["status"], area=view["area"])
+
+
+@strawberry.type
+class OutageSubscription:
+    @strawberry.subscription(permission_classes=[requires(Permission.READ_OUTAGES, feeder_arg="feeder_id")],
+                             description="Outage records changing and FDIR plans (resume with afterSeq)")
+    async def outage_events(self, info: Info, feeder_id: strawberry.ID | None = None,
+                            after_seq: int | None = None) -> AsyncGenerator[Event, None]:
+        async for e in _event_stream(info, "outageEvents", feeder_id,
+                                     frozenset({EventKind.OUTAGE, EventKind.PLAN}), after_seq):
+            yield e
+
+    @strawberry.subscription(permission_classes=[requires(Permission.READ_PUBLIC_FEED)],
+                             description="The public outage feed for customer apps (CUSTOMER role)")
+    async def outage_feed(self, info: Info) -> AsyncGenerator[PublicOutage, None]:
+        hub = info.context["services"].hub
+        METRICS.subscriptions.labels("outageFeed").inc()
+        try:
+            async for batch in hub.stream(after_seq=None, feeder_id=None, kinds={str(EventKind.OUTAGE)},
+                                          visible=lambda e: True):
+                for e in batch:
+                    outage_id = e.data.get("outage_id")
+                    if isinstance(outage_id, str) and not e.data.get("momentary"):
+                        view = await _public(info, outage_id)
+                        if view is not None:
+                            yield view
+        finally:
+            METRICS.subscriptions.labels("outageFeed").dec()

@@ -148,9 +148,17 @@ async def _pending(gql, feeder: str, kind: str) -> dict[str, Any] | None:
     return p if p and p["kind"] == kind else None
 
 
-async def test_advisory_fdir_on_cigre_mv_waits_for_one_approval(gql, runtime, grid_field):
+async def test_advisory_fdir_on_cigre_mv_waits_for_one_approval(gql, runtime, grid_field, server, mint):
+    from tests.integration.test_realtime import ws_session
+
     sim = grid_field
+    events = ws_session(server, mint("OPERATOR", sub="grid-desk"))
+    feed = ws_session(server, mint("CUSTOMER", sub="customer-app"))
+    ws_events, ws_feed = await events.__aenter__(), await feed.__aenter__()
     try:
+        await ws_events.subscribe('subscription { outageEvents(feederId: "cigre-mv") { seq kind message data } }')
+        await ws_feed.subscribe("subscription { outageFeed { id customersAffected status cause startedAt } }")
+        await asyncio.sleep(0.3)
         before = (await fdir(gql, "cigre-mv"))["lastOutcome"]
         model = await runtime.grid.model("cigre-mv")
         line = model.lines[2].id
@@ -170,5 +178,15 @@ async def test_advisory_fdir_on_cigre_mv_waits_for_one_approval(gql, runtime, gr
         assert outcome["state"] == "COMPLETED", outcome
         status = await fdir(gql, "cigre-mv")
         assert status["activeOutageIds"], "the fault leaves an outage record until repaired"
+        # Control room: outage and plan events; customer app: the public projection only.
+        kinds = set()
+        while "OUTAGE" not in kinds or "PLAN" not in kinds:
+            msg = await asyncio.wait_for(ws_events.next(), 15)
+            kinds.add(msg["payload"]["data"]["outageEvents"]["kind"])
+        public = (await asyncio.wait_for(ws_feed.next(), 15))["payload"]["data"]["outageFeed"]
+        assert public["customersAffected"] >= 0 and public["cause"] == "FAULT"
+        assert status["activeOutageIds"][0] not in str(public) and "cigre" not in str(public)
     finally:
+        await events.__aexit__(None, None, None)
+        await feed.__aexit__(None, None, None)
         await sim.reset()
