@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--name", default=None)
     i.add_argument("--replace", action="store_true", help="replace a feeder of the same id")
 
+    pm = sub.add_parser("pointmap", help="field point maps")
+    pmsub = pm.add_subparsers(dest="pointmap_command", required=True)
+    pmi = pmsub.add_parser("import", help="validate a point map file against its feeder and store it")
+    common(pmi)
+    pmi.add_argument("file", type=Path)
+
     t = sub.add_parser("token", help="mint a bearer token from the local signing key")
     common(t)
     t.add_argument("--role", action="append", required=True, help="role (repeat for several)")
@@ -195,11 +201,11 @@ async def _serve(settings: Settings, *, demo: bool, speed: float = 1.0, simulato
 
             sim_handle = await start_field(runtime, settings, speed=speed)
         elif not demo:
-            from server.field import attach_from_files
+            from server.field import attach_stored
 
-            attached = await attach_from_files(runtime, settings)
+            attached = await attach_stored(runtime, settings)
             if attached:
-                log.info("field bindings from %s/pointmaps: %s", settings.data_dir, ", ".join(attached))
+                log.info("field bindings (point maps in the store): %s", ", ".join(attached))
         app = create_app(settings, runtime)
         config = uvicorn.Config(
             app,
@@ -283,6 +289,20 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
     )
     if _read_run_file(settings):
         print("a running server picks up new feeders within a few seconds; restart it after --replace")
+    return 0
+
+
+async def _pointmap_import(settings: Settings, args: argparse.Namespace) -> int:
+    from protocols.pointmap import PointMap
+    from server.field import save_point_map
+
+    unchecked = PointMap.load(args.file)  # readable, well-formed; names the file otherwise
+    async with _store_session(settings) as store:
+        feeder = await store.load_feeder(unchecked.feeder_id)
+        point_map = PointMap.load(args.file, feeder)  # every point checked against the model
+        await save_point_map(store, point_map)
+    print(f"stored the point map of feeder {point_map.feeder_id!r}: {len(point_map.devices)} devices, "
+          f"{len(point_map.points)} points; `dms serve` attaches it at start")
     return 0
 
 
@@ -389,6 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_serve(settings, demo=False))
         if args.command == "import":
             return _run(_import(settings, args))
+        if args.command == "pointmap":
+            return _run(_pointmap_import(settings, args))
         if args.command == "token":
             return _token(settings, args)
         if args.command == "sim":

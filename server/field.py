@@ -3,13 +3,10 @@
 ``dms demo``: :func:`start_field` starts the field simulator in this process for the demo feeders
 (real Modbus TCP and OPC UA servers on loopback, PKI and point maps written under the data
 directory by :func:`protocols.sim_admin.simulator_session`) and attaches each feeder actor to its
-devices. ``dms serve``: :func:`attach_from_files` attaches every feeder that has a point map file
-``<data_dir>/pointmaps/<feeder>.json``.
-
-Point maps are kept as those files for now: the graph store's record labels are a closed set
-(``ControlAction``, ``Event``, ``Outage``, ``AuditEntry``, ``Tag``) and a ``PointMap`` label is
-still to be added there. The fleet remembers each binding and applies it again to an actor it had
-to recreate.
+devices. ``dms serve``: :func:`attach_stored` attaches every feeder whose point map is in the graph
+store (``PointMap`` records, one per feeder, written by :func:`attach` and by ``dms pointmap import``),
+or, failing that, in ``<data_dir>/pointmaps/<feeder>.json``. The fleet remembers each binding and
+applies it again to an actor it had to recreate.
 """
 
 from __future__ import annotations
@@ -45,9 +42,34 @@ class FieldHandle:
         await self._stack.aclose()
 
 
+POINTMAP_LABEL = "PointMap"
+
+
+async def save_point_map(store: Any, point_map: PointMap) -> int:
+    """Store a feeder's point map with its model (replacing the one stored before); returns its seq."""
+    text = point_map.to_json()
+    rows = await store.list_records(POINTMAP_LABEL, feeder_id=point_map.feeder_id, limit=1, newest_first=True)
+    if rows:
+        seq = int(rows[0]["seq"])
+        await store.update_record(POINTMAP_LABEL, seq, {"json": text, "points": len(point_map.points)})
+        return seq
+    return int(await store.append_record(POINTMAP_LABEL, {"json": text, "points": len(point_map.points)},
+                                         feeder_id=point_map.feeder_id))
+
+
+async def load_point_map(runtime: Runtime, feeder_id: str) -> PointMap | None:
+    rows = await runtime.store.list_records(POINTMAP_LABEL, feeder_id=feeder_id, limit=1, newest_first=True)
+    if not rows:
+        return None
+    return PointMap.from_json(str(rows[0]["json"]), await runtime.grid.model(feeder_id))
+
+
 async def attach(runtime: Runtime, settings: Settings, point_map: PointMap) -> dict[str, int]:
-    return await runtime.fleet.attach_field(point_map.feeder_id, point_map.to_json(), str(settings.data_dir),
+    """Bind a feeder actor to its field devices and keep the point map in the graph store."""
+    info = await runtime.fleet.attach_field(point_map.feeder_id, point_map.to_json(), str(settings.data_dir),
                                             settings.opcua_allow_nosecurity)
+    await save_point_map(runtime.store, point_map)
+    return info
 
 
 async def start_field(runtime: Runtime, settings: Settings, *, speed: float = 1.0, tick_s: float = 1.0,
@@ -69,17 +91,22 @@ async def start_field(runtime: Runtime, settings: Settings, *, speed: float = 1.
     return handle
 
 
-async def attach_from_files(runtime: Runtime, settings: Settings) -> list[str]:
-    """Attach every feeder that has ``<data_dir>/pointmaps/<feeder>.json``; returns their ids."""
+async def attach_stored(runtime: Runtime, settings: Settings) -> list[str]:
+    """Attach every feeder with a point map in the graph store (else ``<data_dir>/pointmaps/<feeder>.json``);
+    returns their ids. A map that no longer fits its feeder is logged with every problem and skipped."""
     attached = []
     folder = Path(settings.data_dir) / POINTMAP_DIR
     for fid in runtime.fleet.feeder_ids:
         path = folder / f"{fid}.json"
-        if not path.exists():
-            continue
         try:
-            await attach(runtime, settings, PointMap.load(path, await runtime.grid.model(fid)))
+            pm = await load_point_map(runtime, fid)
+            if pm is None and path.exists():
+                pm = PointMap.load(path, await runtime.grid.model(fid))
+            if pm is None:
+                continue
+            await attach(runtime, settings, pm)
             attached.append(fid)
         except Exception:
-            log.exception("feeder %s: point map %s could not be attached", fid, path)
+            log.exception("feeder %s: its point map could not be attached", fid)
     return attached
+

@@ -200,3 +200,27 @@ async def test_demo_starts_serves_and_stops_cleanly_on_sigterm(tmp_path):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_pointmap_import_validates_against_the_feeder_and_stores_it(settings, data_dir, runtime, tmp_path):
+    import dataclasses
+
+    from protocols.pointmap import generate_point_map
+
+    model = await runtime.grid.model("cigre-mv")
+    pm = generate_point_map(model, modbus_port=1502, opcua_endpoint="opc.tcp://127.0.0.1:4841/dms/cigre-mv")
+    good = tmp_path / "cigre-mv.points.json"
+    good.write_text(pm.to_json())
+    r = await adms("pointmap", "import", str(good), env=store_env(settings, data_dir))
+    assert r.returncode == 0, r.stderr
+    rows = await runtime.store.list_records("PointMap", feeder_id="cigre-mv", limit=5)
+    assert len(rows) == 1 and '"cigre-mv"' in rows[0]["json"]
+
+    broken = dataclasses.replace(pm.points[0], element_id="no-such-switch")
+    bad = tmp_path / "broken.points.json"
+    bad.write_text(dataclasses.replace(pm, points=(broken, *pm.points[1:])).to_json())
+    r = await adms("pointmap", "import", str(bad), env=store_env(settings, data_dir))
+    assert r.returncode != 0
+    assert broken.point_id in r.stderr and "no-such-switch" in r.stderr
+    rows_after = await runtime.store.list_records("PointMap", feeder_id="cigre-mv", limit=5)
+    assert rows_after[0]["json"] == rows[0]["json"]  # nothing written
