@@ -932,6 +932,19 @@ class FeederActor:
         element = data.get("device_id") if isinstance(data.get("device_id"), str) else None
         self._event(kind, element, message, severity=severity, durable=True, data=dict(data))  # type: ignore[arg-type]
 
+    async def metrics(self) -> dict[str, Any]:
+        """Running figures for the server's /metrics (telemetry, quality, last solve, FDIR outcomes)."""
+        await self._ready()
+        assert self._state is not None
+        quality: dict[str, int] = {}
+        for pv in self._values.values():
+            quality[str(pv.quality)] = quality.get(str(pv.quality), 0) + 1
+        fdir: dict[str, int] = {}
+        for plan in (self._fdir.plans.values() if self._fdir is not None else ()):
+            fdir[str(plan.state)] = fdir.get(str(plan.state), 0) + 1
+        return {"ingested": self.ingested, "quality": quality, "solve_s": self._state.power_flow.solve_time_s,
+                "fdir": fdir}
+
     async def fdir_status(self) -> FdirStatus:
         await self._ready()
         assert self._fdir is not None

@@ -43,7 +43,7 @@ NAMESPACE = "dms"
 
 # Calls that only read may be retried after the actor was recreated; anything else may not.
 READ_ONLY = frozenset({"ping", "model", "state", "power_flow", "measurements", "alarms", "tags", "field_status",
-                       "fdir_status", "fdir_plans", "fdir_timings",
+                       "fdir_status", "fdir_plans", "fdir_timings", "metrics",
                        "devices"})
 EVENT_BUS_NAME = "dms-events"
 

@@ -109,6 +109,11 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
 del P
 
 
+# What a caller without any token may do: only the public outage feed (a utility's outage map is
+# public). Everything else answers UNAUTHENTICATED.
+ANONYMOUS_PERMISSIONS: frozenset[Permission] = frozenset({Permission.READ_PUBLIC_FEED})
+
+
 def permissions_of(roles: Iterable[Role]) -> frozenset[Permission]:
     """The union of what ``roles`` grant (an unknown role grants nothing)."""
     out: set[Permission] = set()
@@ -125,7 +130,7 @@ def feeder_in_scope(principal: Principal, feeder_id: str) -> bool:
 def allowed(principal: Principal | None, permission: Permission, *, feeder_id: str | None = None) -> bool:
     """True when :func:`authorize` would pass."""
     if principal is None:
-        return False
+        return permission in ANONYMOUS_PERMISSIONS and feeder_id is None
     if permission not in permissions_of(principal.roles):
         return False
     return feeder_id is None or feeder_in_scope(principal, feeder_id)
@@ -139,6 +144,8 @@ def authorize(principal: Principal | None, permission: Permission, *, feeder_id:
         feeder scope. The message names neither the principal's roles nor its feeder list.
     """
     if principal is None:
+        if permission in ANONYMOUS_PERMISSIONS and feeder_id is None:
+            return
         raise Unauthenticated("missing", "authentication required; send a bearer token")
     if permission not in permissions_of(principal.roles):
         log.info("forbidden: sub=%r roles=%s lacks %s", principal.sub,
@@ -169,7 +176,9 @@ class _RequiresPermission(BasePermission):
         if principal is None:
             err = context.get("auth_error") if isinstance(context, Mapping) else None
             if isinstance(err, Unauthenticated):
-                raise err
+                raise err  # a token was presented and refused: never fall back to anonymous
+            if self.permission in ANONYMOUS_PERMISSIONS and self.feeder_arg is None:
+                return True
             raise Unauthenticated("missing", "authentication required; send a bearer token")
         feeder_id = _argument(kwargs, self.feeder_arg) if self.feeder_arg else None
         authorize(principal, self.permission, feeder_id=None if feeder_id is None else str(feeder_id))

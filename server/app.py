@@ -113,14 +113,19 @@ class DmsGraphQL(GraphQL):
         """Authenticate a WebSocket in ``connection_init``: ``{"authorization": "Bearer <token>"}``.
 
         A refused token closes the socket (4403); an accepted one is closed (4401) when it expires,
-        which ends every subscription on it.
+        which ends every subscription on it. Without any token the connection is anonymous: only the
+        public ``outageFeed`` answers on it (security.roles.ANONYMOUS_PERMISSIONS), every other
+        subscription is refused with UNAUTHENTICATED.
         """
         auth = self.services.auth
         params = context.get("connection_params") or {}
-        raw = params.get("authorization") or params.get("Authorization") if isinstance(params, dict) else None
-        token = bearer_token(raw) if isinstance(raw, str) else None
+        raw = (params.get("authorization") or params.get("Authorization")) if isinstance(params, dict) else None
         if auth is None:
             raise ConnectionRejectionError({"code": "STARTING"})
+        if raw is None:
+            context["principal"] = None
+            return {"sub": None}
+        token = bearer_token(raw) if isinstance(raw, str) else ""
         result = await auth.authenticate(token, source=context["source"], channel="websocket")
         if result.principal is None:
             raise ConnectionRejectionError({"code": "UNAUTHENTICATED", "message": "invalid or expired token"})

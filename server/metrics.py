@@ -6,11 +6,13 @@ time (actor restarts, last solve durations), so nothing polls in the background.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from strawberry.extensions import SchemaExtension
 
 
@@ -38,20 +40,39 @@ class Metrics:
             "dms_feeder_actor_restarts", "Times the fleet recreated a feeder's actor", ["feeder"],
             registry=self.registry,
         )
-        self.solver_seconds = Gauge(
-            "dms_solver_last_seconds", "Duration of the feeder's last power flow", ["feeder"],
-            registry=self.registry,
-        )
         self.feeder_up = Gauge("dms_feeder_actor_up", "1 when the feeder actor answers", ["feeder"],
                                registry=self.registry)
-        self.telemetry_points = Counter(
-            "dms_telemetry_points_total", "Telemetry point values applied, by feeder and quality",
-            ["feeder", "quality"], registry=self.registry,
-        )
-        self.fdir_outcomes = Counter(
-            "dms_fdir_outcomes_total", "FDIR runs by feeder and outcome", ["feeder", "outcome"],
-            registry=self.registry,
-        )
+        self.actors = ActorCollector()
+        self.registry.register(self.actors)
+
+
+class ActorCollector:
+    """Figures that live in the feeder actors, read from them at scrape time (``refresh_from_runtime``).
+
+    Running totals are exposed as counters: after an actor restart they start again from zero, which
+    Prometheus' ``rate()`` treats as a counter reset.
+    """
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, dict[str, Any]] = {}
+
+    def collect(self) -> Iterator[Any]:
+        values = CounterMetricFamily("dms_telemetry_values", "Telemetry values applied by the feeder actor",
+                                     labels=["feeder"])
+        points = GaugeMetricFamily("dms_telemetry_points", "Telemetry points by their current quality",
+                                   labels=["feeder", "quality"])
+        solve = GaugeMetricFamily("dms_solver_last_seconds", "Duration of the feeder's last power flow",
+                                  labels=["feeder"])
+        plans = CounterMetricFamily("dms_fdir_plans", "FDIR switching plans by outcome", labels=["feeder", "outcome"])
+        for fid, snap in sorted(self.snapshot.items()):
+            values.add_metric([fid], float(snap.get("ingested", 0)))
+            for quality, n in sorted(snap.get("quality", {}).items()):
+                points.add_metric([fid, quality], float(n))
+            if snap.get("solve_s") is not None:
+                solve.add_metric([fid], float(snap["solve_s"]))
+            for outcome, n in sorted(snap.get("fdir", {}).items()):
+                plans.add_metric([fid, outcome], float(n))
+        yield from (values, points, solve, plans)
 
 
 METRICS = Metrics()
@@ -78,9 +99,16 @@ class OperationMetrics(SchemaExtension):
 async def refresh_from_runtime(runtime: Any) -> None:
     if runtime is None:
         return
+    snapshot: dict[str, dict[str, Any]] = {}
     for h in await runtime.fleet.health(timeout_s=2.0):
         METRICS.feeder_up.labels(h.feeder_id).set(1 if h.ok else 0)
         METRICS.actor_restarts.labels(h.feeder_id).set(h.restarts)
+        if h.ok:
+            try:
+                snapshot[h.feeder_id] = await asyncio.wait_for(runtime.fleet.call(h.feeder_id, "metrics"), 2.0)
+            except Exception:  # a scrape must answer even when one actor is busy
+                continue
+    METRICS.actors.snapshot = snapshot
 
 
 def render() -> bytes:

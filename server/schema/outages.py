@@ -130,7 +130,7 @@ class OutageSubscription:
             yield e
 
     @strawberry.subscription(permission_classes=[requires(Permission.READ_PUBLIC_FEED)],
-                             description="The public outage feed for customer apps (CUSTOMER role)")
+                             description="The public outage feed, no token needed (as /feeds/outages.geojson)")
     async def outage_feed(self, info: Info) -> AsyncGenerator[PublicOutage, None]:
         hub = info.context["services"].hub
         METRICS.subscriptions.labels("outageFeed").inc()

@@ -64,4 +64,6 @@ async def test_metrics_expose_http_graphql_and_actor_series(http, gql):
     assert 'dms_graphql_request_seconds_count{operation="OpsProbe",type="query"}' in text
     assert 'dms_http_requests_total{route="/graphql",status="200"}' in text
     assert 'dms_feeder_actor_restarts{feeder="cigre-mv"}' in text
+    assert 'dms_solver_last_seconds{feeder="case33bw"}' in text
+    assert 'dms_telemetry_values_total{feeder="case33bw"}' in text
     assert "dms_graphql_subscriptions_active" in text or "# HELP dms_graphql_subscriptions_active" in text

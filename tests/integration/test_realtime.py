@@ -308,9 +308,15 @@ async def test_subscriber_resumes_after_reconnect_without_gaps(gql, mint, server
     # Disconnected: these happen while nobody listens.
     for _ in range(3):
         await _select_cancel(gql, token)
-    missed = await gql('query E($a: Int) { events(afterSeq: $a, feederId: "case33bw", kinds: ["CONTROL"]) '
-                       '{ events { seq } nextSeq } }', {"a": last}, role="VIEWER")
-    expected = [e["seq"] for e in missed["data"]["events"]["events"]]
+    # Events reach the bus asynchronously (the actor batches them every few ms): wait until all six
+    # are published before reconnecting.
+    async def missed_events() -> list[int] | None:
+        missed = await gql('query E($a: Int) { events(afterSeq: $a, feederId: "case33bw", kinds: ["CONTROL"]) '
+                           '{ events { seq } nextSeq } }', {"a": last}, role="VIEWER")
+        seqs = [e["seq"] for e in missed["data"]["events"]["events"]]
+        return seqs if len(seqs) >= 6 else None
+
+    expected = await wait_for(missed_events, 10)
     assert len(expected) == 6
     async with ws_session(server, token) as ws:
         await ws.subscribe(CONTROL_SUB, {"after": last})

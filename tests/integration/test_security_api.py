@@ -267,12 +267,26 @@ async def _ws_init(server, payload: dict[str, Any] | None) -> tuple[Any, dict[st
     return ws, msg
 
 
-async def test_websocket_requires_a_token_in_connection_init(server):
-    ws, msg = await _ws_init(server, None)
-    assert msg is None
-    assert ws.close_code == 4403
+async def test_websocket_refuses_bad_tokens_and_serves_anonymous_callers_only_the_public_feed(server):
     ws, msg = await _ws_init(server, {"authorization": "Bearer a.b.c"})
+    assert msg is None and ws.close_code == 4403  # a refused token never falls back to anonymous
+    ws, msg = await _ws_init(server, {"authorization": "Basic dXNlcjpw"})
     assert msg is None and ws.close_code == 4403
+    ws, msg = await _ws_init(server, None)
+    assert msg == {"type": "connection_ack", "payload": {"sub": None}}
+    try:
+        await ws.send(json.dumps({"id": "1", "type": "subscribe",
+                                  "payload": {"query": 'subscription { alarms(feederId: "case33bw") { seq } }'}}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
+        assert reply["type"] == "error" or reply["payload"].get("errors"), reply
+        assert "UNAUTHENTICATED" in json.dumps(reply)
+        await ws.send(json.dumps({"id": "2", "type": "subscribe",
+                                  "payload": {"query": "subscription { outageFeed { customersAffected } }"}}))
+        with pytest.raises(TimeoutError):  # accepted: it waits for outages instead of erroring
+            reply = json.loads(await asyncio.wait_for(ws.recv(), timeout=1.5))
+            raise AssertionError(f"public feed refused: {reply}")
+    finally:
+        await ws.close()
 
 
 async def test_websocket_closes_when_the_token_expires(server, mint):
