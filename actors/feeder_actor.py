@@ -45,13 +45,13 @@ from actors.control import ControlAction, ControlCore, DeviceUnreachable, NotCon
 from actors.events import ALARM_KIND_KEY, Alarm, AlarmBook, Event, EventKind, Scalar, Severity
 from actors.fdir import Indications
 from actors.fdir_engine import FdirEngine, FdirMode, FdirPorts, FdirStatus, PlanStatus
-from actors.outages import Outage
+from actors.outages import Outage, store_record
 from actors.powerflow import PowerFlowModel, PowerFlowResult
 from actors.topology import TopologyGraph, TopologyResult
 from graph_schema.errors import BadInput, DmsError, NotFound
 from graph_schema.model import Der, Feeder, Quantity, SwitchKind, Transformer
+from graph_schema.secret import Secret
 from graph_schema.store import GraphStore
-from server.settings import Secret
 
 log = logging.getLogger(__name__)
 
@@ -921,8 +921,7 @@ class FeederActor:
 
     async def _persist_outage(self, record: dict[str, Any], seq: int | None) -> int:
         assert self._store is not None
-        props = dict(record)
-        feeder_id = str(props.pop("feeder_id", self.feeder_id))
+        props, feeder_id = store_record(record)
         if seq is None:
             return await self._store.append_record("Outage", props, feeder_id=feeder_id)
         await self._store.update_record("Outage", seq, props)

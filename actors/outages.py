@@ -142,6 +142,13 @@ class Outage:
             ) from exc
 
 
+def store_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """An ``Outage.to_record()`` split for the graph store: its properties, and the feeder id that the
+    store keeps as its own field (``append_record(..., feeder_id=...)``)."""
+    props = dict(record)
+    return props, str(props.pop("feeder_id"))
+
+
 def _dt(v: Any) -> datetime | None:
     return datetime.fromisoformat(v) if v else None
 

@@ -38,7 +38,7 @@ import neo4j
 import neo4j.exceptions
 
 from graph_schema.errors import ConfigError, StoreUnavailable
-from server.settings import Secret
+from graph_schema.secret import Secret
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import neo4j.exceptions
 from graph_schema import cypher
 from graph_schema.errors import BadInput, DmsError, InvalidModel, NotFound, StoreUnavailable
 from graph_schema.model import Feeder
-from server.settings import Secret
+from graph_schema.secret import Secret
 
 log = logging.getLogger(__name__)
 

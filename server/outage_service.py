@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from actors.outages import Outage
+from actors.outages import Outage, store_record
 from graph_schema.errors import DmsError, NotFound
 from graph_schema.store import GraphStore
 
@@ -33,8 +33,7 @@ class OutageService:
 
     async def save(self, outage: Outage, seq: int | None = None) -> int:
         """Append a new outage record, or update the one at ``seq``; returns its seq."""
-        record = outage.to_record()
-        feeder_id = str(record.pop("feeder_id"))
+        record, feeder_id = store_record(outage.to_record())
         if seq is None:
             return await self.store.append_record(LABEL, record, feeder_id=feeder_id)
         await self.store.update_record(LABEL, seq, record)
