@@ -860,6 +860,11 @@ class FeederActor:
         ports = FdirPorts(operate=self._fdir_operate, switch_states=lambda: dict(self._switch_states),
                           persist_outage=self._persist_outage, emit=self._fdir_emit, now=lambda: datetime.now(UTC))
         mode = FdirMode(dict(self._opts.fdir_modes).get(self.feeder_id, self._opts.fdir_mode))
+        stored = await self._store.list_records("Setting", feeder_id=self.feeder_id, where={"key": "fdir_mode"},
+                                                limit=1, newest_first=True)
+        if stored:  # an operator's setFdirMode outlives restarts and wins over the start-up default
+            with contextlib.suppress(ValueError):
+                mode = FdirMode(str(stored[0]["value"]))
         self._fdir = await asyncio.to_thread(FdirEngine, feeder, ports, mode=mode, settle_s=self._opts.fdir_settle_s,
                                              outages=restored)
 
@@ -967,7 +972,12 @@ class FeederActor:
         except ValueError:
             raise BadInput(f"FDIR mode {mode!r} is unknown; use AUTOMATIC, ADVISORY or OFF") from None
         with _portable_errors():
-            return str(await self._fdir.set_mode(wanted, by))
+            result = str(await self._fdir.set_mode(wanted, by))
+        assert self._store is not None
+        await self._store.append_record("Setting", {"key": "fdir_mode", "value": result, "set_by": by,
+                                                    "set_at": datetime.now(UTC).isoformat()},
+                                        feeder_id=self.feeder_id)
+        return result
 
     async def approve_plan(self, plan_id: str, by: str) -> PlanStatus:
         await self._ready()

@@ -37,7 +37,7 @@ FEEDER_LABEL = "Feeder"
 SEQUENCE_LABEL = "Sequence"
 # Durable records kept beside the network (closed set; labels are interpolated into Cypher only
 # after a membership check against this tuple).
-RECORD_LABELS: tuple[str, ...] = ("ControlAction", "Event", "Outage", "AuditEntry", "Tag", "PointMap")
+RECORD_LABELS: tuple[str, ...] = ("ControlAction", "Event", "Outage", "AuditEntry", "Tag", "PointMap", "Setting")
 APPEND_ONLY_LABELS: frozenset[str] = frozenset({"AuditEntry"})
 
 # Properties the store adds to every element node; no model field may use these names.

@@ -80,10 +80,23 @@ async def completed_after(gql, feeder: str, not_id: str | None = None, timeout_s
     return await wait_for(done, timeout_s)
 
 
-async def test_automatic_fdir_on_case33bw_isolates_restores_and_returns_to_normal(gql, http, grid_field):
+async def _field_ready(runtime, fid: str) -> bool:
+    st = await runtime.fleet.call(fid, "field_status")
+    return bool(st["devices"]) and all(st["devices"].values())
+
+
+async def test_automatic_fdir_on_case33bw_isolates_restores_and_returns_to_normal(gql, http, grid_field, runtime):
     sim = grid_field
     r = await gql('mutation { setFdirMode(feederId: "case33bw", mode: AUTOMATIC) }', role="OPERATOR")
     assert r["data"]["setFdirMode"] == "AUTOMATIC", r
+    # The mode is persisted: an actor rebuilt from the store keeps it.
+    runtime.fleet.kill("case33bw")
+    await asyncio.sleep(0.3)
+    assert (await fdir(gql, "case33bw"))["mode"] == "AUTOMATIC"
+    from server.field import attach
+
+    await attach(runtime, runtime.settings, sim.point_maps["case33bw"])  # as the fleet re-applies it
+    await wait_for(lambda: _field_ready(runtime, "case33bw"), 30)
     assert (await gql('mutation { setFdirMode(feederId: "case33bw", mode: AUTOMATIC) }', role="VIEWER"))[
         "errors"][0]["extensions"]["code"] == "FORBIDDEN"
     try:
