@@ -451,7 +451,14 @@ def public_view(
         for b in feeder.buses:
             if b.id not in geo and b.lon is not None and b.lat is not None:
                 geo[b.id] = (b.lon, b.lat)
-    pts = [geo[b] for b in outage.section_bus_ids if b in geo]
+    # The area of who is without supply now: the de-energized section until someone is restored,
+    # then the buses of the loads still out (all interrupted buses once over or without the feeder).
+    area_buses: list[str] | tuple[str, ...] = outage.section_bus_ids
+    partly_restored = set(outage.load_ids_out) != set(outage.load_ids_interrupted)
+    if feeder is not None and outage.active and outage.load_ids_out and partly_restored:
+        out = set(outage.load_ids_out)
+        area_buses = [ld.bus_id for ld in feeder.loads if ld.id in out]
+    pts = [geo[b] for b in area_buses if b in geo]
     hull = _hull(pts)
     area: dict[str, Any] | None
     if len(hull) >= 3:

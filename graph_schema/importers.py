@@ -32,7 +32,9 @@ Mapping rules:
   bus) gets a BREAKER at that bus; a switch the importer added there becomes that breaker, an
   existing pandapower switch there is kept as it is.
 * Geo: pandapower 3 keeps bus coordinates in ``net.bus.geo`` as GeoJSON points; they become
-  ``lon``/``lat`` (the published test feeders carry schematic, not geographic, coordinates).
+  ``lon``/``lat`` (WGS84). The published test feeders (Baran & Wu, CIGRE MV) carry schematic x/y
+  instead; their importers place them on the map explicitly (:func:`place_schematic`), so nothing
+  downstream (the public outage map) takes drawing units for degrees.
 * Transformers with ``parallel`` = n become one of n x ``sn_mva`` (same percent impedances).
 """
 
@@ -42,6 +44,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -451,6 +454,29 @@ def from_pandapower(
     return ensure_valid(feeder)
 
 
+# Where the demo's schematic feeders are drawn on the map: a fictitious service area near
+# Schutterwald (Baden), 48.46 N 7.87 E, where pandapower's real LV grid lies too.
+DEMO_ORIGIN_LON_LAT = (7.87, 48.46)
+
+
+def place_schematic(feeder: Feeder, *, origin_lon_lat: tuple[float, float], metres_per_unit: float,
+                    offset_m: tuple[float, float] = (0.0, 0.0)) -> Feeder:
+    """A copy of ``feeder`` whose schematic bus x/y (held in lon/lat by the importer) become WGS84:
+    ``metres_per_unit`` metres per drawing unit, east and north of ``origin_lon_lat`` (+ ``offset_m``)."""
+    lon0, lat0 = origin_lon_lat
+    m_per_deg_lat = 110_540.0
+    m_per_deg_lon = 111_320.0 * math.cos(math.radians(lat0))
+    buses = []
+    for b in feeder.buses:
+        if b.lon is None or b.lat is None:
+            buses.append(b)
+            continue
+        east = b.lon * metres_per_unit + offset_m[0]
+        north = b.lat * metres_per_unit + offset_m[1]
+        buses.append(replace(b, lon=round(lon0 + east / m_per_deg_lon, 7), lat=round(lat0 + north / m_per_deg_lat, 7)))
+    return replace(feeder, buses=tuple(buses))
+
+
 def case33bw() -> Feeder:
     """Baran & Wu 33-bus 12.66 kV feeder: a switch on each of its 37 branches, 5 normally-open ties.
 
@@ -463,7 +489,7 @@ def case33bw() -> Feeder:
     net = _quietly(pn.case33bw)
     # pandapower names the buses by their 0-based index; the published numbering starts at 1.
     net.bus["name"] = [f"Bus {i + 1}" for i in net.bus.index]
-    return from_pandapower(
+    feeder = from_pandapower(
         net,
         "case33bw",
         "Baran & Wu 33-bus",
@@ -473,6 +499,8 @@ def case33bw() -> Feeder:
         feeder_breakers=True,
         index_base=1,
     )
+    # Schematic drawing units of about +-5: 300 m each gives a ~3 km service area.
+    return place_schematic(feeder, origin_lon_lat=DEMO_ORIGIN_LON_LAT, metres_per_unit=300.0)
 
 
 def cigre_mv(with_der: str = "pv_wind") -> Feeder:
@@ -485,9 +513,12 @@ def cigre_mv(with_der: str = "pv_wind") -> Feeder:
     import pandapower.networks as pn
 
     net = _quietly(pn.create_cigre_network_mv, with_der=with_der)
-    return from_pandapower(
+    feeder = from_pandapower(
         net, "cigre-mv", "CIGRE MV benchmark", limits=CIGRE_MV_LIMITS, feeder_breakers=True
     )
+    # Schematic units of 0-20: 250 m each, placed 6 km east of the case33bw area.
+    return place_schematic(feeder, origin_lon_lat=DEMO_ORIGIN_LON_LAT, metres_per_unit=250.0,
+                           offset_m=(6_000.0, 0.0))
 
 
 def lv_schutterwald() -> Feeder:

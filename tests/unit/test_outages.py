@@ -113,3 +113,16 @@ def test_public_view_has_no_internal_ids() -> None:
     assert public_view(one, None, geo)["area"]["type"] == "Point"
     none = tr.open(feeder.id, Cause.FAULT, ["la3_ld"], {"la3_ld": 80}, at=T0)
     assert public_view(none, None, {})["area"] is None
+
+
+def test_public_area_shrinks_to_who_is_still_out() -> None:
+    feeder = two_feeders()
+    tr, _ = tracker()
+    o = tr.open(feeder.id, Cause.FAULT, ["la3_ld", "la4_ld"], {"la3_ld": 80, "la4_ld": 60}, at=T0,
+                section_bus_ids=["a2", "a3", "a4"])
+    o = tr.step(o.id, restored={"la4_ld"}, action="CLOSE tie", by="fdir", at=T0)
+    geo = {"a2": (8.0, 48.0), "a3": (8.1, 48.0), "a4": (8.05, 48.1)}
+    view = public_view(o, feeder, geo)
+    bus_of_la3 = next(ld.bus_id for ld in feeder.loads if ld.id == "la3_ld")
+    assert view["customersAffected"] == 80
+    assert view["area"] == {"type": "Point", "coordinates": list(geo[bus_of_la3])}
