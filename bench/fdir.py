@@ -2,7 +2,8 @@
 
 Run:  .venv/bin/python bench/fdir.py [--faults-per-feeder N]
 
-For case33bw and cigre-mv (both in AUTOMATIC mode) it injects a permanent fault on a sample of lines
+For case33bw and cigre-mv (both in AUTOMATIC mode) it injects a permanent fault on every line that
+can carry one (a section of its own, energized in normal positions; or a sample of N)
 in the field simulator (real Modbus TCP and OPC UA servers on loopback), and reads from the feeder
 actor's FDIR engine the time from the first fault telemetry arriving at the actor to a validated
 switching plan, and to the last restoring step confirmed by telemetry. Between faults it does what
@@ -120,7 +121,8 @@ def core_plan_time(feeder: Any, line_id: str, repeats: int = 3) -> float:
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--faults-per-feeder", type=int, default=6)
+    ap.add_argument("--faults-per-feeder", type=int, default=0,
+                    help="sample this many sections per feeder (default 0: every section that can carry a fault)")
     ap.add_argument("--settle", type=float, default=0.5, help="FDIR settle time after the first indication (s)")
     args = ap.parse_args()
     print("machine:", machine(), flush=True)
@@ -144,8 +146,11 @@ async def main() -> None:
                 rows = []
                 for fid, model in models.items():
                     lines = faultable_lines(model)
-                    step = max(1, len(lines) // args.faults_per_feeder)
-                    sample = lines[1::step][: args.faults_per_feeder]
+                    if args.faults_per_feeder > 0:
+                        step = max(1, len(lines) // args.faults_per_feeder)
+                        sample = lines[1::step][: args.faults_per_feeder]
+                    else:
+                        sample = lines
                     plans, restores, cores = [], [], []
                     for line_id in sample:
                         got = await one_fault(rt, sim, fid, line_id)
