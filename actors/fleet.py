@@ -89,6 +89,10 @@ def connect_ray(*, address: str | None, data_dir: Path, num_cpus: int | None = N
         kwargs["num_cpus"] = num_cpus if num_cpus is not None else os.cpu_count()
         # Keep Ray's object store small: actors exchange results of a few MB at most.
         kwargs["object_store_memory"] = 200 * 1024 * 1024
+        # Ray runs its workers at nice 15 by default, a batch-computing choice. Here the workers
+        # are the feeder actors doing the real-time work (scan, control, FDIR): at nice 15 a busy
+        # server, simulator or graph store on the same host starves them for tens of seconds.
+        kwargs["_system_config"] = {"worker_niceness": 0}
     else:
         kwargs["address"] = address
     ray.init(**kwargs)
