@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import time
@@ -54,6 +55,7 @@ from graph_schema.secret import Secret
 from graph_schema.store import GraphStore
 
 log = logging.getLogger(__name__)
+DETACH_TIMEOUT_S = 5.0  # field tasks and connections get this long to stop when the feeder is detached
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +260,7 @@ class FeederActor:
         if self._flusher is not None:
             await self._flush_now()
             self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await asyncio.wait({self._flusher}, timeout=DETACH_TIMEOUT_S)
             self._flusher = None
         if self._store is not None:
             await self._store.close()
@@ -408,18 +409,31 @@ class FeederActor:
         return {"devices": len(pm.devices), "points": len(pm.points)}
 
     async def detach_field(self) -> None:
+        """Stop scanning and close every field connection, in bounded time.
+
+        A protocol library that swallows a cancellation (or a device that never answers a close)
+        must not hang the actor: whatever has not stopped after ``DETACH_TIMEOUT_S`` is logged with
+        its stack and left to finish on its own, and the binding is dropped regardless.
+        """
         tasks, self._field_tasks = self._field_tasks, []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
         clients, self._clients = self._clients, {}
-        for c in clients.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(c.close(), timeout=5)
         self._pm = None
         self._pm_by_id = {}
+        for t in tasks:
+            t.cancel()
+        closers = [asyncio.create_task(c.close(), name=f"close {d}") for d, c in clients.items()]
+        pending = [*tasks, *closers]
+        if pending:
+            _, stuck = await asyncio.wait(pending, timeout=DETACH_TIMEOUT_S)
+            for t in stuck:
+                stack = io.StringIO()
+                t.print_stack(limit=8, file=stack)
+                log.warning("feeder %s: %s did not stop within %.0f s and is left behind; it was at:\n%s",
+                            self.feeder_id, t.get_name(), DETACH_TIMEOUT_S, stack.getvalue())
+                t.cancel()
+            for t in pending:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    log.info("feeder %s: %s ended with %r", self.feeder_id, t.get_name(), t.exception())
         self._values.clear()
         self._device_ok.clear()
 

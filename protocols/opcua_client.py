@@ -234,8 +234,8 @@ class OpcUaClient:
         self._closed = True
         if self._supervisor is not None:
             self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            # asyncio.wait, not ``await``: a cancellation of close() itself must not be swallowed.
+            await asyncio.wait({self._supervisor}, timeout=5.0)
             self._supervisor = None
         async with self._lock:
             client, self._client = self._client, None

@@ -1,0 +1,91 @@
+"""Detaching a feeder from its field devices finishes in bounded time, whatever the protocol
+libraries do with a cancellation (a Ray call that never returns would time out at the fleet and
+leave the feeder half-bound)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from actors import feeder_actor
+from actors.feeder_actor import ActorOptions, FeederActor, StoreAddress
+from graph_schema.secret import Secret
+
+
+class HangingClient:
+    """A client whose close never returns (a device that never answers the disconnect)."""
+
+    def __init__(self) -> None:
+        self.close_called = False
+
+    async def close(self) -> None:
+        self.close_called = True
+        await asyncio.Event().wait()
+
+
+class GoodClient:
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def _swallows_cancel(release: asyncio.Event) -> None:
+    """What some protocol code does: catch the cancellation and go on waiting."""
+    while not release.is_set():
+        try:
+            await release.wait()
+        except asyncio.CancelledError:
+            continue
+
+
+async def _plain_poll() -> None:
+    await asyncio.sleep(3600)
+
+
+def _actor() -> FeederActor:
+    store = StoreAddress(uri="bolt://127.0.0.1:1", user="neo4j", password=Secret("x"), database="neo4j")
+    return FeederActor("f1", store, ActorOptions())
+
+
+async def test_detach_is_bounded_when_a_task_swallows_cancellation_and_a_close_hangs(monkeypatch, caplog):
+    monkeypatch.setattr(feeder_actor, "DETACH_TIMEOUT_S", 0.3)
+    actor = _actor()
+    release = asyncio.Event()
+    stubborn = asyncio.create_task(_swallows_cancel(release), name="poll dev-stuck")
+    plain = asyncio.create_task(_plain_poll(), name="poll dev-ok")
+    hanging, good = HangingClient(), GoodClient()
+    actor._field_tasks = [stubborn, plain]
+    actor._clients = {"dev-stuck": hanging, "dev-ok": good}
+    await asyncio.sleep(0)
+
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="actors.feeder_actor"):
+        await actor.detach_field()
+    assert time.monotonic() - t0 < 2.0
+    assert plain.cancelled() and good.closed and hanging.close_called
+    assert actor._clients == {} and actor._field_tasks == [] and actor._pm is None
+    left = " ".join(r.getMessage() for r in caplog.records)
+    assert "poll dev-stuck" in left and "close dev-stuck" in left and "did not stop" in left
+    assert not stubborn.done()  # left to the loop, not awaited forever
+    release.set()
+    await asyncio.wait_for(stubborn, 1.0)
+
+
+async def test_detach_with_nothing_attached_is_a_no_op():
+    actor = _actor()
+    await actor.detach_field()
+    assert actor._clients == {} and actor._field_tasks == []
+
+
+@pytest.mark.parametrize("n", [1, 5])
+async def test_detach_closes_every_client(n):
+    actor = _actor()
+    clients = {f"d{i}": GoodClient() for i in range(n)}
+    actor._clients = dict(clients)
+    await actor.detach_field()
+    assert all(c.closed for c in clients.values())
