@@ -149,6 +149,30 @@ def gql(http: httpx.AsyncClient, mint: Callable[..., str]) -> GqlFn:
 UA_FEEDER = "case33bw-ua"
 
 
+async def release_field(runtime: Any, sim: Any, feeders: tuple[str, ...], timeout_s: float = 20.0) -> None:
+    """End of a module that drove the field: reset the simulator, let the actors see the normal
+    switch states, detach, and put back any switch the actor (and so the store) still holds
+    off-normal, so the next module starts from the feeder as built whatever happened here."""
+    import time
+
+    await sim.reset()
+    models = {fid: await runtime.grid.model(fid) for fid in feeders}
+
+    async def off_normal(fid: str) -> dict[str, bool]:
+        state = await runtime.fleet.call(fid, "state")
+        return {s.id: s.normally_open for s in models[fid].switches if state.switch_states[s.id] != s.normally_open}
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not any([await off_normal(fid) for fid in feeders]):
+            break
+        await asyncio.sleep(0.25)
+    for fid in feeders:
+        await runtime.fleet.detach_field(fid)
+        for switch_id, normal in (await off_normal(fid)).items():
+            await runtime.fleet.call(fid, "set_switch_state", switch_id, normal)
+
+
 @pytest.fixture(scope="session")
 async def field_sim(settings: Any, runtime: Any) -> AsyncIterator[Any]:
     """The simulator (not yet attached: test modules attach and detach the actors themselves)."""

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import release_field
+
 FDIR_Q = """query F($f: ID!) { fdir(feederId: $f) { mode activeOutageIds automaticSuspended
   pendingPlan { id state kind steps { order action deviceId } }
   lastOutcome { id state kind message customersRestored customersLeft executedSteps planSeconds restoreSeconds } } }"""
@@ -48,10 +50,7 @@ async def grid_field(runtime, settings, field_sim) -> AsyncIterator[Any]:
 
     await wait_for(ready, 30)
     yield field_sim
-    await field_sim.reset()
-    await asyncio.sleep(1.0)
-    for fid in feeders:
-        await runtime.fleet.detach_field(fid)
+    await release_field(runtime, field_sim, feeders)
 
 
 async def fdir(gql, feeder: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.integration.conftest import UA_FEEDER
+from tests.integration.conftest import UA_FEEDER, release_field
 
 F = "case33bw"
 SW = "sw25"  # a lateral sectionalizer on RTU 4 (Modbus)
@@ -62,10 +62,7 @@ async def field(runtime, settings, field_sim) -> AsyncIterator[Any]:
 
     await wait_for(ready, 20)
     yield field_sim
-    await field_sim.reset()
-    await asyncio.sleep(1.0)  # let the actors see (and persist) the normal switch states again
-    for fid in (F, UA_FEEDER):
-        await runtime.fleet.detach_field(fid)
+    await release_field(runtime, field_sim, (F, UA_FEEDER))
 
 
 @pytest.fixture
