@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,7 @@ class Fleet:
         self._locks: dict[str, asyncio.Lock] = {}
         self._call_timeout_s = call_timeout_s
         self._watch_task: asyncio.Task[None] | None = None
+        self._watch_paused = 0
 
     @property
     def feeder_ids(self) -> list[str]:
@@ -333,6 +334,16 @@ class Fleet:
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)
 
+    @contextlib.contextmanager
+    def watch_paused(self) -> Iterator[None]:
+        """Hold the background watcher (no recreation, no discovery) while inside: for drills that
+        must see a dead actor as dead. Calls still recreate the actor they need."""
+        self._watch_paused += 1
+        try:
+            yield
+        finally:
+            self._watch_paused -= 1
+
     def start_watching(
         self, interval_s: float = 5.0, discover: Callable[[], Awaitable[list[str]]] | None = None
     ) -> None:
@@ -342,6 +353,8 @@ class Fleet:
         async def watch() -> None:
             while True:
                 await asyncio.sleep(interval_s)
+                if self._watch_paused:
+                    continue
                 if discover is not None:
                     try:
                         present = set(await discover())
@@ -362,7 +375,8 @@ class Fleet:
                             self._started_at[fid] = started
                             await self._reattach(fid, handle)
                     except (ActorDiedError, ActorUnavailableError) as exc:
-                        await self._recreate(fid, handle, reason=describe_error(exc))
+                        if not self._watch_paused:
+                            await self._recreate(fid, handle, reason=describe_error(exc))
                     except Exception:
                         log.debug("health ping of %s failed", fid, exc_info=True)
 
