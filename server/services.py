@@ -24,7 +24,7 @@ from typing import Any
 
 from actors.control import Tag
 from actors.eventbus import durable_events_after
-from actors.events import Event
+from actors.events import Event, EventKind
 from actors.feeder_actor import FeederState
 from actors.fleet import EventBusClient, Fleet
 from actors.powerflow import PowerFlowResult
@@ -286,6 +286,58 @@ class SlowSubscriber(DmsError):
                          "to the last seq you received to resume without gaps")
 
 
+class HubBatch(tuple[Event, ...]):
+    """One page of events from the bus, handed to every local subscriber as the same object; the
+    events of one feeder and kind are looked up once per page, not filtered once per subscriber."""
+
+    __slots__ = ()
+
+    def select(self, feeder_id: str | None, kinds: frozenset[str] | None) -> list[Event]:
+        """The events of ``feeder_id`` (None: all feeders) and ``kinds`` (None: all), in seq order."""
+        if feeder_id is None or kinds is None:
+            return [e for e in self if (kinds is None or str(e.kind) in kinds)
+                    and (feeder_id is None or e.feeder_id == feeder_id)]
+        index = self._index()
+        return self._merge([index.get((feeder_id, k), []) for k in kinds])
+
+    def newest_per_point(self, feeder_id: str) -> list[Event]:
+        """The feeder's measurement events keeping only the newest per point, in seq order (what a
+        display needs; computed once per page for every subscriber)."""
+        key = (feeder_id, _NEWEST)
+        index = self._index()
+        newest = index.get(key)
+        if newest is None:
+            latest: dict[object, Event] = {}
+            for e in index.get((feeder_id, str(EventKind.MEASUREMENT)), []):
+                latest[e.data.get("point_id")] = e
+            newest = index[key] = sorted(latest.values(), key=lambda e: e.seq)
+        return list(newest)
+
+    def _index(self) -> dict[tuple[str, str], list[Event]]:
+        entry = _BATCH_INDEX.get(id(self))
+        if entry is None or entry[0] is not self:
+            by: dict[tuple[str, str], list[Event]] = {}
+            for e in self:
+                by.setdefault((e.feeder_id, str(e.kind)), []).append(e)
+            entry = (self, by)
+            if len(_BATCH_INDEX) >= 256:
+                _BATCH_INDEX.clear()
+            _BATCH_INDEX[id(self)] = entry
+        return entry[1]
+
+    @staticmethod
+    def _merge(parts: list[list[Event]]) -> list[Event]:
+        parts = [p for p in parts if p]
+        if len(parts) <= 1:
+            return list(parts[0]) if parts else []
+        return sorted((e for p in parts for e in p), key=lambda e: e.seq)
+
+
+_NEWEST = "~newest-per-point"
+# id(batch) -> (batch, index); the entry keeps the batch alive so its id is not reused meanwhile.
+_BATCH_INDEX: dict[int, tuple[HubBatch, dict[tuple[str, str], list[Event]]]] = {}
+
+
 class Subscriber:
     """One subscriber's bounded queue of event batches; overflowing it drops the subscriber."""
 
@@ -361,8 +413,9 @@ class EventHub:
                 log.warning("event hub at seq %d resyncs to %d (bus restarted?)", self.seq, page.next_seq)
             self.seq = page.next_seq
             if page.events:
+                batch = HubBatch(page.events)
                 for sub in list(self._subs):
-                    sub.offer(page.events)
+                    sub.offer(batch)
                     if sub.dropped:
                         self._subs.discard(sub)
 
@@ -392,15 +445,23 @@ class EventHub:
         return events[:limit], page.next_seq
 
     async def stream(self, *, after_seq: int | None, feeder_id: str | None, kinds: Collection[str] | None,
-                     visible: Callable[[Event], bool] = lambda e: True,
-                     tick_s: float | None = None) -> AsyncIterator[list[Event]]:
+                     feeder_visible: Callable[[str], bool] = lambda feeder_id: True,
+                     tick_s: float | None = None, newest_per_point: bool = False) -> AsyncIterator[list[Event]]:
         """Matching events: first those after ``after_seq`` (resume), then live, in seq order, no
-        duplicates. With ``tick_s`` an empty list comes when nothing arrived for that long."""
-        kind_set = None if kinds is None else {str(k) for k in kinds}
+        duplicates. ``feeder_visible(feeder_id)`` says whether this subscriber may see a feeder's
+        events (asked once per feeder). With ``tick_s`` an empty list comes when nothing arrived
+        for that long. ``newest_per_point`` (measurements of one feeder): of the live events of
+        one point in one page, only the newest."""
+        kind_set = None if kinds is None else frozenset(str(k) for k in kinds)
+        if newest_per_point and (feeder_id is None or kind_set != {str(EventKind.MEASUREMENT)}):
+            raise ValueError("newest_per_point needs one feeder and the MEASUREMENT kind")
+        seen: dict[str, bool] = {}
 
-        def match(e: Event) -> bool:
-            return ((kind_set is None or str(e.kind) in kind_set) and (feeder_id is None or e.feeder_id == feeder_id)
-                    and visible(e))
+        def visible(e: Event) -> bool:
+            ok = seen.get(e.feeder_id)
+            if ok is None:
+                ok = seen[e.feeder_id] = feeder_visible(e.feeder_id)
+            return ok
 
         sub = self.subscribe()  # first: what arrives while the backlog is read waits in the queue
         try:
@@ -418,9 +479,22 @@ class EventHub:
                 if batch is None:
                     yield []
                     continue
-                out = [e for e in batch if e.seq > last and match(e)]
-                if batch:
-                    last = max(last, batch[-1].seq)
+                if not batch:
+                    continue
+                if newest_per_point and isinstance(batch, HubBatch):
+                    assert feeder_id is not None
+                    picked = batch.newest_per_point(feeder_id)
+                else:
+                    picked = batch.select(feeder_id, kind_set) if isinstance(batch, HubBatch) else [
+                        e for e in batch if (kind_set is None or str(e.kind) in kind_set)
+                        and (feeder_id is None or e.feeder_id == feeder_id)]
+                if batch[0].seq <= last:  # overlaps what the backlog already gave
+                    picked = [e for e in picked if e.seq > last]
+                last = max(last, batch[-1].seq)
+                if feeder_id is not None:  # one feeder: one visibility answer for all of them
+                    out = picked if picked and visible(picked[0]) else []
+                else:
+                    out = [e for e in picked if visible(e)]
                 if out:
                     yield out
         finally:

@@ -135,8 +135,7 @@ class OutageSubscription:
         hub = info.context["services"].hub
         METRICS.subscriptions.labels("outageFeed").inc()
         try:
-            async for batch in hub.stream(after_seq=None, feeder_id=None, kinds={str(EventKind.OUTAGE)},
-                                          visible=lambda e: True):
+            async for batch in hub.stream(after_seq=None, feeder_id=None, kinds={str(EventKind.OUTAGE)}):
                 for e in batch:
                     outage_id = e.data.get("outage_id")
                     if isinstance(outage_id, str) and not e.data.get("momentary"):

@@ -367,3 +367,31 @@ async def test_breaker_trip_shows_up_as_an_alarm(gql, mint, server, runtime, sim
 async def _fi_latched(gql) -> bool:
     r = await gql('{ alarms(feederId: "case33bw") { kind } }')
     return any(a["kind"] == "FAULT_INDICATION" for a in r["data"]["alarms"])
+
+
+async def test_measurement_batches_as_objects_and_as_parallel_arrays_agree(mint, server, sim):
+    point = "case33bw/bus18/VM_PU"
+    async with ws_session(server, mint("VIEWER")) as ws:
+        await ws.subscribe('subscription { measurements(feederId: "case33bw") '
+                           '{ seq points { pointId value quality seq } compact } }')
+        await asyncio.sleep(0.3)
+        await sim.force_value(point, 0.9123)
+        deadline = time.monotonic() + 15
+        seen = False
+        try:
+            while not seen and time.monotonic() < deadline:
+                msg = await ws.next()
+                assert msg["type"] == "next", msg
+                batch = msg["payload"]["data"]["measurements"]
+                points, c = batch["points"], batch["compact"]
+                assert c["pointId"] == [p["pointId"] for p in points]
+                assert c["value"] == [p["value"] for p in points]
+                assert c["quality"] == [p["quality"] for p in points]
+                assert c["seq"] == [p["seq"] for p in points] and c["seq"] == sorted(c["seq"])
+                assert batch["seq"] == c["seq"][-1]
+                assert all(len(col) == len(points) for col in c.values())
+                seen = any(p == point and abs(v - 0.9123) < 1e-3 for p, v in zip(c["pointId"], c["value"],
+                                                                                   strict=True))
+        finally:
+            await sim.force_value(point, None)
+        assert seen, f"the forced value of {point} never reached the subscriber"
