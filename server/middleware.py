@@ -182,6 +182,9 @@ class GraphQLAuth:
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("path") == self.path and scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http" or scope.get("path") != self.path:
             await self.app(scope, receive, send)
             return
@@ -208,4 +211,27 @@ class GraphQLAuth:
             return
         state["principal"], state["auth_error"] = result.principal, result.error
         state["auth_at"] = time.time()
+        await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """WebSocket handshakes are limited per client address (the token only comes later, in
+        ``connection_init``, and the public feed needs none): a client opening sockets in a loop
+        gets ``429`` with ``RATE_LIMITED`` and ``Retry-After`` instead of a connection."""
+        try:
+            self.limiter.check(f"ws:{client_host(scope)}")
+        except RateLimited as exc:
+            retry = str(math.ceil(exc.retry_after_s)).encode()
+            message = await receive()  # websocket.connect
+            if message.get("type") != "websocket.connect":
+                return
+            if "websocket.http.response" in (scope.get("extensions") or {}):
+                respond = _json_error(429, "RATE_LIMITED", exc.message, [(b"retry-after", retry)])
+
+                async def as_ws_response(msg: Message) -> None:
+                    await send({**msg, "type": "websocket." + msg["type"]})
+
+                await respond(as_ws_response)
+            else:  # the server cannot send a response body: a plain refusal (HTTP 403)
+                await send({"type": "websocket.close", "code": 1008, "reason": "RATE_LIMITED"})
+            return
         await self.app(scope, receive, send)

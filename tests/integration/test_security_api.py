@@ -254,6 +254,46 @@ async def test_rate_limit_per_identity(settings, runtime, mint):
         await asyncio.wait_for(task, timeout=10)
 
 
+async def test_websocket_handshakes_are_rate_limited_per_client_address(settings, runtime):
+    """The public feed needs no token, so sockets are limited before any token is seen."""
+    from dataclasses import replace
+
+    import websockets
+
+    from server.app import create_app
+
+    tight = replace(settings, rate_limit_per_minute=3)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(tight, runtime), host="127.0.0.1", port=port,
+                                        log_config=None, lifespan="on", ws="websockets-sansio"))
+    task = asyncio.create_task(srv.serve())
+    try:
+        for _ in range(200):
+            if srv.started:
+                break
+            await asyncio.sleep(0.05)
+        url = f"ws://127.0.0.1:{port}/graphql"
+        opened, refused = 0, []
+        for _ in range(6):
+            try:
+                conn = await websockets.connect(url, subprotocols=["graphql-transport-ws"])
+            except websockets.exceptions.InvalidStatus as exc:
+                refused.append(exc.response)
+                continue
+            opened += 1
+            await conn.close()
+        assert opened == 3 and len(refused) == 3
+        assert refused[0].status_code == 429 and int(refused[0].headers["retry-after"]) >= 1
+        assert json.loads(refused[0].body)["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+        # HTTP from the same address has its own bucket: the feed and health still answer
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            assert (await c.get("/healthz")).status_code == 200
+            assert (await c.get("/feeds/outages.geojson")).status_code == 200
+    finally:
+        srv.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+
+
 # -- WebSocket -----------------------------------------------------------------------------------
 
 
