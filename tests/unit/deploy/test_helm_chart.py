@@ -536,6 +536,13 @@ def test_ray_autoscaling_gets_a_token_only_on_the_head(chart: Any) -> None:
     assert rc["workerGroupSpecs"][0]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
+def test_feeder_actors_run_at_normal_priority(minimal) -> None:
+    """Ray starts workers at nice 15; the feeder actors on them do the real-time work."""
+    _out, docs = minimal
+    worker = one(docs, "RayCluster")["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    assert {"name": "RAY_worker_niceness", "value": "0"} in worker["env"]
+
+
 def test_external_ray_renders_no_raycluster(chart: Any) -> None:
     docs = _render_set(chart, "external-ray")
     assert not by_kind(docs, "RayCluster")
