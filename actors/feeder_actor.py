@@ -378,13 +378,17 @@ class FeederActor:
     # -- field binding ---------------------------------------------------------------------------
 
     async def attach_field(self, point_map_json: str, data_dir: str | None = None,
-                           allow_nosecurity: bool = False) -> dict[str, int]:
+                           allow_nosecurity: bool = False, pki_dir: str | None = None) -> dict[str, int]:
         """Bind the feeder to its field devices (replacing an earlier binding) and start scanning."""
         from protocols.base import make_field_client
         from protocols.pointmap import PointMap, ProtocolKind
 
         await self._ready()
         pm = PointMap.from_json(point_map_json, self._feeder)
+        if pki_dir is not None and any(d.protocol is ProtocolKind.OPCUA for d in pm.devices):
+            from protocols.certs import load_client_pki
+
+            load_client_pki(pki_dir)  # refused before the old binding is dropped: nothing half-attached
         await self.detach_field()
         self._pm = pm
         self._pm_by_id = {p.point_id: p for p in pm.points}
@@ -397,7 +401,8 @@ class FeederActor:
                 self._field_tasks.append(asyncio.create_task(self._poll(dev.device_id, client),
                                                              name=f"poll {dev.device_id}"))
             else:
-                client = make_field_client(dev, points, data_dir=data_dir, allow_nosecurity=allow_nosecurity,
+                client = make_field_client(dev, points, data_dir=data_dir, pki_dir=pki_dir,
+                                           allow_nosecurity=allow_nosecurity,
                                            publishing_interval_ms=o.opcua_publishing_interval_ms,
                                            backoff_max_s=o.backoff_max_s)
                 self._clients[dev.device_id] = client

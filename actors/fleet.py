@@ -192,7 +192,7 @@ class Fleet:
                  options: ActorOptions | None = None) -> None:
         self._store = store
         self._options = options or ActorOptions()
-        self._bindings: dict[str, tuple[str, str | None, bool]] = {}
+        self._bindings: dict[str, tuple[str, str | None, bool, str | None]] = {}
         self._started_at: dict[str, float] = {}
         self._handles: dict[str, Any] = {}
         self._restarts: dict[str, int] = {}
@@ -289,11 +289,11 @@ class Fleet:
             return handle
 
     async def attach_field(self, feeder_id: str, point_map_json: str, data_dir: str | None,
-                           allow_nosecurity: bool) -> dict[str, int]:
+                           allow_nosecurity: bool, pki_dir: str | None = None) -> dict[str, int]:
         """Bind a feeder actor to its field devices; remembered for actors recreated later."""
-        self._bindings[feeder_id] = (point_map_json, data_dir, allow_nosecurity)
+        self._bindings[feeder_id] = (point_map_json, data_dir, allow_nosecurity, pki_dir)
         result: dict[str, int] = await self.call(feeder_id, "attach_field", point_map_json, data_dir,
-                                                 allow_nosecurity)
+                                                 allow_nosecurity, pki_dir)
         return result
 
     async def detach_field(self, feeder_id: str) -> None:

@@ -108,6 +108,7 @@ def make_field_client(
     points: object,
     *,
     data_dir: str | None = None,
+    pki_dir: str | None = None,
     certificate: object | None = None,
     trusted_server_certs: object = (),
     allow_nosecurity: bool = False,
@@ -115,9 +116,12 @@ def make_field_client(
 ) -> FieldClient:
     """The right client for ``device`` (a :class:`protocols.pointmap.Device`).
 
-    For OPC UA with ``data_dir`` (the demo), the head-end certificate of ``<data_dir>/pki/headend``
-    is used and the simulator's certificate trusted, unless ``certificate``/``trusted_server_certs``
-    are given. ``options`` go to the client (``timeout_s``, ``publishing_interval_ms``, ...).
+    For OPC UA the head-end's certificate and trust list come from, in this order:
+    ``certificate``/``trusted_server_certs`` when given; ``pki_dir`` (``DMS_OPCUA_PKI_DIR``: the
+    utility's own certificate, key and trusted RTU certificates, see
+    :func:`protocols.certs.load_client_pki`); else, with ``data_dir`` (the demo), the self-signed
+    ``<data_dir>/pki/headend`` trusting the simulator's certificate. ``options`` go to the client
+    (``timeout_s``, ``publishing_interval_ms``, ...).
     """
     from protocols.pointmap import Device, ProtocolKind
 
@@ -128,7 +132,12 @@ def make_field_client(
         return ModbusClient(device, points, **options)  # type: ignore[arg-type]
     from protocols.opcua_client import OpcUaClient
 
-    if data_dir is not None and certificate is None:
+    if pki_dir is not None and certificate is None:
+        from protocols.certs import load_client_pki
+
+        certificate, trusted = load_client_pki(pki_dir)
+        trusted_server_certs = trusted_server_certs or trusted
+    elif data_dir is not None and certificate is None:
         from protocols.certs import ensure_pki
 
         pki = ensure_pki(data_dir)

@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from graph_schema.errors import ConfigError
+
 SIMULATOR_APP_URI = "urn:dms-headend:field-simulator"
 HEADEND_APP_URI = "urn:dms-headend:headend"
 
@@ -149,3 +151,68 @@ def ensure_pki(data_dir: str | Path) -> Pki:
         return generate_self_signed(d, uri)
 
     return Pki(one("simulator", SIMULATOR_APP_URI), one("headend", HEADEND_APP_URI))
+
+
+CLIENT_CERT_NAMES = ("cert.der", "cert.pem")
+CLIENT_KEY_NAME = "key.pem"
+CERT_SUFFIXES = (".der", ".pem", ".crt")
+
+
+class PkiConfigError(ConfigError):
+    """An operator-supplied OPC UA certificate folder that cannot be used (the message says why)."""
+
+
+def load_client_pki(directory: str | Path, *, setting: str = "DMS_OPCUA_PKI_DIR") -> tuple[CertPair, list[Path]]:
+    """The head-end's own OPC UA certificate and the servers it trusts, from one flat folder (a
+    Kubernetes Secret mounts as one): ``cert.der`` or ``cert.pem``, ``key.pem``, and every other
+    ``*.der`` / ``*.pem`` / ``*.crt`` file is a trusted server (RTU) certificate.
+
+    The application URI is read from the certificate's URI SubjectAltName, as OPC UA requires.
+    Anything missing or unreadable raises :class:`PkiConfigError` naming the file and ``setting``.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise PkiConfigError(f"{setting}={d} is not a directory; point it at the folder holding cert.pem, "
+                             "key.pem and the trusted server certificates")
+    cert_path = next((d / n for n in CLIENT_CERT_NAMES if (d / n).is_file()), None)
+    key_path = d / CLIENT_KEY_NAME
+    missing = [n for n, ok in (("cert.der or cert.pem", cert_path is not None),
+                               (CLIENT_KEY_NAME, key_path.is_file())) if not ok]
+    if missing:
+        raise PkiConfigError(f"{setting}={d} lacks {' and '.join(missing)} (the head-end's own OPC UA "
+                             "application certificate and its private key)")
+    assert cert_path is not None
+    try:
+        cert = x509.load_der_x509_certificate(load_cert_der(cert_path))
+    except (ValueError, OSError) as exc:
+        raise PkiConfigError(f"{cert_path} is not a readable X.509 certificate ({exc}); "
+                             "give a DER or PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError, OSError):
+        raise PkiConfigError(f"{key_path} is not an unencrypted PEM private key; "
+                             "export the key without a passphrase (PKCS#8 or traditional PEM)") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise PkiConfigError(f"{key_path} is not the private key of {cert_path}")
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    if not uris:
+        raise PkiConfigError(f"{cert_path} has no URI SubjectAltName; an OPC UA application certificate "
+                             "must carry the application URI (e.g. urn:utility:dms-headend)")
+    trusted = sorted(f for f in d.iterdir()
+                     if f.is_file() and f.suffix.lower() in CERT_SUFFIXES and f != cert_path
+                     and f.name != CLIENT_KEY_NAME)
+    if not trusted:
+        raise PkiConfigError(f"{setting}={d} holds no trusted server certificate; add each RTU/gateway "
+                             "certificate (*.der, *.pem or *.crt) next to cert.pem")
+    for f in trusted:
+        try:
+            x509.load_der_x509_certificate(load_cert_der(f))
+        except (ValueError, OSError) as exc:
+            raise PkiConfigError(f"trusted certificate {f} cannot be read ({exc}); remove it or replace it "
+                                 "with a DER or PEM certificate") from None
+    return CertPair(cert_path, key_path, uris[0]), trusted

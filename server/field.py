@@ -64,10 +64,15 @@ async def load_point_map(runtime: Runtime, feeder_id: str) -> PointMap | None:
     return PointMap.from_json(str(rows[0]["json"]), await runtime.grid.model(feeder_id))
 
 
-async def attach(runtime: Runtime, settings: Settings, point_map: PointMap) -> dict[str, int]:
-    """Bind a feeder actor to its field devices and keep the point map in the graph store."""
+async def attach(runtime: Runtime, settings: Settings, point_map: PointMap, *,
+                 simulator: bool = False) -> dict[str, int]:
+    """Bind a feeder actor to its field devices and keep the point map in the graph store.
+
+    OPC UA uses ``DMS_OPCUA_PKI_DIR`` when set; ``simulator=True`` (the demo's field simulator)
+    always uses the demo certificates the simulator trusts."""
+    pki_dir = None if simulator else settings.opcua_pki_dir
     info = await runtime.fleet.attach_field(point_map.feeder_id, point_map.to_json(), str(settings.data_dir),
-                                            settings.opcua_allow_nosecurity)
+                                            settings.opcua_allow_nosecurity, pki_dir)
     await save_point_map(runtime.store, point_map)
     return info
 
@@ -83,7 +88,7 @@ async def start_field(runtime: Runtime, settings: Settings, *, speed: float = 1.
             feeders, settings.data_dir, speed=speed, allow_nosecurity=settings.opcua_allow_nosecurity,
             tick_s=tick_s))
         for fid in ids:
-            info = await attach(runtime, settings, handle.simulator.point_maps[fid])
+            info = await attach(runtime, settings, handle.simulator.point_maps[fid], simulator=True)
             log.info("feeder %s attached to the simulator: %s", fid, info)
     except BaseException:
         await handle.stop()

@@ -126,6 +126,10 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
     fleet: Fleet | None = None
     hub: EventHub | None = None
     started_ray = False
+    if settings.opcua_pki_dir:
+        from protocols.certs import load_client_pki
+
+        load_client_pki(settings.opcua_pki_dir)  # a bad certificate folder stops start-up, naming the file
     try:
         store, arcadedb = await open_store(settings)
         if demo_feeders:

@@ -124,6 +124,9 @@ class Settings:
 
     # Field protocols.
     opcua_allow_nosecurity: bool = False
+    # The head-end's own OPC UA certificate, key and trusted RTU certificates (one folder); unset:
+    # the self-signed demo certificates under <data_dir>/pki, trusting only the field simulator.
+    opcua_pki_dir: str | None = None
     scan_interval_s: float = 1.0
     select_timeout_s: float = 10.0
     confirm_timeout_s: float = 5.0
@@ -172,6 +175,7 @@ class Settings:
             "tls_cert_file": r.str("DMS_TLS_CERT_FILE", None),
             "tls_key_file": r.str("DMS_TLS_KEY_FILE", None),
             "opcua_allow_nosecurity": r.bool("DMS_OPCUA_ALLOW_NOSECURITY", False),
+            "opcua_pki_dir": r.str("DMS_OPCUA_PKI_DIR", None),
             "scan_interval_s": r.float("DMS_SCAN_INTERVAL_S", 1.0, minimum=0.01),
             "select_timeout_s": r.float("DMS_SELECT_TIMEOUT_S", 10.0, minimum=0.1),
             "confirm_timeout_s": r.float("DMS_CONFIRM_TIMEOUT_S", 5.0, minimum=0.1),

@@ -7,6 +7,7 @@ import dataclasses
 
 import httpx
 import neo4j
+import pytest
 import uvicorn
 
 from tests.integration.conftest import free_port
@@ -68,3 +69,11 @@ async def test_metrics_expose_http_graphql_and_actor_series(http, gql):
     assert 'dms_solver_last_seconds{feeder="case33bw"}' in text
     assert 'dms_telemetry_values_total{feeder="case33bw"}' in text
     assert "dms_graphql_subscriptions_active" in text or "# HELP dms_graphql_subscriptions_active" in text
+
+
+async def test_a_bad_opcua_certificate_folder_stops_start_up_naming_it(settings, tmp_path):
+    from graph_schema.errors import ConfigError
+    from server.runtime import start_runtime
+
+    with pytest.raises(ConfigError, match=r"DMS_OPCUA_PKI_DIR=.*lacks cert\.der or cert\.pem and key\.pem"):
+        await start_runtime(dataclasses.replace(settings, opcua_pki_dir=str(tmp_path)))

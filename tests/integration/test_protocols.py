@@ -14,7 +14,7 @@ import pytest_asyncio
 from graph_schema.errors import BadInput, ConfigError
 from graph_schema.importers import case33bw
 from graph_schema.model import Quantity
-from protocols.base import CertificateUntrusted, DeviceRejected, FieldClient, PointValue, Quality
+from protocols.base import CertificateUntrusted, DeviceRejected, FieldClient, PointValue, ProtocolError, Quality
 from protocols.certs import Pki, ensure_pki, generate_self_signed
 from protocols.codecs import DataType
 from protocols.modbus_client import ModbusClient
@@ -275,3 +275,35 @@ async def test_read_throughput(sim: FieldSimulator, pki: Pki) -> None:
     await ua_read.close()
     print(f"\nModbus TCP read_points: {mb_rate:.0f} points/s; OPC UA (SignAndEncrypt Read): {ua_rate:.0f} points/s")
     assert mb_rate > 200 and ua_rate > 200
+
+
+async def test_operator_certificate_folder_is_what_opcua_uses(pki: Pki, tmp_path: Path) -> None:
+    """DMS_OPCUA_PKI_DIR: the utility's own certificate and its trusted RTU certificates, not the
+    demo's: a server that trusts only the utility's certificate accepts it and refuses the demo's."""
+    import shutil
+
+    from protocols.base import make_field_client
+
+    own = generate_self_signed(tmp_path / "gen", "urn:utility:dms-headend")
+    folder = tmp_path / "opcua"
+    folder.mkdir()
+    shutil.copy(own.cert_path, folder / "cert.der")
+    shutil.copy(own.key_path, folder / "key.pem")
+    shutil.copy(pki.simulator.cert_path, folder / "rtu-simulator.der")
+    s = FieldSimulator([case33bw()], certificate=pki.simulator, trusted_client_certs=[own.cert_path], tick_s=0.2)
+    async with s:
+        pm = s.point_maps[FID]
+        dev = pm.device(f"{FID}/opcua")
+        c = make_field_client(dev, pm.points_of(dev.device_id), pki_dir=str(folder), timeout_s=2.0)
+        pushed: list[PointValue] = []
+        c.subscribe(pushed.extend)
+        await c.connect()
+        try:
+            await wait_for(lambda: any(v.point_id == f"{FID}/bus1/VM_PU" and v.quality is Quality.GOOD
+                                       for v in pushed), within_s=5)
+        finally:
+            await c.close()
+        demo = opcua(s, pki, timeout_s=2.0)  # the demo certificate: not in this server's trust list
+        with pytest.raises(ProtocolError):
+            await demo.connect()
+        await demo.close()

@@ -468,6 +468,7 @@ def test_configmap_settings_and_external_neo4j(minimal) -> None:
     assert data["DMS_AUTH_JWKS_URL"] == "https://login.example.com/jwks"
     assert data["DMS_GRAPHIQL"] == "false" and data["DMS_INTROSPECTION"] == "false"
     assert data["DMS_OPCUA_ALLOW_NOSECURITY"] == "false"
+    assert "DMS_OPCUA_PKI_DIR" not in data  # no certificate Secret: nothing points at an empty folder
     assert all(isinstance(v, str) for v in data.values())
 
 
@@ -526,6 +527,7 @@ def test_ingress_tls_pod_tls_and_service_monitor(chart: Any) -> None:
     assert any(r.get("ports") == [{"port": 443}] for r in api["spec"]["egress"])
     worker = one(docs, "RayCluster")["spec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert "/etc/dms/opcua" in {m["mountPath"] for m in worker["containers"][0]["volumeMounts"]}
+    assert one(docs, "ConfigMap")["data"]["DMS_OPCUA_PKI_DIR"] == "/etc/dms/opcua"  # the mount is what is used
 
 
 def test_ray_autoscaling_gets_a_token_only_on_the_head(chart: Any) -> None:
