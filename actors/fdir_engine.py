@@ -246,7 +246,7 @@ class FdirEngine:
         outages: Iterable[tuple[Outage, int]] = (),
     ) -> None:
         """``outages``: the feeder's active outages and their record seqs, read back from the store
-        by a restarted actor (their faulted zones are not known again: they are not protected)."""
+        by a restarted actor; their located faulted zones stay protected."""
         self.model = feeder if isinstance(feeder, FdirModel) else FdirModel(feeder)
         self.feeder_id = self.model.feeder.id
         self._ports = ports
@@ -274,7 +274,10 @@ class FdirEngine:
         self._last_id: str | None = None
         self._abort: str | None = None
         self._commanded_open: set[str] = set()
-        self._fault_zones: dict[str, frozenset[str]] = {}  # outage id -> faulted zone buses
+        # outage id -> faulted zone buses (persisted with the outage, so a restarted actor keeps them)
+        self._fault_zones: dict[str, frozenset[str]] = {
+            o.id: frozenset(o.fault_zone_bus_ids) for o, _ in given if o.active and o.fault_zone_bus_ids
+        }
         self._auto_blocked: str | None = None  # why automatic switching is suspended (after a safe stop)
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -448,7 +451,10 @@ class FdirEngine:
         ps = self._register(sp, kind, outage_id, ctx, timings, replaces)
         sp = ps.plan
         if sp.isolation is not None and outage_id is not None and kind != PlanKind.RETURN_TO_NORMAL:
-            self._fault_zones[outage_id] = self._fault_zones.get(outage_id, frozenset()) | sp.isolation.zone_bus_ids
+            zone = self._fault_zones.get(outage_id, frozenset()) | sp.isolation.zone_bus_ids
+            self._fault_zones[outage_id] = zone
+            if set(self.tracker.get(outage_id).fault_zone_bus_ids) != zone:
+                await self._persist(self.tracker.set_fault_zone(outage_id, zone))
         data = self._pdata(ps)
         if not sp.steps:
             state = PlanState.FAILED if sp.explanation.startswith("refused") else PlanState.COMPLETED
@@ -614,6 +620,9 @@ class FdirEngine:
             if pend is not None:
                 self._pending_id = None
                 await self._finish(pend.id, PlanState.SUPERSEDED, message="superseded: fault cleared")
+            for outage_id in list(self._fault_zones):
+                if self.tracker.get(outage_id).fault_zone_bus_ids:
+                    await self._persist(self.tracker.set_fault_zone(outage_id, ()))
             self._fault_zones.clear()
             self._auto_blocked = None
             live = self._live()

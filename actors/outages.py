@@ -89,6 +89,9 @@ class Outage:
     load_ids_out: tuple[str, ...] = ()
     load_ids_interrupted: tuple[str, ...] = ()
     customers_by_load: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # Buses of the located faulted zone (within ``section_bus_ids``, the whole dark area): never to
+    # be re-energized until the fault is cleared, also by an actor restarted from the store.
+    fault_zone_bus_ids: tuple[str, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -113,6 +116,7 @@ class Outage:
             "load_ids_out_json": json.dumps(list(self.load_ids_out)),
             "load_ids_interrupted_json": json.dumps(list(self.load_ids_interrupted)),
             "customers_by_load_json": json.dumps(dict(sorted(self.customers_by_load.items()))),
+            "fault_zone_bus_ids_json": json.dumps(list(self.fault_zone_bus_ids)),
         }
 
     @classmethod
@@ -135,6 +139,7 @@ class Outage:
                 load_ids_out=tuple(json.loads(rec.get("load_ids_out_json") or "[]")),
                 load_ids_interrupted=tuple(json.loads(rec.get("load_ids_interrupted_json") or "[]")),
                 customers_by_load=MappingProxyType(json.loads(rec.get("customers_by_load_json") or "{}")),
+                fault_zone_bus_ids=tuple(json.loads(rec.get("fault_zone_bus_ids_json") or "[]")),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise BadInput(
@@ -396,6 +401,12 @@ class OutageTracker:
         )
         self._outages[outage.id] = outage
         return outage
+
+    def set_fault_zone(self, outage_id: str, bus_ids: Iterable[str]) -> Outage:
+        """Record (or, with no buses, forget) the located faulted zone of an outage."""
+        o = replace(self.get(outage_id), fault_zone_bus_ids=tuple(sorted(set(bus_ids))))
+        self._outages[outage_id] = o
+        return o
 
     def close(self, outage_id: str, *, by: str, at: datetime | None = None, note: str = "repaired") -> Outage:
         """Everyone still out is restored (crew repair done)."""

@@ -355,6 +355,32 @@ async def test_plan_that_closes_onto_the_fault_is_refused(c33: FdirModel) -> Non
     assert rig.field.ops == []
 
 
+async def test_a_restarted_engine_still_protects_the_faulted_zone(c33: FdirModel) -> None:
+    """The faulted zone is persisted with the outage: an actor rebuilt from the store refuses to
+    energize it, until the operator declares the fault cleared."""
+    states, ind = line10(c33)
+    rig = make_rig(c33, states, FdirMode.ADVISORY)
+    ps = await rig.engine.on_indications(ind)
+    assert ps is not None
+    (rec_seq, rec), = rig.store.records.items()
+    assert "bus11" in Outage.from_record(rec).fault_zone_bus_ids
+
+    ports = rig.engine._ports
+    restarted = FdirEngine(c33, ports, mode=FdirMode.ADVISORY, settle_s=0.01,
+                           outages=[(Outage.from_record(r), seq) for seq, r in rig.store.records.items()])
+    steps = ps.plan.steps
+    close_first = (*steps[4:6], *steps[:4], *steps[6:])
+    bad = replace(ps.plan, id="plan-bad", steps=tuple(replace(s, order=i + 1) for i, s in enumerate(close_first)))
+    out = await restarted.execute(bad, by="op")
+    assert out.state == PlanState.FAILED and "energize the faulted zone (bus11)" in out.message
+    assert rig.field.ops == []
+
+    await restarted.on_fault_cleared("op")
+    assert Outage.from_record(rig.store.records[rec_seq]).fault_zone_bus_ids == ()
+    again = FdirEngine(c33, ports, outages=[(Outage.from_record(r), seq) for seq, r in rig.store.records.items()])
+    assert again._fault_zones == {}
+
+
 # ---------------------------------------------------------------------------------------- second fault
 
 
