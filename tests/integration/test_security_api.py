@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -221,21 +222,31 @@ async def test_internal_errors_are_masked_with_a_correlation_id():
 # -- rate limits ---------------------------------------------------------------------------------
 
 
-async def test_rate_limit_per_identity(settings, runtime, mint):
+@contextlib.asynccontextmanager
+async def limited_server(settings, runtime, per_minute: int) -> AsyncIterator[int]:
+    """A second server on the same runtime with a tight rate limit; yields its port."""
     from dataclasses import replace
 
     from server.app import create_app
 
-    tight = replace(settings, rate_limit_per_minute=5)
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(tight, runtime), host="127.0.0.1", port=port,
-                                        log_config=None, lifespan="on"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(replace(settings, rate_limit_per_minute=per_minute), runtime),
+                                        host="127.0.0.1", port=port, log_config=None, lifespan="on",
+                                        ws="websockets-sansio"))
     task = asyncio.create_task(srv.serve())
     try:
         for _ in range(200):
             if srv.started:
                 break
             await asyncio.sleep(0.05)
+        yield port
+    finally:
+        srv.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+
+
+async def test_rate_limit_per_identity(settings, runtime, mint):
+    async with limited_server(settings, runtime, 5) as port:
         a, b = mint("VIEWER", sub="alice"), mint("VIEWER", sub="bob")
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
             statuses = []
@@ -249,29 +260,11 @@ async def test_rate_limit_per_identity(settings, runtime, mint):
             # another identity is not affected
             ok = await c.post("/graphql", json={"query": FEEDERS}, headers={"Authorization": f"Bearer {b}"})
             assert ok.status_code == 200
-    finally:
-        srv.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
 
 
 async def test_websocket_handshakes_are_rate_limited_per_client_address(settings, runtime):
     """The public feed needs no token, so sockets are limited before any token is seen."""
-    from dataclasses import replace
-
-    import websockets
-
-    from server.app import create_app
-
-    tight = replace(settings, rate_limit_per_minute=3)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(tight, runtime), host="127.0.0.1", port=port,
-                                        log_config=None, lifespan="on", ws="websockets-sansio"))
-    task = asyncio.create_task(srv.serve())
-    try:
-        for _ in range(200):
-            if srv.started:
-                break
-            await asyncio.sleep(0.05)
+    async with limited_server(settings, runtime, 3) as port:
         url = f"ws://127.0.0.1:{port}/graphql"
         opened, refused = 0, []
         for _ in range(6):
@@ -289,9 +282,6 @@ async def test_websocket_handshakes_are_rate_limited_per_client_address(settings
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
             assert (await c.get("/healthz")).status_code == 200
             assert (await c.get("/feeds/outages.geojson")).status_code == 200
-    finally:
-        srv.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
 
 
 # -- WebSocket -----------------------------------------------------------------------------------
