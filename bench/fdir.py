@@ -160,6 +160,8 @@ async def main() -> None:
                         restores.append(got[1])
                         cores.append(core_plan_time(model, line_id))
                     rows.append((fid, len(sample), len(plans), plans, restores, cores))
+                for fid in FEEDERS:  # before the simulator stops: no reconnect noise from the actors
+                    await rt.fleet.detach_field(fid)
             print(f"\nFDIR end to end, AUTOMATIC, settle {args.settle:g} s (times from the first fault telemetry "
                   "at the actor)")
             print(f"{'feeder':<10}{'faults':>7}{'ok':>4}{'plan med s':>12}{'plan max s':>12}{'restored med s':>16}"
