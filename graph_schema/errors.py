@@ -84,3 +84,9 @@ class ConfigError(DmsError):
     """A setting with a bad value: names the variable, the value and what is expected."""
 
     code = "CONFIG_ERROR"
+
+
+class SeqConflict(DmsError):
+    """A conditional append found another writer's record at the sequence number it expected."""
+
+    code = "CONFLICT"

@@ -39,7 +39,7 @@ import neo4j
 import neo4j.exceptions
 
 from graph_schema import cypher
-from graph_schema.errors import BadInput, DmsError, InvalidModel, NotFound, StoreUnavailable
+from graph_schema.errors import BadInput, DmsError, InvalidModel, NotFound, SeqConflict, StoreUnavailable
 from graph_schema.model import Feeder
 from graph_schema.secret import Secret
 
@@ -473,11 +473,15 @@ class GraphStore:
         record: Mapping[str, str | int | float | bool | None],
         *,
         feeder_id: str | None = None,
+        expect_seq: int | None = None,
     ) -> int:
         """Store a record and return its ``seq``: per label, from 1, increasing, never reused.
 
         The counter node and the record are written in one transaction. Appends from this process
-        are serialised per label; other writers are handled by the transaction's retry.
+        are serialised per label; other writers are handled by the transaction's retry. With
+        ``expect_seq`` the record is stored only if it gets exactly that seq (a hash chain whose
+        entry names its predecessor); otherwise nothing is written and :class:`SeqConflict` says
+        which seq is next, so the caller re-reads and tries again.
         """
         _check_record_label(label)
         props = {k: v for k, v in _check_record_props(record, f"{label} record").items() if v is not None}
@@ -485,24 +489,48 @@ class GraphStore:
             props["feeder_id"] = feeder_id
 
         async def work(tx: neo4j.AsyncManagedTransaction) -> int:
-            result = await tx.run(
-                f"MERGE (c:{cypher.SEQUENCE_LABEL} {{name: $label}}) ON CREATE SET c.seq = 0 "
-                f"SET c.seq = c.seq + 1 "
-                f"WITH c CREATE (n:{label}) SET n = $props, n.seq = c.seq RETURN c.seq AS seq",
-                {"label": label, "props": props},
-            )
+            if expect_seq is None:
+                result = await tx.run(
+                    f"MERGE (c:{cypher.SEQUENCE_LABEL} {{name: $label}}) ON CREATE SET c.seq = 0 "
+                    f"SET c.seq = c.seq + 1 "
+                    f"WITH c CREATE (n:{label}) SET n = $props, n.seq = c.seq RETURN c.seq AS seq",
+                    {"label": label, "props": props},
+                )
+            else:
+                # Writing the counter first takes its write lock (Neo4j) or makes a concurrent
+                # writer's transaction fail and retry (ArcadeDB): the seq read here is the
+                # committed one, never a stale one.
+                head = await tx.run(
+                    f"MERGE (c:{cypher.SEQUENCE_LABEL} {{name: $label}}) ON CREATE SET c.seq = 0 "
+                    f"SET c.writes = coalesce(c.writes, 0) + 1 RETURN c.seq AS seq",
+                    {"label": label},
+                )
+                current = await head.single()
+                newest = int(current["seq"]) if current is not None else 0
+                if newest != expect_seq - 1:
+                    raise SeqConflict(f"{label} seq {expect_seq} is taken (the newest is {newest}); re-read and retry",
+                                      element_id=str(newest))
+                result = await tx.run(
+                    f"MATCH (c:{cypher.SEQUENCE_LABEL} {{name: $label}}) SET c.seq = c.seq + 1 "
+                    f"WITH c CREATE (n:{label}) SET n = $props, n.seq = c.seq RETURN c.seq AS seq",
+                    {"label": label, "props": props},
+                )
             row = await result.single()
             if row is None:
                 raise DmsError(f"appending a {label} record returned no sequence number")
             return int(row["seq"])
 
         await self._schema()
-        async with (
-            self._append_locks[label],
-            self._translate(f"append a {label} record"),
-            self._session() as s,
-        ):
-            return await s.execute_write(work)
+        async with self._append_locks[label], self._translate(f"append a {label} record"):
+            for attempt in range(3):
+                try:
+                    async with self._session() as s:
+                        return await s.execute_write(work)
+                except neo4j.exceptions.ConstraintError:
+                    if attempt == 2:
+                        raise
+                    # Another writer created this label's counter at the same moment: it exists now.
+            raise AssertionError("unreachable")
 
     async def update_record(self, label: str, seq: int, changes: Mapping[str, str | int | float | bool | None]) -> None:
         """Change properties of a record (``None`` removes one). AuditEntry is append-only."""

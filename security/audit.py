@@ -10,10 +10,11 @@ The pure core (:func:`chain_entry`, :func:`verify_chain`) knows nothing of stora
 writes entries through a :class:`RecordStore` (``graph_schema.store.GraphStore``: label
 ``AuditEntry``, which the store keeps append-only and numbers with ``seq`` from 1).
 
-Single writer: the chain head is kept in memory after one read of the tail, and appends are
-serialised in-process. Two processes appending to one log would fork the chain; the fork is then
-reported, not hidden (the store's ``seq`` differs from the one hashed, and :meth:`AuditLog.verify`
-names the entry). Run one writer per log.
+Many writers (every server replica) share one chain: the head is kept in memory after one read of
+the tail, appends are serialised in-process, and each entry is stored only at the ``seq`` it was
+hashed for (the store's conditional append). An entry that lost to another writer is chained again
+onto the newest one, so the chain never forks. A fork made some other way (an old version, a
+hand-edited store) is still reported by :meth:`AuditLog.verify`, naming the entry.
 
 ``detail`` is JSON text; keys that look secret (password, token, secret, key, ...) are redacted
 before hashing, so no secret ever enters the chain.
@@ -32,11 +33,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from graph_schema.errors import SeqConflict, StoreUnavailable
 from security.errors import AuditCorrupt
 
 log = logging.getLogger(__name__)
 
 LABEL = "AuditEntry"
+APPEND_ATTEMPTS = 50  # conditional appends lost to other writers before giving up
 GENESIS_HASH = "0" * 64
 REDACTED = "[REDACTED]"
 MAX_DETAIL_CHARS = 16_384
@@ -260,6 +263,7 @@ class RecordStore(Protocol):
         record: Mapping[str, str | int | float | bool | None],
         *,
         feeder_id: str | None = None,
+        expect_seq: int | None = None,
     ) -> int: ...
 
     async def list_records(
@@ -294,25 +298,32 @@ class AuditLog:
         outcome: str = "",
         detail: Mapping[str, Any] | None = None,
     ) -> AuditEntry:
-        """Append one entry chained onto the newest one and return it as stored."""
+        """Append one entry chained onto the newest one and return it as stored.
+
+        Every server replica writes to the same chain: an entry is stored only at the seq it was
+        hashed for (a conditional append); when another writer got there first, the newest entry
+        is re-read and the entry chained onto it again, so the chain never forks.
+        """
         detail_text = detail_json(detail)  # outside the lock: may be the slow part
         async with self._lock:
-            head = await self._load_head()
-            entry = chain_entry(head, action=action, actor=actor, roles=roles, target=target, source=source,
-                                outcome=outcome, detail=detail_text, at=self._clock())
-            try:
-                seq = await self._store.append_record(LABEL, entry.to_record())
-            except BaseException:
-                self._head_loaded = False  # unknown whether it was written: re-read the tail next time
-                raise
-            if seq != entry.seq:
-                log.error(
-                    "audit chain fork: entry hashed as seq %s was stored as seq %s (another writer?); "
-                    "`dms audit verify` will report it", entry.seq, seq,
-                )
-                entry = replace(entry, seq=seq)
-            self._head = entry
-            return entry
+            for _ in range(APPEND_ATTEMPTS):
+                head = await self._load_head()
+                entry = chain_entry(head, action=action, actor=actor, roles=roles, target=target, source=source,
+                                    outcome=outcome, detail=detail_text, at=self._clock())
+                try:
+                    await self._store.append_record(LABEL, entry.to_record(), expect_seq=entry.seq)
+                except SeqConflict:
+                    self._head_loaded = False  # another writer appended: chain onto its entry
+                    continue
+                except BaseException:
+                    self._head_loaded = False  # unknown whether it was written: re-read the tail next time
+                    raise
+                self._head = entry
+                return entry
+            raise StoreUnavailable(
+                f"could not append to the audit log: {APPEND_ATTEMPTS} attempts each lost to another writer; "
+                "the action was not recorded. Check how many servers write the audit log and retry"
+            )
 
     async def head(self) -> AuditEntry | None:
         async with self._lock:

@@ -324,7 +324,9 @@ async def test_update_record(store: GraphStore) -> None:
     assert row["status"] == "RESTORED" and row["customers_out"] == 0 and "cause" not in row
     with pytest.raises(NotFound):
         await store.update_record("Outage", 10**9, {"status": "X"})
-    audit = await store.append_record("AuditEntry", {"actor": "op", "action": "OPEN"})
+    from security.audit import AuditLog
+
+    audit = (await AuditLog(store).record("TAG_SET", actor="op")).seq  # a real entry: the chain stays valid
     with pytest.raises(BadInput, match="append-only"):
         await store.update_record("AuditEntry", audit, {"action": "CLOSE"})
 
@@ -439,3 +441,31 @@ async def test_neo4j_round_trip(neo4j_store: GraphStore) -> None:
         assert len(set(seqs)) == 20
     finally:
         await neo4j_store.delete_feeder(feeder.id)
+
+
+async def test_two_audit_writers_on_one_store_keep_one_unbroken_chain(arcadedb, store):
+    """Two server replicas (two GraphStore connections, two AuditLogs) appending at the same time:
+    every entry lands, seqs are contiguous and each entry chains onto the one before it."""
+    from security.audit import LABEL, AuditEntry, AuditLog, verify_chain
+
+    other = await GraphStore.connect(arcadedb.uri, arcadedb.user, arcadedb.password, arcadedb.database)
+    try:
+        tail = await store.list_records(LABEL, limit=1, newest_first=True)
+        start = AuditEntry.from_record(tail[0]) if tail else None
+        a, b = AuditLog(store), AuditLog(other)
+
+        async def burst(log: AuditLog, who: str) -> None:
+            for i in range(15):
+                await log.record("TAG_SET", actor=who, target=f"sw{i}", outcome="OK")
+
+        await asyncio.gather(burst(a, "replica-a"), burst(b, "replica-b"))
+        rows = await store.list_records(LABEL, after_seq=start.seq if start else 0, limit=100)
+        entries = [AuditEntry.from_record(r) for r in rows]
+        assert len(entries) == 30
+        assert [e.seq for e in entries] == list(range((start.seq if start else 0) + 1,
+                                                      (start.seq if start else 0) + 31))
+        result = verify_chain(entries, prev=start)
+        assert result.ok, result
+        assert {e.actor for e in entries} == {"replica-a", "replica-b"}
+    finally:
+        await other.close()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from graph_schema.errors import SeqConflict, StoreUnavailable
 from security.audit import (
     GENESIS_HASH,
     LABEL,
@@ -38,9 +39,12 @@ class FakeStore:
         self.fail_next = False
 
     async def append_record(
-        self, label: str, record: Mapping[str, Any], *, feeder_id: str | None = None
+        self, label: str, record: Mapping[str, Any], *, feeder_id: str | None = None,
+        expect_seq: int | None = None,
     ) -> int:
         assert label == LABEL
+        if expect_seq is not None and expect_seq != self.seq + 1:
+            raise SeqConflict(f"seq {expect_seq} is taken")
         assert "seq" not in record and "feeder_id" not in record
         for value in record.values():
             assert value is None or isinstance(value, str | int | float | bool), value
@@ -325,14 +329,36 @@ async def test_failed_append_rereads_the_tail() -> None:
     assert e.seq == 3 and (await log.verify()).ok
 
 
-async def test_fork_by_another_writer_is_reported() -> None:
+async def test_two_writers_share_one_chain_without_forking() -> None:
     store = FakeStore()
     a, b = AuditLog(store), AuditLog(store)
     await a.record("TAG_SET", actor="a")
     await b.record("TAG_SET", actor="b")  # b read the tail: chains correctly onto a's entry
-    await a.record("TAG_SET", actor="a")  # a's head is stale: hashed as seq 2, stored as seq 3
+    e = await a.record("TAG_SET", actor="a")  # a's head is stale: its append loses, it re-reads and re-chains
+    assert e.seq == 3 and e.prev_hash == AuditEntry.from_record(store.rows[1]).hash
+    assert (await AuditLog(store).verify()).ok
+
+
+async def test_a_fork_written_some_other_way_is_reported() -> None:
+    store = FakeStore()
+    log = AuditLog(store)
+    await _fill(log, 2)
+    stale = chain_entry(AuditEntry.from_record(store.rows[0]), action="TAG_SET", actor="x", roles=(), target="",
+                        source="", outcome="", detail="{}", at=T0)  # hashed as seq 2
+    await store.append_record(LABEL, stale.to_record())  # unconditional: stored as seq 3
     r = await AuditLog(store).verify()
     assert not r.ok and r.first_broken_seq == 3
+
+
+async def test_a_writer_that_always_loses_gives_up_with_a_clear_error(monkeypatch) -> None:
+    store = FakeStore()
+
+    async def always_taken(*a: Any, **kw: Any) -> int:
+        raise SeqConflict("taken")
+
+    monkeypatch.setattr(store, "append_record", always_taken)
+    with pytest.raises(StoreUnavailable, match="lost to another writer"):
+        await AuditLog(store).record("TAG_SET", actor="a")
 
 
 async def test_page_limit_bounds() -> None:
