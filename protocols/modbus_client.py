@@ -128,6 +128,9 @@ class ModbusClient:
         )
 
     async def _ensure_connected(self) -> AsyncModbusTcpClient:
+        if self._closed:
+            raise DeviceUnreachable(f"device {self.device.device_id!r}: the client is closed",
+                                    element_id=self.device.device_id)
         if self._client is not None and self._client.connected:
             return self._client
         now = time.monotonic()
@@ -178,6 +181,9 @@ class ModbusClient:
 
     async def close(self) -> None:
         self._closed = True
+        # First without the lock: a read waiting on a dead connection is released by the close
+        # instead of holding the lock until its own timeout; then under it, for a connect in flight.
+        self._drop()
         async with self._lock:
             self._drop()
 
