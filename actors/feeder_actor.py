@@ -118,9 +118,22 @@ class LocalEventSink:
 
 UNITS = {"VM_PU": "pu", "P_MW": "MW", "Q_MVAR": "Mvar", "I_KA": "kA"}
 ALARM_EVENT_KINDS = frozenset({
-    EventKind.ALARM, EventKind.ALARM_CLEARED, EventKind.BREAKER_TRIP, EventKind.FAULT_INDICATION,
-    EventKind.LAST_GASP, EventKind.COMM_LOSS, EventKind.COMM_RESTORED, EventKind.LIMIT_VIOLATION,
+    EventKind.ALARM, EventKind.ALARM_CLEARED, EventKind.ALARM_ACKNOWLEDGED, EventKind.BREAKER_TRIP,
+    EventKind.FAULT_INDICATION, EventKind.LAST_GASP, EventKind.COMM_LOSS, EventKind.COMM_RESTORED,
+    EventKind.LIMIT_VIOLATION,
 })
+
+
+def alarm_id(alarm: Alarm) -> str:
+    """The stable id of an alarm: ``<feeder>|<element>|<kind>`` (element empty for feeder alarms)."""
+    return f"{alarm.feeder_id}|{alarm.element_id or ''}|{alarm.kind}"
+
+
+def parse_alarm_id(text: str) -> tuple[str, str | None, str]:
+    parts = text.split("|")
+    if len(parts) != 3 or not parts[0] or not parts[2]:
+        raise BadInput(f"alarm id {text!r} is malformed; use the id field of an alarm from the alarms query")
+    return parts[0], parts[1] or None, parts[2]
 
 
 def _portable(exc: DmsError) -> DmsError:
@@ -664,6 +677,18 @@ class FeederActor:
         if active is not True:
             out += list(reversed(self._cleared))
         return out
+
+    async def acknowledge_alarm(self, alarm_id: str, by: str) -> Alarm:
+        """An operator takes on an active alarm (``alarm_id`` as :func:`alarm_id` makes it)."""
+        await self._ready()
+        key = parse_alarm_id(alarm_id)
+        if key[0] != self.feeder_id:
+            raise NotFound(f"alarm {alarm_id!r} is not on feeder {self.feeder_id!r}; list its alarms for their ids",
+                           element_id=alarm_id)
+        alarm = self._alarms.acknowledge(key, by)
+        self._event(EventKind.ALARM_ACKNOWLEDGED, alarm.element_id, f"{alarm.kind} acknowledged by {by}",
+                    durable=True, data={ALARM_KIND_KEY: alarm.kind, "by": by})
+        return alarm
 
     # -- control ---------------------------------------------------------------------------------
 

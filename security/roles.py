@@ -55,6 +55,7 @@ class Permission(StrEnum):
     READ_GRID = "READ_GRID"  # feeders, topology, measurements, power flow results
     READ_OUTAGES = "READ_OUTAGES"  # outage records with internal detail
     READ_ALARMS = "READ_ALARMS"  # alarms and events
+    ACK_ALARMS = "ACK_ALARMS"  # acknowledge alarms (the operator has seen them and takes them on)
     READ_REPORTS = "READ_REPORTS"  # reliability/regulatory reports
     CONTROL = "CONTROL"  # select / operate / cancel on field devices
     TAG = "TAG"  # set / remove safety tags
@@ -85,7 +86,8 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
         # (tagging is part of switching procedure), approving FDIR plans (the operator executes
         # them in advisory mode), what-if studies before switching, and FDIR mode (the operator
         # suspends automation on a feeder with crews on site). No settings, no model changes.
-        Role.OPERATOR: _VIEW | {P.CONTROL, P.TAG, P.APPROVE_PLAN, P.WHAT_IF, P.SET_MODE},
+        # Acknowledging alarms is the operator's: it says someone in the control room owns them.
+        Role.OPERATOR: _VIEW | {P.CONTROL, P.TAG, P.APPROVE_PLAN, P.WHAT_IF, P.SET_MODE, P.ACK_ALARMS},
         # 62351-8 ENGINEER: view + configuration/data sets. Operational settings, the grid model,
         # what-if studies and FDIR mode (a configuration choice per feeder). Deliberately no
         # CONTROL/TAG/APPROVE_PLAN: engineers do not switch the live grid (separation of duties).

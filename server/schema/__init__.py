@@ -30,7 +30,7 @@ from server.schema.control import ControlMutation
 from server.schema.fdir import FdirMutation, FdirQuery
 from server.schema.feeder import FeederQuery
 from server.schema.outages import OutageQuery, OutageSubscription
-from server.schema.realtime import RealtimeQuery, RealtimeSubscription
+from server.schema.realtime import RealtimeMutation, RealtimeQuery, RealtimeSubscription
 from server.settings import Settings
 
 
@@ -40,7 +40,7 @@ class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery):
 
 
 @strawberry.type
-class Mutation(ControlMutation, FdirMutation):
+class Mutation(ControlMutation, FdirMutation, RealtimeMutation):
     pass
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import strawberry
 from strawberry.types import Info
 
+from graph_schema.errors import DmsError
 from security.audit import AuditEntry as AuditRecord
 from security.roles import Permission, requires
 from server.schema.relay import Connection, connection, decode_cursor, page_size
@@ -40,3 +43,19 @@ class AuditQuery:
         audit = info.context["services"].audit
         entries = await audit.page(limit=limit + 1, before_seq=before, newest_first=True)
         return connection([(e.seq, AuditEntry.of(e)) for e in entries], limit)
+
+
+async def audited(info: Info, action: str, target: str, detail: dict[str, Any], call: Any) -> Any:
+    """Await ``call`` (an operator's change) and record it in the audit log with its outcome: the
+    error code when it was refused, ``OK`` otherwise."""
+    principal = info.context["principal"]
+    rt = info.context["services"].runtime
+    try:
+        result = await call
+    except DmsError as exc:
+        await rt.audit.record(action, actor=principal.sub, roles=sorted(principal.roles), target=target,
+                              source=info.context["source"], outcome=exc.code, detail=detail)
+        raise
+    await rt.audit.record(action, actor=principal.sub, roles=sorted(principal.roles), target=target,
+                          source=info.context["source"], outcome="OK", detail=detail)
+    return result

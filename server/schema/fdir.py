@@ -7,8 +7,6 @@ approval. Decisions and mode changes are audited with who, when, from where and 
 
 from __future__ import annotations
 
-from typing import Any
-
 import strawberry
 from strawberry.types import Info
 
@@ -16,9 +14,9 @@ from actors.fdir import PlanStep as PlanStepRecord
 from actors.fdir_engine import FdirMode as _FdirMode
 from actors.fdir_engine import FdirStatus as FdirStatusRecord
 from actors.fdir_engine import PlanStatus as PlanStatusRecord
-from graph_schema.errors import DmsError
 from security.audit import AuditAction
 from security.roles import Permission, requires
+from server.schema.audit import audited
 
 FdirMode = strawberry.enum(_FdirMode, name="FdirMode")
 
@@ -104,20 +102,6 @@ def status_type(feeder_id: str, s: FdirStatusRecord, plans: list[PlanStatusRecor
     )
 
 
-async def _audited(info: Info, action: str, target: str, detail: dict[str, Any], call: Any) -> Any:
-    principal = info.context["principal"]
-    rt = info.context["services"].runtime
-    try:
-        result = await call
-    except DmsError as exc:
-        await rt.audit.record(action, actor=principal.sub, roles=sorted(principal.roles), target=target,
-                              source=info.context["source"], outcome=exc.code, detail=detail)
-        raise
-    await rt.audit.record(action, actor=principal.sub, roles=sorted(principal.roles), target=target,
-                          source=info.context["source"], outcome="OK", detail=detail)
-    return result
-
-
 @strawberry.type
 class FdirQuery:
     @strawberry.field(permission_classes=[requires(Permission.READ_GRID, feeder_arg="feeder_id")])
@@ -138,7 +122,7 @@ class FdirMutation:
         grid = info.context["services"].grid
         grid.require_feeder(str(feeder_id))
         value = _FdirMode(mode).value
-        result = await _audited(info, AuditAction.FDIR_MODE, str(feeder_id), {"mode": value},
+        result = await audited(info, AuditAction.FDIR_MODE, str(feeder_id), {"mode": value},
                                 grid.fleet.call(str(feeder_id), "set_fdir_mode", value, by))
         return _FdirMode(result)
 
@@ -147,7 +131,7 @@ class FdirMutation:
         by = info.context["principal"].sub
         grid = info.context["services"].grid
         grid.require_feeder(str(feeder_id))
-        status = await _audited(info, AuditAction.PLAN_APPROVE, f"{feeder_id}/{plan_id}", {"plan_id": str(plan_id)},
+        status = await audited(info, AuditAction.PLAN_APPROVE, f"{feeder_id}/{plan_id}", {"plan_id": str(plan_id)},
                                 grid.fleet.call(str(feeder_id), "approve_plan", str(plan_id), by))
         return plan_type(status)
 
@@ -157,7 +141,7 @@ class FdirMutation:
         by = info.context["principal"].sub
         grid = info.context["services"].grid
         grid.require_feeder(str(feeder_id))
-        status = await _audited(info, AuditAction.PLAN_REJECT, f"{feeder_id}/{plan_id}",
+        status = await audited(info, AuditAction.PLAN_REJECT, f"{feeder_id}/{plan_id}",
                                 {"plan_id": str(plan_id), "reason": reason[:500]},
                                 grid.fleet.call(str(feeder_id), "reject_plan", str(plan_id), by, reason[:500]))
         return plan_type(status)

@@ -29,10 +29,12 @@ from strawberry.types import Info
 from actors.events import Alarm as AlarmRecord
 from actors.events import Event as EventRecord
 from actors.events import EventKind
-from actors.feeder_actor import ALARM_EVENT_KINDS
+from actors.feeder_actor import ALARM_EVENT_KINDS, alarm_id
 from graph_schema.errors import BadInput
+from security.audit import AuditAction
 from security.roles import Permission, feeder_in_scope, requires
 from server.metrics import METRICS
+from server.schema.audit import audited
 from server.schema.control import Tag
 from server.schema.relay import Connection, connection, decode_cursor, page_size
 
@@ -144,6 +146,7 @@ class EventsPage:
 
 @strawberry.type
 class Alarm:
+    id: strawberry.ID = strawberry.field(description="Give it to acknowledgeAlarm")
     feeder_id: strawberry.ID
     element_id: strawberry.ID | None
     kind: str
@@ -153,14 +156,16 @@ class Alarm:
     last_seen: datetime
     count: int
     active: bool
-    acknowledged_by: str | None
+    acknowledged_by: str | None = strawberry.field(
+        description="Who took the alarm on; null until acknowledged, and again after it escalates")
+    acknowledged_at: datetime | None
 
     @classmethod
     def of(cls, a: AlarmRecord, active: bool) -> Alarm:
-        return cls(feeder_id=strawberry.ID(a.feeder_id),
+        return cls(id=strawberry.ID(alarm_id(a)), feeder_id=strawberry.ID(a.feeder_id),
                    element_id=None if a.element_id is None else strawberry.ID(a.element_id), kind=a.kind,
                    severity=str(a.severity), message=a.message, first_seen=a.first_seen, last_seen=a.last_seen,
-                   count=a.count, active=active, acknowledged_by=a.acknowledged_by)
+                   count=a.count, active=active, acknowledged_by=a.acknowledged_by, acknowledged_at=a.acknowledged_at)
 
 
 @strawberry.type
@@ -265,6 +270,20 @@ async def _event_stream(info: Info, name: str, feeder_id: strawberry.ID | None, 
                 yield Event.of(e)
     finally:
         METRICS.subscriptions.labels(name).dec()
+
+
+@strawberry.type
+class RealtimeMutation:
+    @strawberry.mutation(permission_classes=[requires(Permission.ACK_ALARMS, feeder_arg="feeder_id")],
+                         description="Take on an active alarm (ISA-18.2): it stays active until it clears, "
+                                     "and needs acknowledging again if it escalates")
+    async def acknowledge_alarm(self, info: Info, feeder_id: strawberry.ID, alarm_id: strawberry.ID) -> Alarm:
+        principal = info.context["principal"]
+        grid = info.context["services"].grid
+        grid.require_feeder(str(feeder_id))
+        a = await audited(info, AuditAction.ALARM_ACK, f"{feeder_id}/{alarm_id}", {"alarm_id": str(alarm_id)},
+                           grid.fleet.call(str(feeder_id), "acknowledge_alarm", str(alarm_id), principal.sub))
+        return Alarm.of(a, True)
 
 
 @strawberry.type
