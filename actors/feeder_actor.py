@@ -419,7 +419,7 @@ class FeederActor:
                                            publishing_interval_ms=o.opcua_publishing_interval_ms,
                                            backoff_max_s=o.backoff_max_s)
                 self._clients[dev.device_id] = client
-                client.subscribe(lambda values, d=dev.device_id: self._apply(d, values))
+                client.subscribe(lambda values, d=dev.device_id, c=client: self._bound(d, c) and self._apply(d, values))
                 self._field_tasks.append(asyncio.create_task(self._connect_opcua(dev.device_id, client),
                                                              name=f"connect {dev.device_id}"))
         log.info("feeder %s attached to %d field devices (%d points)", self.feeder_id, len(pm.devices),
@@ -455,9 +455,14 @@ class FeederActor:
         self._values.clear()
         self._device_ok.clear()
 
+    def _bound(self, device_id: str, client: Any) -> bool:
+        """Whether ``client`` is still the device's client. A scan task of an earlier binding that
+        outlived its cancellation (a library that swallowed it) must not write into live state."""
+        return self._clients.get(device_id) is client
+
     async def _poll(self, device_id: str, client: Any) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while self._bound(device_id, client):
             t0 = loop.time()
             try:
                 values = await client.read_points()
@@ -466,7 +471,7 @@ class FeederActor:
             except Exception:
                 log.exception("feeder %s: scan of %s failed", self.feeder_id, device_id)
                 values = []
-            if values:
+            if values and self._bound(device_id, client):
                 self._apply(device_id, values)
             await asyncio.sleep(max(0.0, self._opts.scan_interval_s - (loop.time() - t0)))
 
@@ -475,7 +480,7 @@ class FeederActor:
         from protocols.base import ProtocolError
 
         delay = 0.5
-        while True:
+        while self._bound(device_id, client):
             try:
                 await client.connect()
                 return
@@ -484,7 +489,9 @@ class FeederActor:
             except (ProtocolError, OSError, TimeoutError) as exc:
                 log.info("feeder %s: OPC UA device %s not reachable (%s); retry in %.1f s", self.feeder_id,
                          device_id, exc, delay)
-                self._apply(device_id, await client.read_points())
+                values = await client.read_points()
+                if self._bound(device_id, client):
+                    self._apply(device_id, values)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._opts.backoff_max_s)
 

@@ -89,3 +89,34 @@ async def test_detach_closes_every_client(n):
     actor._clients = dict(clients)
     await actor.detach_field()
     assert all(c.closed for c in clients.values())
+
+
+class ReadingClient:
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def read_points(self) -> list[object]:
+        self.reads += 1
+        await asyncio.sleep(0)
+        return [object()]
+
+
+async def test_a_scan_task_of_an_earlier_binding_stops_by_itself_and_writes_nothing():
+    """Even if its cancellation was swallowed, a scan task whose client is no longer bound ends at
+    its next turn and never applies values into live state."""
+    store = StoreAddress(uri="bolt://127.0.0.1:1", user="neo4j", password=Secret("x"), database="neo4j")
+    actor = FeederActor("f1", store, ActorOptions(scan_interval_s=0.01))
+    applied: list[tuple[str, object]] = []
+    actor._apply = lambda device_id, values: applied.append((device_id, values))  # type: ignore[method-assign]
+    old, new = ReadingClient(), ReadingClient()
+    actor._clients = {"rtu1": old}
+    task = asyncio.create_task(actor._poll("rtu1", old))
+    await asyncio.sleep(0.05)
+    assert applied and old.reads > 0
+    actor._clients = {"rtu1": new}  # re-attached: another client serves the device now
+    n = len(applied)
+    await asyncio.wait_for(task, 1.0)  # ends without being cancelled
+    assert len(applied) == n  # the read in flight at the switch-over is dropped too
+    reads = old.reads
+    await asyncio.sleep(0.05)
+    assert old.reads == reads
