@@ -290,7 +290,7 @@ class HubBatch(tuple[Event, ...]):
     """One page of events from the bus, handed to every local subscriber as the same object; the
     events of one feeder and kind are looked up once per page, not filtered once per subscriber."""
 
-    __slots__ = ()
+    _by: dict[tuple[str, str], list[Event]] | None = None  # (feeder id, kind) -> events, built on first use
 
     def select(self, feeder_id: str | None, kinds: frozenset[str] | None) -> list[Event]:
         """The events of ``feeder_id`` (None: all feeders) and ``kinds`` (None: all), in seq order."""
@@ -298,13 +298,16 @@ class HubBatch(tuple[Event, ...]):
             return [e for e in self if (kinds is None or str(e.kind) in kinds)
                     and (feeder_id is None or e.feeder_id == feeder_id)]
         index = self._index()
-        return self._merge([index.get((feeder_id, k), []) for k in kinds])
+        parts = [p for p in (index.get((feeder_id, k), []) for k in kinds) if p]
+        if len(parts) <= 1:
+            return list(parts[0]) if parts else []
+        return sorted((e for p in parts for e in p), key=lambda e: e.seq)
 
     def newest_per_point(self, feeder_id: str) -> list[Event]:
         """The feeder's measurement events keeping only the newest per point, in seq order (what a
         display needs; computed once per page for every subscriber)."""
-        key = (feeder_id, _NEWEST)
         index = self._index()
+        key = (feeder_id, _NEWEST)
         newest = index.get(key)
         if newest is None:
             latest: dict[object, Event] = {}
@@ -314,28 +317,15 @@ class HubBatch(tuple[Event, ...]):
         return list(newest)
 
     def _index(self) -> dict[tuple[str, str], list[Event]]:
-        entry = _BATCH_INDEX.get(id(self))
-        if entry is None or entry[0] is not self:
+        if self._by is None:
             by: dict[tuple[str, str], list[Event]] = {}
             for e in self:
                 by.setdefault((e.feeder_id, str(e.kind)), []).append(e)
-            entry = (self, by)
-            if len(_BATCH_INDEX) >= 256:
-                _BATCH_INDEX.clear()
-            _BATCH_INDEX[id(self)] = entry
-        return entry[1]
-
-    @staticmethod
-    def _merge(parts: list[list[Event]]) -> list[Event]:
-        parts = [p for p in parts if p]
-        if len(parts) <= 1:
-            return list(parts[0]) if parts else []
-        return sorted((e for p in parts for e in p), key=lambda e: e.seq)
+            self._by = by
+        return self._by
 
 
 _NEWEST = "~newest-per-point"
-# id(batch) -> (batch, index); the entry keeps the batch alive so its id is not reused meanwhile.
-_BATCH_INDEX: dict[int, tuple[HubBatch, dict[tuple[str, str], list[Event]]]] = {}
 
 
 class Subscriber:
