@@ -41,6 +41,8 @@ __all__ = [
     "EventLog",
     "EventsPage",
     "Severity",
+    "alarm_id",
+    "parse_alarm_id",
 ]
 
 Scalar = str | int | float | bool | None
@@ -343,6 +345,18 @@ class Alarm:
     @property
     def acknowledged(self) -> bool:
         return self.acknowledged_by is not None
+
+
+def alarm_id(alarm: Alarm) -> str:
+    """The stable id of an alarm: ``<feeder>|<element>|<kind>`` (element empty for feeder alarms)."""
+    return f"{alarm.feeder_id}|{alarm.element_id or ''}|{alarm.kind}"
+
+
+def parse_alarm_id(text: str) -> tuple[str, str | None, str]:
+    parts = text.split("|")
+    if len(parts) != 3 or not parts[0] or not parts[2]:
+        raise BadInput(f"alarm id {text!r} is malformed; use the id field of an alarm from the alarms query")
+    return parts[0], parts[1] or None, parts[2]
 
 
 class AlarmBook:

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from actors.control import ControlAction, ControlCore, DeviceUnreachable, NotConfirmed, Tag, TagKind, expected_state
-from actors.events import ALARM_KIND_KEY, Alarm, AlarmBook, Event, EventKind, Scalar, Severity
+from actors.events import ALARM_KIND_KEY, Alarm, AlarmBook, Event, EventKind, Scalar, Severity, parse_alarm_id
 from actors.fdir import Indications
 from actors.fdir_engine import FdirEngine, FdirMode, FdirPorts, FdirStatus, PlanStatus
 from actors.outages import Outage, store_record
@@ -122,18 +122,6 @@ ALARM_EVENT_KINDS = frozenset({
     EventKind.FAULT_INDICATION, EventKind.LAST_GASP, EventKind.COMM_LOSS, EventKind.COMM_RESTORED,
     EventKind.LIMIT_VIOLATION,
 })
-
-
-def alarm_id(alarm: Alarm) -> str:
-    """The stable id of an alarm: ``<feeder>|<element>|<kind>`` (element empty for feeder alarms)."""
-    return f"{alarm.feeder_id}|{alarm.element_id or ''}|{alarm.kind}"
-
-
-def parse_alarm_id(text: str) -> tuple[str, str | None, str]:
-    parts = text.split("|")
-    if len(parts) != 3 or not parts[0] or not parts[2]:
-        raise BadInput(f"alarm id {text!r} is malformed; use the id field of an alarm from the alarms query")
-    return parts[0], parts[1] or None, parts[2]
 
 
 def _portable(exc: DmsError) -> DmsError:

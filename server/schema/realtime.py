@@ -28,8 +28,8 @@ from strawberry.types import Info
 
 from actors.events import Alarm as AlarmRecord
 from actors.events import Event as EventRecord
-from actors.events import EventKind
-from actors.feeder_actor import ALARM_EVENT_KINDS, alarm_id
+from actors.events import EventKind, alarm_id
+from actors.feeder_actor import ALARM_EVENT_KINDS
 from graph_schema.errors import BadInput
 from security.audit import AuditAction
 from security.roles import Permission, feeder_in_scope, requires

@@ -310,3 +310,13 @@ def test_alarm_acknowledge_and_escalation() -> None:
         book.acknowledge(("f1", "zz", "VM_LOW"), "alice")
     with pytest.raises(BadInput):
         book.acknowledge(key, " ")
+
+
+def test_alarm_ids_round_trip_and_garbage_is_refused() -> None:
+    from actors.events import parse_alarm_id
+
+    assert parse_alarm_id("f1|sw1|BREAKER_TRIP") == ("f1", "sw1", "BREAKER_TRIP")
+    assert parse_alarm_id("f1||COMM_LOSS") == ("f1", None, "COMM_LOSS")
+    for bad in ("", "f1|sw1", "|sw1|X", "f1|sw1|", "a|b|c|d"):
+        with pytest.raises(BadInput, match="malformed"):
+            parse_alarm_id(bad)
