@@ -149,6 +149,31 @@ def gql(http: httpx.AsyncClient, mint: Callable[..., str]) -> GqlFn:
 UA_FEEDER = "case33bw-ua"
 
 
+@contextlib.asynccontextmanager
+async def bound_field(runtime: Any, sim: Any, feeders: tuple[str, ...], ready_within_s: float = 30.0
+                      ) -> AsyncIterator[Any]:
+    """Attach ``feeders`` to the simulator, wait until every device answers, and hand them back as
+    built at the end (:func:`release_field`)."""
+    import time
+
+    from server.field import attach
+
+    for fid in feeders:
+        await attach(runtime, runtime.settings, sim.point_maps[fid])
+    deadline = time.monotonic() + ready_within_s
+    while True:
+        states = [await runtime.fleet.call(fid, "field_status") for fid in feeders]
+        if all(st["devices"] and all(st["devices"].values()) for st in states):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"field devices not all answering within {ready_within_s} s: {states}")
+        await asyncio.sleep(0.25)
+    try:
+        yield sim
+    finally:
+        await release_field(runtime, sim, feeders)
+
+
 async def release_field(runtime: Any, sim: Any, feeders: tuple[str, ...], timeout_s: float = 20.0) -> None:
     """End of a module that drove the field: reset the simulator, let the actors see the normal
     switch states, detach, and put back any switch the actor (and so the store) still holds

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import release_field
+from tests.integration.conftest import bound_field
 
 FDIR_Q = """query F($f: ID!) { fdir(feederId: $f) { mode activeOutageIds automaticSuspended
   pendingPlan { id state kind steps { order action deviceId } }
@@ -34,23 +34,9 @@ async def wait_for(fn, timeout_s: float, step: float = 0.25) -> Any:
 
 
 @pytest.fixture(scope="module")
-async def grid_field(runtime, settings, field_sim) -> AsyncIterator[Any]:
-    from server.field import attach
-
-    feeders = ("case33bw", "cigre-mv")
-    for fid in feeders:
-        await attach(runtime, settings, field_sim.point_maps[fid])
-
-    async def ready() -> bool:
-        for fid in feeders:
-            st = await runtime.fleet.call(fid, "field_status")
-            if not st["devices"] or not all(st["devices"].values()):
-                return False
-        return True
-
-    await wait_for(ready, 30)
-    yield field_sim
-    await release_field(runtime, field_sim, feeders)
+async def grid_field(runtime, field_sim) -> AsyncIterator[Any]:
+    async with bound_field(runtime, field_sim, ("case33bw", "cigre-mv")):
+        yield field_sim
 
 
 async def fdir(gql, feeder: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.integration.conftest import UA_FEEDER, release_field
+from tests.integration.conftest import UA_FEEDER, bound_field
 
 F = "case33bw"
 SW = "sw25"  # a lateral sectionalizer on RTU 4 (Modbus)
@@ -47,22 +47,9 @@ async def wait_for(pred: Callable[[], Any], within_s: float = 10.0, step: float 
 
 
 @pytest.fixture(scope="module")
-async def field(runtime, settings, field_sim) -> AsyncIterator[Any]:
-    from server.field import attach
-
-    for fid in (F, UA_FEEDER):
-        await attach(runtime, settings, field_sim.point_maps[fid])
-
-    async def ready() -> bool:
-        for fid in (F, UA_FEEDER):
-            st = await runtime.fleet.call(fid, "field_status")
-            if not st["devices"] or not all(st["devices"].values()):
-                return False
-        return True
-
-    await wait_for(ready, 20)
-    yield field_sim
-    await release_field(runtime, field_sim, (F, UA_FEEDER))
+async def field(runtime, field_sim) -> AsyncIterator[Any]:
+    async with bound_field(runtime, field_sim, (F, UA_FEEDER), ready_within_s=20):
+        yield field_sim
 
 
 @pytest.fixture
