@@ -2,10 +2,11 @@
 
 A client reads all mapped points of one device (``read_points``) and writes one command
 (``write_command``). Telemetry never raises on a communication failure: each point comes back with
-a :class:`Quality` (``COMM_LOST`` when the device does not answer, ``INVALID`` when it answered with
-an exception/bad status or the value is outside its configured range, ``STALE`` when the last good
-value is too old). Commands do raise, and are sent exactly once: an operate is never retried
-automatically (IEC 61850-7-2 / select-before-operate practice; the head-end decides what to do).
+a :class:`Quality` (``COMM_LOST`` when the device does not answer or answers with a frame that cannot
+be decoded, ``INVALID`` when it answered with an exception/bad status or the value is outside its
+configured range, ``STALE`` when the last good value is too old). Commands do raise, and are sent
+exactly once: an operate is never retried automatically (IEC 61850-7-2 / select-before-operate
+practice; the head-end decides what to do).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class PointValue:
     source_ts: datetime | None
     received_ts: datetime
     exception_code: int | None = None
+    reason: str | None = None  # why the value is not GOOD, when the client knows (device, register, defect)
 
 
 DataChangeCallback = Callable[[list[PointValue]], None]
@@ -74,6 +76,19 @@ class DeviceRejected(ProtocolError):
         ext = super().extensions()
         ext["exceptionCode"] = self.exception_code
         return ext
+
+
+class MalformedResponse(ProtocolError):
+    """The device answered, but the answer cannot be decoded (truncated or oversized frame, wrong
+    function code, a value the protocol library could not parse).
+
+    Handled like a communication failure (Modbus Application Protocol v1.1b3 4.1: a client discards
+    a frame it cannot use): the device's points go ``COMM_LOST`` with this message as their
+    ``reason``, the connection is dropped and re-opened, and a command answered this way may or may
+    not have been executed.
+    """
+
+    code = "MALFORMED_RESPONSE"
 
 
 class CertificateUntrusted(ProtocolError):

@@ -62,6 +62,61 @@ class CodecError(BadInput):
     """A value that cannot be encoded (out of the type's range, not finite) or malformed registers."""
 
 
+class FrameError(CodecError):
+    """A read response whose payload does not fit its request (truncated, too long, wrong function).
+
+    The device answered, but nothing in the answer can be trusted: the caller treats it as a
+    communication failure of the whole device, never as values.
+    """
+
+
+def check_function_code(expected: int, got: object) -> None:
+    """The answer must carry the request's function code (an exception answer has +0x80 and is
+    handled before this check)."""
+    if isinstance(got, bool) or not isinstance(got, int) or got != expected:
+        raise FrameError(f"function code {got!r} in the answer to function code {expected}")
+
+
+def checked_bits(bits: Sequence[object] | None, count: int) -> list[bool]:
+    """The first ``count`` bits of an FC01/FC02 answer, after checking its length.
+
+    The answer's byte count must be ``ceil(count / 8)`` (6.1: the last byte is zero-padded); the
+    decoded bit list is that many bytes times 8.
+    """
+    if count < 1:
+        raise ValueError(f"count={count} must be >= 1")
+    if bits is None:
+        raise FrameError(f"no bits in the answer to a read of {count} bit(s)")
+    n = len(bits)
+    want_bytes, got_bytes = -(-count // 8), -(-n // 8)
+    if n < count or got_bytes != want_bytes:
+        raise FrameError(
+            f"byte count {got_bytes} for {count} bit(s) (expected {want_bytes}): "
+            f"{'truncated' if n < count else 'oversized'} frame"
+        )
+    return [bool(b) for b in bits[:count]]
+
+
+def checked_registers(registers: Sequence[object] | None, count: int) -> list[int]:
+    """The registers of an FC03/FC04 answer, after checking there are exactly ``count`` 16-bit words."""
+    if count < 1:
+        raise ValueError(f"count={count} must be >= 1")
+    if registers is None:
+        raise FrameError(f"no registers in the answer to a read of {count} register(s)")
+    n = len(registers)
+    if n != count:
+        raise FrameError(
+            f"byte count {2 * n} for {count} register(s) (expected {2 * count}): "
+            f"{'truncated' if n < count else 'oversized'} frame"
+        )
+    out: list[int] = []
+    for i, w in enumerate(registers):
+        if isinstance(w, bool) or not isinstance(w, int) or not 0 <= w <= 0xFFFF:
+            raise FrameError(f"register {i} of the answer is {w!r}, not a 16-bit word")
+        out.append(w)
+    return out
+
+
 def register_count(data_type: DataType) -> int:
     """Registers (16-bit words) one value occupies; 1 for BOOL (one coil / discrete input)."""
     if data_type is DataType.BOOL:

@@ -10,6 +10,11 @@ Application Protocol v1.1b3 6.1-6.4). Quality per point:
   its neighbours;
 * timeout / disconnect -> ``COMM_LOST`` (last value kept), then reconnect with capped exponential
   backoff;
+* an answer that cannot be decoded (truncated or oversized byte count, another function code, any
+  error while decoding it) -> :class:`~protocols.base.MalformedResponse`: the whole scan of the
+  device is discarded and every point goes ``COMM_LOST`` with a ``reason`` naming the device, the
+  registers and the defect, as for a timeout (so the head-end's comm-loss alarm fires), and the
+  connection is re-opened (its framing can no longer be trusted);
 * value outside [min, max] -> ``INVALID``.
 
 Commands: FC05 (write single coil) for switch trip/close, FC06/FC16 for set points, sent exactly
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,11 +39,22 @@ from protocols.base import (
     DataChangeCallback,
     DeviceRejected,
     DeviceUnreachable,
+    MalformedResponse,
     PointValue,
     Quality,
     utc_now,
 )
-from protocols.codecs import CodecError, DataType, decode_value, encode_value, range_quality
+from protocols.codecs import (
+    CodecError,
+    DataType,
+    FrameError,
+    check_function_code,
+    checked_bits,
+    checked_registers,
+    decode_value,
+    encode_value,
+    range_quality,
+)
 from protocols.pointmap import (
     MAX_BITS_PER_READ,
     MAX_REGISTERS_PER_READ,
@@ -51,6 +68,12 @@ from protocols.pointmap import (
 log = logging.getLogger(__name__)
 
 ILLEGAL_DATA_ADDRESS = 0x02
+# Modbus Application Protocol v1.1b3 6.1-6.4: the read function code of each table.
+READ_FUNCTION_CODE = {Table.COIL: 1, Table.DISCRETE_INPUT: 2, Table.HOLDING_REGISTER: 3, Table.INPUT_REGISTER: 4}
+WRITE_FUNCTION_CODE = {"write_coil": 5, "write_register": 6, "write_registers": 16}
+# What decoding a garbled answer can raise, here or inside the protocol library.
+DECODE_ERRORS = (FrameError, IndexError, KeyError, struct.error, ValueError, TypeError, AttributeError,
+                 OverflowError)
 
 
 @dataclass
@@ -114,6 +137,7 @@ class ModbusClient:
         self._last: dict[str, tuple[float | bool, datetime, float]] = {}  # value, ts, monotonic
         self._closed = False
         self.last_exception: dict[str, int] = {}  # point id -> last Modbus exception code
+        self.last_failure: str | None = None  # why the last scan failed as a whole (None: it did not)
         self.reads = 0  # requests sent (for metrics/benchmarks)
 
     # -- connection -------------------------------------------------------------------------------
@@ -211,28 +235,52 @@ class ModbusClient:
         return PointValue(p.point_id, value, q, None, now)
 
     def _failed(
-        self, p: PointMapping, now: datetime, quality: Quality, code: int | None = None
+        self, p: PointMapping, now: datetime, quality: Quality, code: int | None = None, reason: str | None = None
     ) -> PointValue:
         last = self._last.get(p.point_id)
         if code is not None:
             self.last_exception[p.point_id] = code
-        return PointValue(p.point_id, None if last is None else last[0], quality, None, now, code)
+        return PointValue(p.point_id, None if last is None else last[0], quality, None, now, code, reason)
 
-    def _decode(
-        self, batch_points: Sequence[PointMapping], start: int, rsp, now: datetime
-    ) -> list[PointValue]:  # type: ignore[no-untyped-def]
+    def _malformed(self, table: Table, address: int, count: int, defect: str) -> MalformedResponse:
+        last = address + count - 1
+        where = f"{table} {address}" if count == 1 else f"{table} {address}..{last}"
+        return MalformedResponse(
+            f"device {self.device.device_id!r} (unit {self.device.unit_id} at {self.device.host}:"
+            f"{self.device.port}) sent a malformed answer to the read of {where}: {defect}",
+            element_id=self.device.device_id,
+        )
+
+    def _payload(self, b: _Batch, rsp: object) -> list[bool] | list[int]:
+        """The bits or registers of a read answer, checked against the request (raises MalformedResponse)."""
+        try:
+            check_function_code(READ_FUNCTION_CODE[b.table], getattr(rsp, "function_code", None))
+            if b.table.is_bit:
+                return checked_bits(getattr(rsp, "bits", None), b.count)
+            return checked_registers(getattr(rsp, "registers", None), b.count)
+        except DECODE_ERRORS as exc:
+            defect = str(exc) if isinstance(exc, FrameError) else f"{type(exc).__name__}: {exc}"
+            raise self._malformed(b.table, b.address, b.count, defect) from None
+
+    def _decode(self, b: _Batch, rsp: object, now: datetime) -> list[PointValue]:
+        """Point values of one batch's answer. A frame that does not fit the request raises
+        :class:`MalformedResponse` (the whole device fails); a well-formed value that is not a number
+        (e.g. a NaN float) makes only its point ``INVALID``."""
+        payload = self._payload(b, rsp)
         out: list[PointValue] = []
-        for p in batch_points:
+        for p in b.points:
             assert p.address is not None
-            i = p.address - start
-            if p.table is not None and p.table.is_bit:
-                out.append(self._value(p, now, bool(rsp.bits[i])))
+            i = p.address - b.address
+            if not 0 <= i or i + p.register_span > len(payload):  # cannot happen for a planned batch
+                raise self._malformed(b.table, b.address, b.count, f"point {p.point_id!r} lies outside the answer")
+            if b.table.is_bit:
+                out.append(self._value(p, now, bool(payload[i])))
                 continue
-            regs = rsp.registers[i : i + p.register_span]
+            regs = payload[i : i + p.register_span]
             try:
-                v = decode_value(regs, p.register_format)
-            except CodecError:
-                out.append(self._failed(p, now, Quality.INVALID))
+                v = decode_value(regs, p.register_format)  # type: ignore[arg-type]
+            except CodecError as exc:
+                out.append(self._failed(p, now, Quality.INVALID, reason=f"{p.point_id}: {exc.message}"))
                 continue
             if p.data_type not in (DataType.FLOAT32, DataType.FLOAT64) and p.scale == 1 and p.offset == 0:
                 v = float(int(v))
@@ -247,7 +295,11 @@ class ModbusClient:
                 out += await self._read_batch(client, _Batch(b.table, p.address, p.register_span, [p]), now)
             return out
         rsp = await self._read(client, b.table, b.address, b.count)
-        if rsp.isError():
+        try:
+            is_error = rsp.isError()
+        except DECODE_ERRORS as exc:
+            raise self._malformed(b.table, b.address, b.count, f"{type(exc).__name__}: {exc}") from None
+        if is_error:
             code = int(getattr(rsp, "exception_code", 0) or 0)
             if code == ILLEGAL_DATA_ADDRESS and len(b.points) > 1:
                 b.split = True
@@ -261,30 +313,51 @@ class ModbusClient:
                 )
                 return await self._read_batch(client, b, now)
             return [self._failed(p, now, Quality.INVALID, code) for p in b.points]
-        return self._decode(b.points, b.address, rsp, now)
+        return self._decode(b, rsp, now)
 
     async def read_points(self) -> list[PointValue]:
         async with self._lock:
             now = utc_now()
             try:
                 client = await self._ensure_connected()
-            except DeviceUnreachable:
-                return [self._failed(p, now, Quality.COMM_LOST) for b in self._batches for p in b.points]
+            except DeviceUnreachable as exc:
+                return self._all_lost(now, exc.message)
             out: list[PointValue] = []
             for i, b in enumerate(self._batches):
                 try:
                     out += await self._read_batch(client, b, now)
+                except MalformedResponse as exc:
+                    return self._scan_failed(now, exc.message)
                 except (TimeoutError, ModbusException, OSError) as exc:
-                    log.warning(
-                        "device %s: read failed (%s); marking its points COMM_LOST",
-                        self.device.device_id,
-                        exc,
-                    )
+                    reason = f"device {self.device.device_id!r}: read of {b.table} {b.address} failed ({exc})"
+                    self._note_failure(reason)
                     self._lost()
                     for rest in self._batches[i:]:
-                        out += [self._failed(p, now, Quality.COMM_LOST) for p in rest.points]
-                    break
+                        out += [self._failed(p, now, Quality.COMM_LOST, reason=reason) for p in rest.points]
+                    return out
+                except Exception as exc:  # anything else a garbled answer made the library raise
+                    malformed = self._malformed(b.table, b.address, b.count, f"{type(exc).__name__}: {exc}")
+                    return self._scan_failed(now, malformed.message)
+            if self.last_failure is not None:
+                log.info("device %s answers correctly again", self.device.device_id)
+                self.last_failure = None
             return out
+
+    def _all_lost(self, now: datetime, reason: str) -> list[PointValue]:
+        return [self._failed(p, now, Quality.COMM_LOST, reason=reason) for b in self._batches for p in b.points]
+
+    def _scan_failed(self, now: datetime, reason: str) -> list[PointValue]:
+        """A malformed answer: nothing read in this scan is trusted, the connection is re-opened, and
+        every point of the device is ``COMM_LOST`` (a per-device failure, like a timeout)."""
+        self._note_failure(reason)
+        self._lost()
+        return self._all_lost(now, reason)
+
+    def _note_failure(self, reason: str) -> None:
+        """Log a failure once when it starts or changes, not at every scan."""
+        if reason != self.last_failure:
+            log.warning("%s; marking its points COMM_LOST", reason)
+        self.last_failure = reason
 
     async def verify(self) -> None:
         """Probe every mapped point once; raise BadInput naming each point the device refuses.
@@ -298,7 +371,18 @@ class ModbusClient:
                 if p.table is None or p.address is None:
                     continue
                 rsp = await self._read(client, p.table, p.address, p.register_span)
-                if rsp.isError():
+                try:
+                    refused = rsp.isError()
+                    if not refused:
+                        self._payload(_Batch(p.table, p.address, p.register_span, [p]), rsp)
+                except MalformedResponse as exc:
+                    self._lost()
+                    raise exc from None
+                except DECODE_ERRORS as exc:
+                    self._lost()
+                    raise self._malformed(p.table, p.address, p.register_span,
+                                          f"{type(exc).__name__}: {exc}") from None
+                if refused:
                     bad.append(
                         f"point {p.point_id!r}: {p.table} {p.address} refused by device "
                         f"{self.device.device_id!r} (Modbus exception {rsp.exception_code})"
@@ -344,7 +428,20 @@ class ModbusClient:
                     "it may or may not have been executed: check the status telemetry before retrying",
                     element_id=command_id,
                 ) from None
-            if rsp.isError():
+            try:
+                rejected = rsp.isError()
+                if not rejected:
+                    check_function_code(WRITE_FUNCTION_CODE[method], getattr(rsp, "function_code", None))
+            except DECODE_ERRORS as exc:
+                self._lost()
+                defect = str(exc) if isinstance(exc, FrameError) else f"{type(exc).__name__}: {exc}"
+                raise MalformedResponse(
+                    f"command {command_id!r} to device {self.device.device_id!r} ({p.table} {address}) got a "
+                    f"malformed answer ({defect}); it may or may not have been executed: check the status "
+                    "telemetry before retrying",
+                    element_id=command_id,
+                ) from None
+            if rejected:
                 code = int(getattr(rsp, "exception_code", 0) or 0)
                 raise DeviceRejected(
                     f"device {self.device.device_id!r} rejected command {command_id!r} "
