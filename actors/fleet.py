@@ -73,6 +73,62 @@ def prepare_local_ray_auth(data_dir: Path) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def _bind_local_ray_to_loopback() -> None:
+    """Make a local Ray listen on 127.0.0.1 only, with 127.0.0.1 as its node IP.
+
+    Ray's gRPC servers (GCS, raylet, every worker) listen on loopback only when the node IP is
+    literally ``127.0.0.1``; on Linux ``ray.init(_node_ip_address="127.0.0.1")`` alone is not
+    enough, because Ray replaces a loopback node IP with the host's external address unless it
+    runs in single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, its default on macOS and
+    Windows). The variable reaches Ray's own processes through the environment; the module flag
+    covers a Ray already imported in this process (it is read when the constant module loads).
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+# An AF_UNIX socket path holds at most 107 bytes; Ray puts its object store socket at
+# <temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store (64 bytes after the temp dir
+# with a 7-digit pid).
+_UNIX_PATH_MAX = 107
+_RAY_SOCKET_SUFFIX = 64
+
+
+def local_ray_temp_dir(data_dir: Path) -> Path:
+    """Where a local Ray keeps its session folders (sockets, logs): ``<data_dir>/ray``.
+
+    Not Ray's default ``/tmp/ray``, which every user and run on the host shares. When the data
+    directory's path is too long for Ray's AF_UNIX socket paths, a short private folder is used
+    instead: ``<tmp>/dms-ray-<uid>/<hash of the data dir>`` (0700, owned by this user), one per
+    data directory, so runs on different data directories still do not share one.
+    """
+    preferred = Path(data_dir).resolve() / "ray"
+    if len(str(preferred)) + _RAY_SOCKET_SUFFIX <= _UNIX_PATH_MAX:
+        preferred.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return preferred
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:12]
+    base = Path(tempfile.gettempdir())
+    if len(str(base)) + 30 + _RAY_SOCKET_SUFFIX > _UNIX_PATH_MAX:
+        base = Path("/tmp")
+    user_dir = base / f"dms-ray-{os.getuid()}"
+    user_dir.mkdir(mode=0o700, exist_ok=True)
+    st = user_dir.lstat()
+    if user_dir.is_symlink() or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise DmsError(
+            f"{user_dir} (Ray's session folder for a data directory with a long path) is not a private "
+            "folder of this user; remove it, or use a data directory with a shorter path (--data-dir)"
+        )
+    short = user_dir / digest
+    short.mkdir(mode=0o700, exist_ok=True)
+    log.info("data directory path too long for Ray's sockets; Ray session folders are in %s", short)
+    return short
+
+
 def connect_ray(*, address: str | None, data_dir: Path, num_cpus: int | None = None) -> bool:
     """Connect to Ray; returns True when this call started it (and so must shut it down)."""
     if ray.is_initialized():
@@ -86,6 +142,9 @@ def connect_ray(*, address: str | None, data_dir: Path, num_cpus: int | None = N
     }
     if address is None:
         prepare_local_ray_auth(data_dir)
+        _bind_local_ray_to_loopback()
+        kwargs["_node_ip_address"] = "127.0.0.1"
+        kwargs["_temp_dir"] = str(local_ray_temp_dir(data_dir))
         kwargs["num_cpus"] = num_cpus if num_cpus is not None else os.cpu_count()
         # Keep Ray's object store small: actors exchange results of a few MB at most.
         kwargs["object_store_memory"] = 200 * 1024 * 1024
