@@ -10,6 +10,8 @@ Routes (all ``POST`` with a JSON body, answers JSON):
 * ``/fault`` ``{"feeder", "line", "permanent": true}`` -> ``{"tripped": "<switch id>"|null}``
 * ``/clear`` ``{"feeder": null}``
 * ``/comm-loss`` ``{"device", "on": true}``
+* ``/malformed`` ``{"device", "mode": "truncate"|"oversize"|"function", "on": true}`` (a Modbus
+  RTU answers reads with malformed frames; ``"on": false`` ends it)
 * ``/load`` ``{"feeder", "scale"}``
 * ``/stick`` ``{"switch", "on": true, "feeder": null}``
 * ``/status`` ``{}`` (also ``GET``)
@@ -169,13 +171,17 @@ class SimAdminServer:
         if path == "/comm-loss":
             await sim.comm_loss(str(a["device"]), on=bool(a.get("on", True)))
             return {"ok": True}
+        if path == "/malformed":
+            on = bool(a.get("on", True))
+            sim.malformed_frames(str(a["device"]), str(a.get("mode", "truncate")) if on else None)
+            return {"ok": True}
         if path == "/load":
             sim.load_scale(str(a["feeder"]), float(a["scale"]))
             return {"ok": True}
         if path == "/stick":
             sim.stick_switch(str(a["switch"]), on=bool(a.get("on", True)), feeder_id=a.get("feeder"))
             return {"ok": True}
-        raise NotFound(f"no route POST {path}; use /fault, /clear, /comm-loss, /load, /stick or /status")
+        raise NotFound(f"no route POST {path}; use /fault, /clear, /comm-loss, /malformed, /load, /stick or /status")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -187,6 +193,7 @@ _ROUTES = {
     "clear": "/clear",
     "comm-loss": "/comm-loss",
     "comm_loss": "/comm-loss",
+    "malformed": "/malformed",
     "load": "/load",
     "stick": "/stick",
     "status": "/status",
@@ -197,7 +204,8 @@ async def sim_command(data_dir: str | Path, command: str, **args: Any) -> dict[s
     """Send one admin command to the simulator of ``data_dir``; returns its JSON answer.
 
     ``command``: ``fault`` (feeder, line, permanent), ``clear`` (feeder=None), ``comm-loss``
-    (device, on), ``load`` (feeder, scale), ``stick`` (switch, on, feeder=None), ``status``.
+    (device, on), ``malformed`` (device, mode: truncate/oversize/function, on), ``load``
+    (feeder, scale), ``stick`` (switch, on, feeder=None), ``status``.
     Raises :class:`SimulatorNotRunning` when no simulator is running for ``data_dir``, and
     :class:`DmsError` with the simulator's error code when it refuses the command.
     """

@@ -10,7 +10,8 @@ Commands obey the field: a trip/close coil moves the switch after ``operate_dela
 is stuck) and the feeder is re-solved; closing onto a permanent fault re-trips the nearest
 upstream breaker/recloser. Injected events: :meth:`FieldSimulator.inject_fault`,
 :meth:`~FieldSimulator.clear`, :meth:`~FieldSimulator.comm_loss`,
-:meth:`~FieldSimulator.load_scale`, :meth:`~FieldSimulator.stick_switch`.
+:meth:`~FieldSimulator.malformed_frames`, :meth:`~FieldSimulator.load_scale`,
+:meth:`~FieldSimulator.stick_switch`.
 
 pymodbus note: 3.16 deprecates ``ModbusServerContext`` in favour of ``SimDevice``; the server still
 accepts a context flagged ``old_simulator`` whose ``async_getValues``/``async_setValues`` it calls
@@ -62,6 +63,11 @@ from protocols.pointmap import (
 )
 
 log = logging.getLogger(__name__)
+
+# How a Modbus RTU in ``malformed_frames`` garbles its answers to reads (FC01-FC04):
+# truncate: byte count 1 and no data (a frame cut short); oversize: byte count and data twice what
+# was asked; function: the answer carries another function code (FC + 0x10).
+FRAME_FAULTS = ("truncate", "oversize", "function")
 
 ValueHook = Callable[[str, float | bool, datetime], float | bool]
 
@@ -116,6 +122,27 @@ def pv_profile(hour: float) -> float:
 # ------------------------------------------------------------------------------------------------
 # Modbus datastore
 # ------------------------------------------------------------------------------------------------
+
+
+def malformed_frame(frame: bytes, mode: str) -> bytes:
+    """``frame`` (a Modbus TCP answer: MBAP header + PDU) garbled as ``mode`` (see ``FRAME_FAULTS``).
+
+    Only normal answers to reads (FC01-FC04) are garbled; exception answers, writes and frames too
+    short to be answers pass unchanged. The MBAP length always matches what is sent, so the stream
+    stays framed: the defect is in the PDU, where a client must catch it.
+    """
+    if mode not in FRAME_FAULTS:
+        raise BadInput(f"unknown frame fault {mode!r}; use one of {', '.join(FRAME_FAULTS)}")
+    if len(frame) < 9 or frame[7] not in (1, 2, 3, 4):
+        return frame
+    head, unit, fc, data = frame[:4], frame[6], frame[7], frame[9:]
+    if mode == "truncate":
+        pdu = bytes([fc, 1])
+    elif mode == "oversize":
+        pdu = bytes([fc, min(2 * len(data), 250)]) + (data * 2)[:250]
+    else:
+        pdu = bytes([fc + 0x10, len(data)]) + data
+    return head + (len(pdu) + 1).to_bytes(2, "big") + bytes([unit]) + pdu
 
 
 class _UnitStore:
@@ -278,6 +305,7 @@ class FieldSimulator:
         self._modbus_stores: dict[str, tuple[_UnitStore, PointMap]] = {}  # device id -> store
         self._opcua: dict[str, _OpcuaServer] = {}  # device id -> server
         self._silent: set[str] = set()
+        self._garbled: dict[str, str] = {}  # Modbus device id -> frame fault (FRAME_FAULTS)
         self._stuck: set[str] = set()  # "<feeder>/<switch>"
         self._forced: dict[str, float | bool] = {}
         self._value_hook: ValueHook | None = None
@@ -408,10 +436,23 @@ class FieldSimulator:
                 unit_devices[d.unit_id] = d.device_id
                 self._modbus_stores[d.device_id] = (store, pm)
             ctx = _SimModbusContext(self, units, unit_devices)
-            server = ModbusTcpServer(ctx, address=(host, port), ignore_missing_devices=True)
+            server = ModbusTcpServer(ctx, address=(host, port), ignore_missing_devices=True,
+                                     trace_packet=self._frame_hook(dict(unit_devices)))
             await server.serve_forever(background=True)
             self._modbus_servers.append(server)
             log.info("simulator: Modbus TCP on %s:%s units %s", host, port, sorted(units))
+
+    def _frame_hook(self, unit_devices: dict[int, str]) -> Callable[[bool, bytes], bytes]:
+        """pymodbus' ``trace_packet`` hook of one server: garbles the answers of devices in
+        :attr:`_garbled` (pymodbus calls it with each whole frame it sends)."""
+
+        def hook(sending: bool, data: bytes) -> bytes:
+            if not sending or not self._garbled or len(data) < 9:
+                return data
+            mode = self._garbled.get(unit_devices.get(data[6], ""))
+            return data if mode is None else malformed_frame(data, mode)
+
+        return hook
 
     async def _start_opcua(self, pm: PointMap) -> None:
         for d in pm.devices:
@@ -819,6 +860,20 @@ class FieldSimulator:
         else:
             self._silent.discard(device_id)
 
+    def malformed_frames(self, device_id: str, mode: str | None = "truncate") -> None:
+        """A Modbus device answers reads with malformed frames (``mode`` in ``FRAME_FAULTS``) until
+        called again with ``None``. Writes are still answered correctly."""
+        if device_id not in self._modbus_stores:
+            modbus = sorted(self._modbus_stores)
+            raise NotFound(f"device {device_id!r} is not a simulated Modbus device (have: {modbus})",
+                           element_id=device_id)
+        if mode is None:
+            self._garbled.pop(device_id, None)
+            return
+        if mode not in FRAME_FAULTS:
+            raise BadInput(f"unknown frame fault {mode!r}; use one of {', '.join(FRAME_FAULTS)}")
+        self._garbled[device_id] = mode
+
     async def reset(self) -> None:
         """Back to the model's normal state: switches as modelled, no faults, no injected conditions."""
         for h in self._timers:
@@ -836,6 +891,7 @@ class FieldSimulator:
             }
         for dev in list(self._silent):
             await self.comm_loss(dev, on=False)
+        self._garbled.clear()
         self._stuck.clear()
         self._forced.clear()
         self._value_hook = None
@@ -886,6 +942,7 @@ class FieldSimulator:
                 for fid, pm in self.point_maps.items()
             },
             "comm_loss": sorted(self._silent),
+            "malformed_frames": dict(sorted(self._garbled.items())),
             "stuck": sorted(self._stuck),
         }
 

@@ -219,6 +219,47 @@ async def test_value_hook_and_forced_values(sim: FieldSimulator) -> None:
     assert sim.value(f"{F}/bus6/VM_PU") == 0.5
 
 
+@pytest.mark.parametrize("mode", ["truncate", "oversize", "function"])
+async def test_malformed_frames_of_one_rtu_are_a_comm_failure_of_that_rtu_only(sim: FieldSimulator, mode: str) -> None:
+    """Real pymodbus on both ends: the garbled RTU's points go COMM_LOST with a reason, its neighbour
+    on the same server keeps answering, and the RTU is GOOD again when its frames are."""
+    pm = sim.point_maps[F]
+    bad, good = f"{F}/rtu2", f"{F}/rtu3"
+    clients = {d: ModbusClient(pm.device(d), pm.points_of(d), timeout_s=0.5, backoff_initial_s=0.05)
+               for d in (bad, good)}
+    try:
+        for c in clients.values():
+            assert {v.quality for v in await c.read_points()} == {Quality.GOOD}
+        sim.malformed_frames(bad, mode)
+        assert sim.status()["malformed_frames"] == {bad: mode}
+        values = await clients[bad].read_points()
+        assert values and {v.quality for v in values} == {Quality.COMM_LOST}, values
+        assert all(v.value is not None for v in values)  # last good values kept
+        reason = values[0].reason or ""
+        tables = ("COIL", "DISCRETE_INPUT", "HOLDING_REGISTER", "INPUT_REGISTER")
+        assert repr(bad) in reason and any(t in reason for t in tables), reason
+        assert {v.quality for v in await clients[good].read_points()} == {Quality.GOOD}
+        sim.malformed_frames(bad, None)
+
+        async def recovered() -> bool:
+            return {v.quality for v in await clients[bad].read_points()} == {Quality.GOOD}
+
+        deadline = time.monotonic() + 5
+        while not await recovered():
+            assert time.monotonic() < deadline, "the RTU did not recover"
+            await asyncio.sleep(0.05)
+    finally:
+        for c in clients.values():
+            await c.close()
+
+
+def test_malformed_frames_refuses_unknown_devices_and_modes(sim: FieldSimulator) -> None:
+    with pytest.raises(DmsError, match="not a simulated Modbus device"):
+        sim.malformed_frames("nope")
+    with pytest.raises(DmsError, match="unknown frame fault"):
+        sim.malformed_frames(f"{F}/rtu1", "scramble")
+
+
 async def test_admin_http_round_trip(sim: FieldSimulator, tmp_path: Path) -> None:
     with pytest.raises(SimulatorNotRunning, match="dms demo"):
         await sim_command(tmp_path, "status")
@@ -243,6 +284,10 @@ async def test_admin_http_round_trip(sim: FieldSimulator, tmp_path: Path) -> Non
         status = await sim_command(tmp_path, "status")
         assert status["comm_loss"] == [f"{F}/rtu3"] and status["stuck"] == [f"{F}/sw7"]
         await sim_command(tmp_path, "comm-loss", device=f"{F}/rtu3", on=False)
+        await sim_command(tmp_path, "malformed", device=f"{F}/rtu3", mode="oversize")
+        assert (await sim_command(tmp_path, "status"))["malformed_frames"] == {f"{F}/rtu3": "oversize"}
+        await sim_command(tmp_path, "malformed", device=f"{F}/rtu3", on=False)
+        assert (await sim_command(tmp_path, "status"))["malformed_frames"] == {}
 
         with pytest.raises(DmsError) as ei:
             await sim_command(tmp_path, "fault", feeder="nope", line="line1")
