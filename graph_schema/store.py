@@ -31,7 +31,7 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -561,11 +561,13 @@ class GraphStore:
         limit: int = 100,
         newest_first: bool = False,
         where: Mapping[str, object] | None = None,
+        feeder_ids: Collection[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Records of ``label`` ordered by ``seq`` (oldest first unless ``newest_first``).
 
         ``after_seq``/``before_seq`` are exclusive bounds (cursor paging); ``where`` matches
-        properties by equality (``None`` matches an absent property).
+        properties by equality (``None`` matches an absent property); ``feeder_ids`` keeps the
+        records of those feeders (an access scope: applied in the query, before the limit).
         """
         _check_record_label(label)
         if not isinstance(limit, int) or limit < 0:
@@ -575,6 +577,13 @@ class GraphStore:
         if feeder_id is not None:
             conditions.append("n.feeder_id = $feeder_id")
             params["feeder_id"] = feeder_id
+        if feeder_ids is not None:
+            if isinstance(feeder_ids, str):
+                raise BadInput("feeder_ids must be a collection of feeder ids, not one string")
+            if not feeder_ids:
+                return []
+            conditions.append("n.feeder_id IN $feeder_ids")
+            params["feeder_ids"] = sorted(str(f) for f in feeder_ids)
         if after_seq is not None:
             conditions.append("n.seq > $after_seq")
             params["after_seq"] = int(after_seq)

@@ -96,10 +96,12 @@ class GridService:
         out: list[Tag] = await self.fleet.call(feeder_id, "tags")
         return out
 
-    async def control_history(self, feeder_id: str | None, *, limit: int,
+    async def control_history(self, feeder_ids: Collection[str], *, limit: int,
                               before_seq: int | None) -> list[dict[str, Any]]:
-        return await self.store.list_records("ControlAction", feeder_id=feeder_id, before_seq=before_seq, limit=limit,
-                                             newest_first=True)
+        """Control records of ``feeder_ids`` (the caller's scope), newest first. The scope is part
+        of the query, so a page is full whenever that many records exist in scope."""
+        return await self.store.list_records("ControlAction", feeder_ids=feeder_ids, before_seq=before_seq,
+                                             limit=limit, newest_first=True)
 
     # -- devices and selections ------------------------------------------------------------------
 

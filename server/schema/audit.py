@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import strawberry
@@ -16,7 +17,10 @@ from server.schema.relay import Connection, connection, decode_cursor, page_size
 @strawberry.type
 class AuditEntry:
     seq: int
-    at: str
+    at: str = strawberry.field(description=(
+        "When it was recorded, as the exact text the hash covers (ISO 8601 UTC, e.g. "
+        "2025-01-31T12:00:00.000000Z): recompute hashes from this; read the instant from recordedAt"))
+    recorded_at: datetime = strawberry.field(description="When it was recorded (the instant of at, as DateTime)")
     actor: str
     roles: list[str]
     action: str
@@ -29,7 +33,8 @@ class AuditEntry:
 
     @classmethod
     def of(cls, e: AuditRecord) -> AuditEntry:
-        return cls(seq=e.seq, at=e.at, actor=e.actor, roles=list(e.roles), action=e.action, target=e.target,
+        return cls(seq=e.seq, at=e.at, recorded_at=datetime.fromisoformat(e.at),
+                   actor=e.actor, roles=list(e.roles), action=e.action, target=e.target,
                    source=e.source, outcome=e.outcome, detail=e.detail, prev_hash=e.prev_hash, hash=e.hash)
 
 
@@ -42,7 +47,7 @@ class AuditQuery:
         before = decode_cursor(after)
         audit = info.context["services"].audit
         entries = await audit.page(limit=limit + 1, before_seq=before, newest_first=True)
-        return connection([(e.seq, AuditEntry.of(e)) for e in entries], limit)
+        return connection([(e.seq, AuditEntry.of(e)) for e in entries], limit, after=after)
 
 
 async def audited(info: Info, action: str, target: str, detail: dict[str, Any], call: Any) -> Any:

@@ -27,10 +27,8 @@ from strawberry.types import Info
 from actors import control as core
 from actors.control import Tag as TagRecord
 from security.roles import Permission, requires
+from server.schema.enums import ControlAction, ControlStatus, TagKind
 from server.services import Caller
-
-ControlAction = strawberry.enum(core.ControlAction, description="OPEN, CLOSE, RAISE, LOWER, SET")
-TagKind = strawberry.enum(core.TagKind, description="Safety tags; all but WARNING block control")
 
 
 def caller(info: Info) -> Caller:
@@ -49,7 +47,7 @@ class ControlSelection:
 
 @strawberry.type
 class ControlResult:
-    status: str = strawberry.field(description="CONFIRMED, ACCEPTED, NOT_CONFIRMED or FAILED")
+    status: ControlStatus = strawberry.field(description="CONFIRMED, ACCEPTED, NOT_CONFIRMED or FAILED")
     code: str | None
     message: str
     device_id: strawberry.ID
@@ -103,7 +101,7 @@ class ControlMutation:
         svc = info.context["services"]
         r = await svc.control.operate(caller(info), str(selection_id), str(device_id), str(action.value), value,
                                       None if feeder_id is None else str(feeder_id))
-        return ControlResult(status=r["status"], code=r.get("code"), message=r["message"],
+        return ControlResult(status=ControlStatus(r["status"]), code=r.get("code"), message=r["message"],
                              device_id=strawberry.ID(r["device_id"]), feeder_id=strawberry.ID(r["feeder_id"]),
                              action=core.ControlAction(r["action"]), value=r["value"])
 

@@ -17,14 +17,13 @@ from actors.fdir_engine import PlanStatus as PlanStatusRecord
 from security.audit import AuditAction
 from security.roles import Permission, requires
 from server.schema.audit import audited
-
-FdirMode = strawberry.enum(_FdirMode, name="FdirMode")
+from server.schema.enums import FdirMode, PlanAction, PlanKind, PlanState
 
 
 @strawberry.type
 class PlanStep:
     order: int
-    action: str
+    action: PlanAction  # type: ignore[valid-type]
     device_id: strawberry.ID
     expected_is_open: bool
     customers_restored_or_lost: int
@@ -34,8 +33,8 @@ class PlanStep:
 @strawberry.type
 class SwitchingPlan:
     id: strawberry.ID
-    state: str
-    kind: str
+    state: PlanState  # type: ignore[valid-type]
+    kind: PlanKind  # type: ignore[valid-type]
     message: str
     decided_by: str | None
     outage_id: strawberry.ID | None
@@ -68,7 +67,7 @@ class FdirStatus:
 
 
 def _step(s: PlanStepRecord) -> PlanStep:
-    return PlanStep(order=s.order, action=str(s.action), device_id=strawberry.ID(s.device_id),
+    return PlanStep(order=s.order, action=PlanAction(s.action), device_id=strawberry.ID(s.device_id),
                     expected_is_open=s.expected_is_open, customers_restored_or_lost=s.customers_restored_or_lost,
                     explanation=s.explanation)
 
@@ -78,7 +77,8 @@ def plan_type(p: PlanStatusRecord) -> SwitchingPlan:
     pf = plan.validated_power_flow
     loc = plan.fault
     return SwitchingPlan(
-        id=strawberry.ID(plan.id), state=str(p.state), kind=str(p.kind), message=p.message, decided_by=p.decided_by,
+        id=strawberry.ID(plan.id), state=PlanState(p.state), kind=PlanKind(p.kind), message=p.message,
+        decided_by=p.decided_by,
         outage_id=strawberry.ID(p.outage_id) if p.outage_id else None, explanation=plan.explanation,
         warnings=list(plan.warnings), steps=[_step(s) for s in plan.steps], executed_steps=list(p.executed_steps),
         failed_step=_step(p.failed_step) if p.failed_step else None,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from enum import Enum
 
 import strawberry
 from strawberry.types import Info
@@ -17,23 +16,8 @@ from actors.feeder_actor import FeederState
 from actors.powerflow import PowerFlowResult
 from graph_schema import model as m
 from security.roles import Permission, feeder_in_scope, requires
+from server.schema.enums import DerKind, LimitBand, SwitchKind, ViolationKind
 from server.services import GridService
-
-SwitchKind = strawberry.enum(m.SwitchKind, description="IEC 61970 switch classes")
-DerKind = strawberry.enum(m.DerKind)
-
-
-@strawberry.enum
-class ViolationKind(Enum):
-    UNDERVOLTAGE = "UNDERVOLTAGE"
-    OVERVOLTAGE = "OVERVOLTAGE"
-    OVERLOAD = "OVERLOAD"
-
-
-@strawberry.enum
-class LimitBand(Enum):
-    NORMAL = "NORMAL"
-    EMERGENCY = "EMERGENCY"
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,17 +14,14 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from actors.events import EventKind
-from actors.outages import Cause, public_view
 from actors.outages import Outage as OutageRecord
-from actors.outages import OutageStatus as _OutageStatus
+from actors.outages import public_view
 from graph_schema.errors import DmsError
 from security.roles import Permission, authorize, requires
 from server.metrics import METRICS
+from server.schema.enums import OutageCause, OutageStatus
 from server.schema.realtime import Event, _event_stream
 from server.schema.relay import Connection, connection, decode_cursor, page_size
-
-OutageStatus = strawberry.enum(_OutageStatus)
-OutageCause = strawberry.enum(Cause, name="OutageCause")
 
 
 @strawberry.type
@@ -81,7 +78,7 @@ class OutageQuery:
         svc = info.context["services"].runtime.outages
         rows = await svc.page(active=active, feeder_id=str(feeder_id) if feeder_id else None,
                               feeders_in_scope=principal.feeders, before_seq=decode_cursor(after), limit=limit + 1)
-        return connection([(seq, Outage.of(o)) for seq, o in rows], limit)
+        return connection([(seq, Outage.of(o)) for seq, o in rows], limit, after=after)
 
     @strawberry.field(permission_classes=[requires(Permission.READ_OUTAGES)])
     async def outage(self, info: Info, id: strawberry.ID) -> Outage:
@@ -96,10 +93,10 @@ class PublicOutage:
 
     id: strawberry.ID
     customers_affected: int
-    started_at: str
-    estimated_restoration: str | None
-    cause: str
-    status: str
+    started_at: datetime
+    estimated_restoration: datetime | None
+    cause: OutageCause  # type: ignore[valid-type]
+    status: OutageStatus  # type: ignore[valid-type]
     area: JSON | None = strawberry.field(description="GeoJSON geometry of the affected area, when known")
 
 
@@ -114,9 +111,10 @@ async def _public(info: Info, outage_id: str) -> PublicOutage | None:
     except DmsError:
         feeder = None
     view = public_view(outage, feeder)
+    # Typed from the record the view was made of: the same instants and values the view's strings hold.
     return PublicOutage(id=strawberry.ID(view["id"]), customers_affected=view["customersAffected"],
-                        started_at=view["startedAt"], estimated_restoration=view["estimatedRestoration"],
-                        cause=view["cause"], status=view["status"], area=view["area"])
+                        started_at=outage.started_at, estimated_restoration=outage.estimated_restoration,
+                        cause=OutageCause(view["cause"]), status=OutageStatus(view["status"]), area=view["area"])
 
 
 @strawberry.type

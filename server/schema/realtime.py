@@ -12,7 +12,10 @@ display shows the present, not every intermediate); ``compact`` carries a batch 
 one JSON value instead of an object per point, for high-rate clients. ``deadbandPu`` suppresses
 VM_PU changes smaller than it (per subscriber, against the last value sent to it; quality changes
 always pass) and ``minIntervalMs`` coalesces to at most one batch per interval (latest value per
-point).
+point). ``pointIds``/``elementIds`` keep only those points (both given: points matching both), on
+the server, before anything else: a client watching one breaker receives only its points.
+
+Events of the ``alarms`` subscription carry ``alarmId``, the id ``acknowledgeAlarm`` takes.
 """
 
 from __future__ import annotations
@@ -20,15 +23,15 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from actors.events import Alarm as AlarmRecord
+from actors.events import AlarmBook, alarm_id
 from actors.events import Event as EventRecord
-from actors.events import EventKind, alarm_id
 from actors.feeder_actor import ALARM_EVENT_KINDS
 from graph_schema.errors import BadInput
 from security.audit import AuditAction
@@ -36,6 +39,17 @@ from security.roles import Permission, feeder_in_scope, requires
 from server.metrics import METRICS
 from server.schema.audit import audited
 from server.schema.control import Tag
+from server.schema.enums import (
+    AlarmKind,
+    ControlAction,
+    ControlStatus,
+    EventKind,
+    Quality,
+    Severity,
+    alarm_kind,
+    coerce,
+    parse_values,
+)
 from server.schema.relay import Connection, connection, decode_cursor, page_size
 
 CONTROL_KINDS = frozenset({EventKind.CONTROL})
@@ -48,7 +62,7 @@ class Measurement:
     element_id: strawberry.ID
     quantity: str
     value: float | None = strawberry.field(description="Numeric value; booleans as 1/0 (STATUS 1 = open)")
-    quality: str = strawberry.field(description="GOOD, STALE, INVALID or COMM_LOST")
+    quality: Quality = strawberry.field(description="GOOD, STALE, INVALID or COMM_LOST")  # type: ignore[valid-type]
     unit: str
     source_ts: datetime | None
     received_ts: datetime | None
@@ -63,7 +77,7 @@ def _num(v: Any) -> float | None:
 
 def _measurement_of_row(r: dict[str, Any]) -> Measurement:
     return Measurement(point_id=strawberry.ID(r["point_id"]), element_id=strawberry.ID(r["element_id"]),
-                       quantity=r["quantity"], value=_num(r["value"]), quality=r["quality"], unit=r["unit"],
+                       quantity=r["quantity"], value=_num(r["value"]), quality=Quality(r["quality"]), unit=r["unit"],
                        source_ts=r["source_ts"], received_ts=r["received_ts"])
 
 
@@ -80,7 +94,7 @@ def _measurement_of_event(e: EventRecord) -> Measurement:
         return hit[1]
     d = e.data
     m = Measurement(point_id=strawberry.ID(str(d["point_id"])), element_id=strawberry.ID(e.element_id or ""),
-                    quantity=str(d["quantity"]), value=_num(d["value"]), quality=str(d["quality"]),
+                    quantity=str(d["quantity"]), value=_num(d["value"]), quality=Quality(d["quality"]),
                     unit=str(d.get("unit") or ""), source_ts=_ts(d.get("source_ts")),
                     received_ts=_ts(d.get("received_ts")), seq=e.seq)
     if len(_MEASUREMENT_CACHE) >= _MEASUREMENT_CACHE_SIZE:
@@ -120,22 +134,35 @@ class MeasurementBatch:
         }
 
 
+def event_alarm_id(e: EventRecord) -> str | None:
+    """The id of the alarm an alarm event raises, clears or acknowledges (None for other events):
+    the key the feeder's alarm book files it under, written as :func:`actors.events.alarm_id` does."""
+    if e.kind not in ALARM_EVENT_KINDS:
+        return None
+    feeder_id, element_id, kind = AlarmBook.key_of(e)
+    return f"{feeder_id}|{element_id or ''}|{kind}"
+
+
 @strawberry.type
 class Event:
     seq: int
-    kind: str
+    kind: EventKind  # type: ignore[valid-type]
     feeder_id: strawberry.ID
     element_id: strawberry.ID | None
-    severity: str
+    severity: Severity  # type: ignore[valid-type]
     message: str
     at: datetime
     data: JSON
+    alarm_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Alarm events: the id of the alarm, as acknowledgeAlarm takes it; null otherwise")
 
     @classmethod
     def of(cls, e: EventRecord) -> Event:
-        return cls(seq=e.seq, kind=str(e.kind), feeder_id=strawberry.ID(e.feeder_id),
+        aid = event_alarm_id(e)
+        return cls(seq=e.seq, kind=EventKind(e.kind), feeder_id=strawberry.ID(e.feeder_id),
                    element_id=None if e.element_id is None else strawberry.ID(e.element_id),
-                   severity=str(e.severity), message=e.message, at=e.at, data=dict(e.data))
+                   severity=Severity(e.severity), message=e.message, at=e.at, data=dict(e.data),
+                   alarm_id=None if aid is None else strawberry.ID(aid))
 
 
 @strawberry.type
@@ -149,8 +176,8 @@ class Alarm:
     id: strawberry.ID = strawberry.field(description="Give it to acknowledgeAlarm")
     feeder_id: strawberry.ID
     element_id: strawberry.ID | None
-    kind: str
-    severity: str
+    kind: AlarmKind = strawberry.field(description="OTHER: a kind this server version does not know (see message)")
+    severity: Severity  # type: ignore[valid-type]
     message: str
     first_seen: datetime
     last_seen: datetime
@@ -163,8 +190,9 @@ class Alarm:
     @classmethod
     def of(cls, a: AlarmRecord, active: bool) -> Alarm:
         return cls(id=strawberry.ID(alarm_id(a)), feeder_id=strawberry.ID(a.feeder_id),
-                   element_id=None if a.element_id is None else strawberry.ID(a.element_id), kind=a.kind,
-                   severity=str(a.severity), message=a.message, first_seen=a.first_seen, last_seen=a.last_seen,
+                   element_id=None if a.element_id is None else strawberry.ID(a.element_id),
+                   kind=alarm_kind(a.kind), severity=Severity(a.severity), message=a.message, first_seen=a.first_seen,
+                   last_seen=a.last_seen,
                    count=a.count, active=active, acknowledged_by=a.acknowledged_by, acknowledged_at=a.acknowledged_at)
 
 
@@ -173,14 +201,24 @@ class ControlRecord:
     seq: int
     feeder_id: strawberry.ID
     device_id: strawberry.ID
-    action: str
+    action: ControlAction  # type: ignore[valid-type]
     value: float | None
     operator: str
-    status: str
+    status: ControlStatus
     code: str | None
     message: str | None
-    requested_at: str
-    completed_at: str
+    requested_at: datetime
+    completed_at: datetime
+
+    @classmethod
+    def of(cls, r: dict[str, Any]) -> ControlRecord:
+        status = coerce(ControlStatus, r["status"], ControlStatus.FAILED)
+        assert status is not None
+        return cls(seq=int(r["seq"]), feeder_id=strawberry.ID(r["feeder_id"] or ""),
+                   device_id=strawberry.ID(r["device_id"]), action=ControlAction(r["action"]), value=r.get("value"),
+                   operator=r["operator"], status=status, code=r.get("code"), message=r.get("message"),
+                   requested_at=datetime.fromisoformat(r["requested_at"]),
+                   completed_at=datetime.fromisoformat(r["completed_at"]))
 
 
 def _feeders_in_scope(info: Info, feeder_id: str | None) -> list[str]:
@@ -231,32 +269,44 @@ class RealtimeQuery:
                               after: str | None = None) -> Connection[ControlRecord]:
         limit = page_size(first)
         grid = info.context["services"].grid
+        # The scope is part of the query (not a filter on its page): a feeder-scoped token gets full
+        # pages and a true hasNextPage.
         scope = _feeders_in_scope(info, feeder_id)
-        rows = await grid.control_history(None if feeder_id is None else str(feeder_id), limit=limit + 1,
-                                          before_seq=decode_cursor(after))
-        items = [(int(r["seq"]), ControlRecord(
-            seq=int(r["seq"]), feeder_id=strawberry.ID(r["feeder_id"] or ""), device_id=strawberry.ID(r["device_id"]),
-            action=r["action"], value=r.get("value"), operator=r["operator"], status=r["status"], code=r.get("code"),
-            message=r.get("message"), requested_at=r["requested_at"], completed_at=r["completed_at"]))
-            for r in rows if r["feeder_id"] in scope]
-        return connection(items, limit)
+        rows = await grid.control_history(scope, limit=limit + 1, before_seq=decode_cursor(after))
+        return connection([(int(r["seq"]), ControlRecord.of(r)) for r in rows], limit, after=after)
 
     @strawberry.field(permission_classes=[requires(Permission.READ_ALARMS, feeder_arg="feeder_id")],
                       description="Events after afterSeq (from the window, or the durable store beyond it)")
-    async def events(self, info: Info, after_seq: int | None = 0, first: int | None = 100,
-                     feeder_id: strawberry.ID | None = None, kinds: list[str] | None = None) -> EventsPage:
+    async def events(
+        self, info: Info, after_seq: int | None = 0, first: int | None = 100, feeder_id: strawberry.ID | None = None,
+        kinds: Annotated[list[str] | None, strawberry.argument(
+            deprecation_reason="Use eventKinds (enum values, e.g. eventKinds: [ALARM]); kinds will be removed in "
+                               "the next release")] = None,
+        event_kinds: Annotated[list[EventKind] | None, strawberry.argument(  # type: ignore[valid-type]
+            description="Only events of these kinds")] = None,
+    ) -> EventsPage:
         limit = page_size(first)
         hub = info.context["services"].hub
         after = 0 if after_seq is None else after_seq
         if after < 0:
             raise BadInput(f"afterSeq={after} must be >= 0")
+        wanted = _event_kinds(kinds, event_kinds)
         events, next_seq = await hub.history(after, feeder_id=None if feeder_id is None else str(feeder_id),
-                                             kinds=kinds, limit=limit)
+                                             kinds=wanted, limit=limit)
         visible = _visible(info)
         shown = [e for e in events if visible(e)]
         if len(events) == limit:
             next_seq = events[-1].seq
         return EventsPage(events=[Event.of(e) for e in shown], next_seq=next_seq)
+
+
+def _event_kinds(kinds: list[str] | None, event_kinds: list[Any] | None) -> list[str] | None:
+    """The kinds asked for by the deprecated ``kinds`` (strings, checked) and/or ``eventKinds``."""
+    if kinds is None and event_kinds is None:
+        return None
+    out = [str(k) for k in parse_values(EventKind, kinds or [], "kinds", use_instead="eventKinds")]
+    out += [str(k) for k in event_kinds or []]
+    return sorted(set(out)) or None  # empty: every kind, as before
 
 
 async def _event_stream(info: Info, name: str, feeder_id: strawberry.ID | None, kinds: frozenset[EventKind],
@@ -286,17 +336,62 @@ class RealtimeMutation:
         return Alarm.of(a, True)
 
 
+MAX_FILTER_IDS = 10_000
+
+
+async def _point_filter(info: Info, feeder_id: str, point_ids: list[strawberry.ID] | None,
+                        element_ids: list[strawberry.ID] | None) -> Callable[[EventRecord], bool] | None:
+    """The measurement events a subscriber asked for (None: all). Element ids are checked against
+    the feeder's model; point ids against its telemetered points (while it has none, e.g. before
+    its field is attached, any point id is taken)."""
+    if point_ids is None and element_ids is None:
+        return None
+    grid = info.context["services"].grid
+    points = {str(p) for p in point_ids} if point_ids is not None else None
+    elements = {str(e) for e in element_ids} if element_ids is not None else None
+    for name, ids in (("pointIds", points), ("elementIds", elements)):
+        if ids is not None and not ids:
+            raise BadInput(f"{name} is empty; leave it out for every point, or name at least one")
+        if ids is not None and len(ids) > MAX_FILTER_IDS:
+            raise BadInput(f"{name} names {len(ids)} ids; at most {MAX_FILTER_IDS} (leave it out for every point)")
+    if elements is not None:
+        model = await grid.model(feeder_id)
+        known = {str(getattr(x, "id", "")) for x in model.elements()}
+        unknown = sorted(elements - known)
+        if unknown:
+            raise BadInput(f"elementIds: {', '.join(unknown[:10])} not on feeder {feeder_id!r}; query "
+                           f"feeder(id: {feeder_id!r}) for its element ids", element_id=unknown[0])
+    if points is not None:
+        telemetered = {str(r["point_id"]) for r in await grid.measurements(feeder_id)}
+        unknown = sorted(points - telemetered) if telemetered else []
+        if unknown:
+            raise BadInput(f"pointIds: {', '.join(unknown[:10])} not telemetered on feeder {feeder_id!r}; query "
+                           f"measurements(feederId: {feeder_id!r}) for its point ids", element_id=unknown[0])
+
+    def wanted(e: EventRecord) -> bool:
+        return ((points is None or str(e.data.get("point_id")) in points)
+                and (elements is None or (e.element_id or "") in elements))
+
+    return wanted
+
+
 @strawberry.type
 class RealtimeSubscription:
     @strawberry.subscription(permission_classes=[requires(Permission.READ_GRID, feeder_arg="feeder_id")],
                              description="Telemetry changes of a feeder, in batches")
-    async def measurements(self, info: Info, feeder_id: strawberry.ID, deadband_pu: float | None = None,
-                           min_interval_ms: int | None = None,
-                           after_seq: int | None = None) -> AsyncGenerator[MeasurementBatch, None]:
+    async def measurements(
+        self, info: Info, feeder_id: strawberry.ID, deadband_pu: float | None = None,
+        min_interval_ms: int | None = None, after_seq: int | None = None,
+        point_ids: Annotated[list[strawberry.ID] | None, strawberry.argument(
+            description="Only these points (ids as the measurements query gives them)")] = None,
+        element_ids: Annotated[list[strawberry.ID] | None, strawberry.argument(
+            description="Only the points of these elements (switch, bus, line... ids of the feeder)")] = None,
+    ) -> AsyncGenerator[MeasurementBatch, None]:
         if deadband_pu is not None and not deadband_pu >= 0:
             raise BadInput(f"deadbandPu={deadband_pu} must be >= 0")
         if min_interval_ms is not None and not 0 <= min_interval_ms <= 3_600_000:
             raise BadInput(f"minIntervalMs={min_interval_ms} must be between 0 and 3600000")
+        wanted = await _point_filter(info, str(feeder_id), point_ids, element_ids)
         hub = info.context["services"].hub
         interval_s = (min_interval_ms or 0) / 1000
         sent: dict[str, tuple[Any, Any]] = {}  # point id -> (value, quality) last sent to this subscriber
@@ -307,6 +402,8 @@ class RealtimeSubscription:
             async for batch in hub.stream(after_seq=after_seq, feeder_id=str(feeder_id),
                                           kinds={str(EventKind.MEASUREMENT)}, feeder_visible=_feeder_visible(info),
                                           tick_s=interval_s if interval_s > 0 else None, newest_per_point=True):
+                if wanted is not None:
+                    batch = [e for e in batch if wanted(e)]
                 if not deadband_pu and interval_s <= 0:
                     if batch:  # no deadband, no interval: the hub's page (newest value per point) as it is
                         yield MeasurementBatch(seq=batch[-1].seq, feeder_id=feeder_id, events=batch)

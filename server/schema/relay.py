@@ -2,6 +2,12 @@
 
 Cursors are opaque (base64 of ``seq:<n>``) over the store's per-label ``seq``, so paging is stable
 while new records arrive. ``first`` is bounded: clients page, they never pull a whole history.
+
+``PageInfo`` follows the Relay cursor connections specification: ``hasNextPage``/``endCursor`` for
+paging forward, ``hasPreviousPage``/``startCursor`` beside them. Paging is forward only (``first``
+and ``after``), where the specification lets ``hasPreviousPage`` answer whether records exist
+before ``after``: every cursor this server hands out names a record, so it is true exactly when
+``after`` was given.
 """
 
 from __future__ import annotations
@@ -43,9 +49,11 @@ def page_size(first: int | None, default: int = 50) -> int:
     return n
 
 
-@strawberry.type
+@strawberry.type(description="Relay PageInfo")
 class PageInfo:
     has_next_page: bool
+    has_previous_page: bool = strawberry.field(description="True when the page was asked for with after")
+    start_cursor: str | None
     end_cursor: str | None
 
 
@@ -61,10 +69,12 @@ class Connection(Generic[T]):
     page_info: PageInfo
 
 
-def connection(items: list[tuple[int, T]], limit: int) -> Connection[T]:
-    """``items`` are (seq, node) pairs, fetched with ``limit + 1`` to learn whether more exist."""
+def connection(items: list[tuple[int, T]], limit: int, *, after: str | None) -> Connection[T]:
+    """``items`` are (seq, node) pairs, fetched with ``limit + 1`` to learn whether more exist;
+    ``after`` is the cursor the page was asked for with (None: the first page)."""
     more = len(items) > limit
     items = items[:limit]
     edges = [Edge(cursor=encode_cursor(seq), node=node) for seq, node in items]
-    return Connection(edges=edges, page_info=PageInfo(has_next_page=more,
-                                                      end_cursor=edges[-1].cursor if edges else None))
+    return Connection(edges=edges, page_info=PageInfo(
+        has_next_page=more, has_previous_page=after is not None,
+        start_cursor=edges[0].cursor if edges else None, end_cursor=edges[-1].cursor if edges else None))

@@ -1,0 +1,132 @@
+"""Every closed set of the GraphQL schema, in one place.
+
+Where the domain already has the enum (``actors.events.EventKind``, ``actors.control.ControlAction``,
+``protocols.base.Quality``, ...) it is wrapped here with ``strawberry.enum``: the GraphQL values are
+the domain's values, so they cannot drift apart. Where the domain passes plain strings (alarm kinds,
+control outcomes) the enum is declared here, and a unit test checks it against the domain's code.
+
+An enum value travels as the same string a ``String`` field sent before, so turning an output field
+from ``String`` into an enum changes nothing on the wire. Arguments are different (a string literal
+``"ALARM"`` is not an enum literal ``ALARM``): string arguments stay, deprecated and validated with
+:func:`parse_values`, beside their enum successors.
+
+Values read back from stored records go through :func:`coerce`, which never lets an unknown value
+fail a whole response: it logs it and answers the enum's fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from enum import Enum, StrEnum
+from typing import TypeVar
+
+import strawberry
+
+from actors import control as _control
+from actors import events as _events
+from actors import fdir as _fdir
+from actors import fdir_engine as _fdir_engine
+from actors import outages as _outages
+from graph_schema import model as _model
+from graph_schema.errors import BadInput
+from protocols import base as _protocols
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Enum)
+
+# -- wrapped domain enums ---------------------------------------------------------------------------
+
+ControlAction = strawberry.enum(_control.ControlAction, description="OPEN, CLOSE, RAISE, LOWER, SET")
+TagKind = strawberry.enum(_control.TagKind, description="Safety tags; all but WARNING block control")
+EventKind = strawberry.enum(_events.EventKind, description="What an event reports")
+Severity = strawberry.enum(_events.Severity, description="INFO < WARNING < ALARM < CRITICAL")
+Quality = strawberry.enum(_protocols.Quality, description="Quality of a telemetered value")
+FdirMode = strawberry.enum(_fdir_engine.FdirMode, name="FdirMode")
+PlanState = strawberry.enum(_fdir_engine.PlanState, description="Where a switching plan is in its life")
+PlanKind = strawberry.enum(_fdir_engine.PlanKind, description="Why a switching plan was made")
+PlanAction = strawberry.enum(_fdir.PlanAction, description="What a switching plan step does")
+OutageStatus = strawberry.enum(_outages.OutageStatus)
+OutageCause = strawberry.enum(_outages.Cause, name="OutageCause")
+SwitchKind = strawberry.enum(_model.SwitchKind, description="IEC 61970 switch classes")
+DerKind = strawberry.enum(_model.DerKind)
+
+
+# -- enums of sets the domain passes as strings -----------------------------------------------------
+
+
+@strawberry.enum(description="Power-flow limit violations")
+class ViolationKind(StrEnum):
+    UNDERVOLTAGE = "UNDERVOLTAGE"
+    OVERVOLTAGE = "OVERVOLTAGE"
+    OVERLOAD = "OVERLOAD"
+
+
+@strawberry.enum(description="Which limits a violation is counted against")
+class LimitBand(StrEnum):
+    NORMAL = "NORMAL"
+    EMERGENCY = "EMERGENCY"
+
+
+@strawberry.enum(description="Outcome of a control. operateControl answers the first four; REFUSED (nothing "
+                             "was sent) appears in controlHistory only")
+class ControlStatus(StrEnum):
+    CONFIRMED = "CONFIRMED"  # telemetry shows the expected position
+    ACCEPTED = "ACCEPTED"  # a set point the device took; no telemetry to confirm it
+    NOT_CONFIRMED = "NOT_CONFIRMED"  # sent; telemetry did not follow within the confirm timeout
+    FAILED = "FAILED"  # the write failed (DEVICE_UNREACHABLE) or nothing could be sent
+    REFUSED = "REFUSED"  # refused before sending (selection, tag, interlock...)
+
+
+@strawberry.enum(description="What an alarm is about (alarms are deduplicated per element and kind)")
+class AlarmKind(StrEnum):
+    BREAKER_TRIP = "BREAKER_TRIP"
+    FAULT_INDICATION = "FAULT_INDICATION"
+    LAST_GASP = "LAST_GASP"
+    COMM_LOSS = "COMM_LOSS"
+    BAD_QUALITY = "BAD_QUALITY"  # a point's quality is not GOOD
+    VM_LOW = "VM_LOW"  # measured voltage below the normal band
+    VM_HIGH = "VM_HIGH"  # measured voltage above the normal band
+    PF_UNDERVOLTAGE = "PF_UNDERVOLTAGE"  # power flow: undervoltage
+    PF_OVERVOLTAGE = "PF_OVERVOLTAGE"  # power flow: overvoltage
+    PF_OVERLOAD = "PF_OVERLOAD"  # power flow: overload
+    OTHER = "OTHER"  # a kind this server version does not know; the message says what it is
+
+
+# -- conversions ------------------------------------------------------------------------------------
+
+
+def coerce(enum: type[E], value: object, fallback: E | None = None) -> E | None:
+    """``value`` as a member of ``enum``; an unknown value is logged and answered as ``fallback``
+    (a stored record written by another version must not fail a whole response)."""
+    if isinstance(value, enum):
+        return value
+    try:
+        return enum(str(value))
+    except ValueError:
+        log.warning("unknown %s value %r; answered as %s", enum.__name__, value, fallback)
+        return fallback
+
+
+def alarm_kind(value: object) -> AlarmKind:
+    kind = coerce(AlarmKind, value, AlarmKind.OTHER)
+    assert kind is not None
+    return kind
+
+
+def parse_values(enum: type[E], values: Iterable[str], arg: str, *, use_instead: str | None = None) -> list[E]:
+    """String arguments naming members of ``enum``; an unknown one is ``BAD_INPUT`` naming it and
+    the accepted values."""
+    out: list[E] = []
+    bad: list[str] = []
+    for v in values:
+        try:
+            out.append(enum(v))
+        except ValueError:
+            bad.append(v)
+    if bad:
+        accepted = ", ".join(m.value for m in enum)
+        hint = f"; or pass {use_instead} (an enum)" if use_instead else ""
+        raise BadInput(f"{arg}: unknown value(s) {', '.join(repr(b) for b in bad)}; use one of {accepted}{hint}")
+    return out
