@@ -124,7 +124,7 @@ def test_bad_arguments(kwargs: dict[str, int]) -> None:
 
 def test_shape_simple() -> None:
     doc = parse("{ feeders { id name buses { id vmPu } } }")
-    assert query_shape(doc) == QueryShape(depth=3, aliases=0, fields=6)
+    assert query_shape(doc) == QueryShape(depth=3, aliases=0, fields=6, selections=6)
 
 
 def test_shape_counts_aliases_in_fragments_per_spread() -> None:
