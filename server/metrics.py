@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from strawberry.extensions import SchemaExtension
 
+from security.audit import ANCHOR_SEQ, ANCHOR_TIME
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -44,6 +46,9 @@ class Metrics:
                                registry=self.registry)
         self.actors = ActorCollector()
         self.registry.register(self.actors)
+        # The newest audit chain head anchored outside the store (security.audit).
+        self.registry.register(ANCHOR_SEQ)
+        self.registry.register(ANCHOR_TIME)
 
 
 class ActorCollector:

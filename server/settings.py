@@ -137,6 +137,10 @@ class Settings:
     fdir_modes: tuple[tuple[str, str], ...] = ()
     fdir_settle_s: float = 2.0
 
+    # The audit chain's HMAC key (DMS_AUDIT_KEY_FILE: a Secret every API replica mounts); empty: a
+    # local key under <data_dir>/audit, made on first use (security.audit.AuditKey).
+    audit_key: Secret = field(default_factory=lambda: Secret(""))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every ``DMS_*`` variable; ``overrides`` (e.g. from CLI flags) win over the environment.
@@ -182,6 +186,7 @@ class Settings:
             "fdir_mode": _fdir_mode("DMS_FDIR_MODE", r.str("DMS_FDIR_MODE", "ADVISORY") or "ADVISORY"),
             "fdir_modes": _fdir_modes(r.list("DMS_FDIR_MODES")),
             "fdir_settle_s": r.float("DMS_FDIR_SETTLE_S", 2.0, minimum=0.0),
+            "audit_key": r.secret("DMS_AUDIT_KEY"),
         }
         if values["log_level"] not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(

@@ -5,21 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
+import logging
+import stat
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from graph_schema.errors import SeqConflict, StoreUnavailable
+from graph_schema.errors import ConfigError, SeqConflict, StoreUnavailable
+from graph_schema.secret import Secret
 from security.audit import (
+    ANCHOR_SEQ,
     GENESIS_HASH,
     LABEL,
     REDACTED,
+    AnchorFile,
     AuditAction,
     AuditEntry,
+    AuditKey,
     AuditLog,
     chain_entry,
     detail_json,
@@ -367,3 +376,214 @@ async def test_page_limit_bounds() -> None:
         await log.page(limit=0)
     with pytest.raises(ValueError):
         await log.page(limit=1001)
+
+
+# --- keyed chain and anchors (#17.9) -------------------------------------------------------------
+
+KEY = AuditKey.from_text("k" * 64, source="test")
+OTHER_KEY = AuditKey.from_text("m" * 64, source="attacker")
+
+
+def keyed_log(store: FakeStore, tmp_path: Path, key: AuditKey | None = KEY, **kw: Any) -> AuditLog:
+    kw.setdefault("anchor_interval_s", 0.0)
+    return AuditLog(store, key=key, anchors=AnchorFile.local(tmp_path), **kw)
+
+
+def rechain(store: FakeStore, start: int, key: AuditKey | None, keep_mac: bool = False) -> None:
+    """What someone with write access to the store does after editing entry ``start``: recompute
+    every hash (and, with a key, MAC) from there on, so the SHA-256 chain is valid again."""
+    prev = AuditEntry.from_record(store.rows[start - 2]) if start > 1 else None
+    for row in store.rows[start - 1:]:
+        e = AuditEntry.from_record(row)
+        e = replace(e, prev_hash=prev.hash if prev else GENESIS_HASH, key_id=key.key_id if key else
+                    (e.key_id if keep_mac else ""))
+        e = replace(e, hash=e.computed_hash(), mac=key.mac(e.canonical()) if key else (e.mac if keep_mac else ""))
+        row.clear()
+        row.update({**e.to_record(), "seq": e.seq, "feeder_id": None})
+        prev = e
+
+
+async def test_keyed_chain_starts_with_key_introduced_and_verifies(tmp_path: Path) -> None:
+    store = FakeStore()
+    log = keyed_log(store, tmp_path)
+    entries = await _fill(log, 3)
+    assert [e.seq for e in entries] == [2, 3, 4]
+    first = AuditEntry.from_record(store.rows[0])
+    assert first.action == AuditAction.AUDIT_KEY_INTRODUCED and first.key_id == KEY.key_id
+    assert json.loads(first.detail) == {"earlier_entries": 0, "fingerprint": KEY.key_id}
+    assert all(row["key_id"] == KEY.key_id and len(row["mac"]) == 64 for row in store.rows)
+    r = await keyed_log(store, tmp_path).verify()
+    assert r.ok and r.checked == 4 and r.unkeyed == 0 and r.macs_checked and r.anchors_checked == 4
+    assert "4 with a valid MAC" in r.summary
+
+
+async def test_rebuilt_chain_with_valid_sha_but_wrong_mac_is_tampered_at_the_first_bad_entry(tmp_path: Path) -> None:
+    store = FakeStore()
+    await _fill(keyed_log(store, tmp_path), 6)
+    store.rows[3]["outcome"] = "FAILED"  # entry 4
+    rechain(store, 4, key=None, keep_mac=True)  # hashes fixed, MACs cannot be
+    entries = [AuditEntry.from_record(r) for r in store.rows]
+    assert all(e.computed_hash() == e.hash and e.prev_hash == (p.hash if p else GENESIS_HASH)
+               for p, e in zip([None, *entries], entries, strict=False))  # SHA-256 alone: looks fine
+    r = await keyed_log(store, tmp_path).verify()
+    assert not r.ok and r.first_broken_seq == 4 and "MAC does not match" in (r.reason or "")
+    assert r.checked == 3
+
+
+async def test_chain_rebuilt_under_another_key_is_tampered(tmp_path: Path) -> None:
+    store = FakeStore()
+    await _fill(keyed_log(store, tmp_path), 4)
+    store.rows[2]["actor"] = "mallory"
+    rechain(store, 3, key=OTHER_KEY)
+    r = await AuditLog(store, key=KEY).verify()  # no anchors even: the key alone catches it
+    assert not r.ok and r.first_broken_seq == 3 and "not with this key" in (r.reason or "")
+
+
+async def test_chain_stripped_of_its_macs_is_caught_by_the_anchors(tmp_path: Path) -> None:
+    store = FakeStore()
+    await _fill(keyed_log(store, tmp_path), 3)
+    store.rows[2]["outcome"] = "FAILED"
+    rechain(store, 1, key=None)  # passed off as a chain from before the key
+    assert all("mac" not in row for row in store.rows)
+    r = await keyed_log(store, tmp_path).verify()
+    assert not r.ok and r.first_broken_seq == 1 and "anchored with one" in (r.reason or "")
+    # Without the anchor file it reads as a legacy chain, and the result says so.
+    r = await AuditLog(store, key=KEY).verify()
+    assert r.ok and r.unkeyed == 4 and "from before the audit key" in r.summary
+
+
+async def test_truncated_chain_behind_the_last_anchor_is_tampered(tmp_path: Path) -> None:
+    store = FakeStore()
+    await _fill(keyed_log(store, tmp_path), 5)
+    del store.rows[-2:]
+    store.seq -= 2
+    r = await keyed_log(store, tmp_path).verify()  # a fresh reader: the anchors are outside the store
+    assert not r.ok and r.first_broken_seq == 6 and "truncated or rolled back" in (r.reason or "")
+    assert r.checked == 4
+
+
+async def test_rolled_back_chain_written_on_again_is_tampered(tmp_path: Path) -> None:
+    store = FakeStore()
+    await _fill(keyed_log(store, tmp_path), 4)
+    backup = [dict(r) for r in store.rows[:3]]
+    await _fill(keyed_log(store, tmp_path), 2)
+    store.rows, store.seq = backup, 3  # restored from an older backup...
+    await _fill(keyed_log(store, tmp_path), 3)  # ...and written on by an honest server (seqs 4..6 again)
+    r = await keyed_log(store, tmp_path).verify()
+    assert not r.ok and r.first_broken_seq == 4 and "anchored" in (r.reason or "")
+
+
+async def test_entries_from_before_the_key_stay_valid_and_are_counted(tmp_path: Path) -> None:
+    store = FakeStore()
+    await _fill(AuditLog(store), 3)  # a version without keys
+    log = keyed_log(store, tmp_path)
+    await _fill(log, 2)
+    intro = AuditEntry.from_record(store.rows[3])
+    assert intro.action == AuditAction.AUDIT_KEY_INTRODUCED and json.loads(intro.detail)["earlier_entries"] == 3
+    assert intro.prev_hash == store.rows[2]["hash"]
+    r = await log.verify()
+    assert r.ok and r.checked == 6 and r.unkeyed == 3
+    # A MAC removed after the key was introduced is not "legacy".
+    del store.rows[5]["mac"], store.rows[5]["key_id"]
+    rechain(store, 6, key=None)
+    r = await AuditLog(store, key=KEY).verify()
+    assert not r.ok and r.first_broken_seq == 6 and "keyed since entry 4" in (r.reason or "")
+
+
+async def test_replicas_sharing_the_key_share_one_chain(tmp_path: Path) -> None:
+    store = FakeStore()
+    a, b = keyed_log(store, tmp_path), keyed_log(store, tmp_path)
+    await asyncio.gather(*(w.record("TAG_SET", actor=f"{n}{i}") for i in range(5) for n, w in (("a", a), ("b", b))))
+    actions = [row["action"] for row in store.rows]
+    assert actions.count(AuditAction.AUDIT_KEY_INTRODUCED) == 1 and len(actions) == 11
+    assert (await keyed_log(store, tmp_path).verify()).ok
+
+
+async def test_a_replica_with_another_key_is_logged_and_reported(tmp_path: Path, caplog) -> None:
+    store = FakeStore()
+    await _fill(keyed_log(store, tmp_path), 2)
+    with caplog.at_level(logging.ERROR, "security.audit"):
+        await keyed_log(store, tmp_path / "other", key=OTHER_KEY).record("TAG_SET", actor="b")
+    assert any("must mount the same audit key" in r.getMessage() for r in caplog.records)
+    r = await keyed_log(store, tmp_path).verify()
+    assert not r.ok and r.first_broken_seq == 4
+
+
+async def test_a_writer_without_the_key_does_not_append_to_a_keyed_chain(tmp_path: Path) -> None:
+    store = FakeStore()
+    await _fill(keyed_log(store, tmp_path), 1)
+    with pytest.raises(ConfigError, match="keyed"):
+        await AuditLog(store).record("TAG_SET", actor="x")
+    assert len(store.rows) == 2
+
+
+async def test_verify_without_the_key_cannot_pass_a_keyed_chain(tmp_path: Path) -> None:
+    store = FakeStore()
+    await _fill(keyed_log(store, tmp_path), 1)
+    settings = SimpleNamespace(data_dir=tmp_path / "elsewhere", audit_key=Secret(""))
+    r = await AuditLog.from_settings(store, settings, create_key=False).verify()
+    assert not r.ok and r.first_broken_seq == 1 and "no audit key" in (r.reason or "")
+    assert not AuditKey.local_path(settings.data_dir).exists()  # verify never makes a key
+
+
+async def test_anchors_are_written_to_the_file_the_log_and_the_gauge(tmp_path: Path, caplog) -> None:
+    store = FakeStore()
+    log = keyed_log(store, tmp_path, anchor_interval_s=0.05)
+    with caplog.at_level(logging.INFO, "security.audit"):
+        entries = await _fill(log, 3)  # intro and first entry anchored at once, the rest within 50 ms
+        path = AnchorFile.local(tmp_path).path
+        assert [a.seq for a in AnchorFile.local(tmp_path).read(KEY)] == [1]
+        await asyncio.sleep(0.15)
+    anchors = AnchorFile.local(tmp_path).read(KEY)
+    assert [a.seq for a in anchors] == [1, 4] and anchors[-1].mac == entries[-1].mac
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert f"audit anchor seq=4 mac={entries[-1].mac} key_id={KEY.key_id}" in [r.getMessage() for r in caplog.records]
+    assert ANCHOR_SEQ._value.get() == 4
+    # A forged line (no key to sign it) is ignored, with a warning.
+    with path.open("a") as fh:
+        fh.write(json.dumps({"seq": 99, "mac": "0" * 64, "key_id": KEY.key_id, "at": "x", "sig": "0" * 64}) + "\n")
+    with caplog.at_level(logging.WARNING, "security.audit"):
+        assert [a.seq for a in AnchorFile.local(tmp_path).read(KEY)] == [1, 4]
+    assert any("not signed by the audit key" in r.getMessage() for r in caplog.records)
+    assert (await log.verify()).ok
+
+
+async def test_flush_anchor_covers_the_newest_entry(tmp_path: Path) -> None:
+    store = FakeStore()
+    log = keyed_log(store, tmp_path, anchor_interval_s=3600)
+    await _fill(log, 3)
+    log.flush_anchor()
+    assert [a.seq for a in AnchorFile.local(tmp_path).read(KEY)] == [1, 4]
+
+
+def test_local_key_file_is_private_reused_and_never_shown(tmp_path: Path, caplog) -> None:
+    settings = SimpleNamespace(data_dir=tmp_path, audit_key=Secret(""))
+    with caplog.at_level(logging.DEBUG):
+        key = AuditKey.from_settings(settings)
+    assert key is not None
+    path = AuditKey.local_path(tmp_path)
+    material = path.read_text().strip()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(material) == 64
+    assert AuditKey.from_settings(settings).key_id == key.key_id  # type: ignore[union-attr]
+    assert material not in repr(key) and material not in str(key) and material not in caplog.text
+    path.chmod(0o640)
+    with pytest.raises(ConfigError, match="readable by group or others"):
+        AuditKey.from_settings(settings)
+
+
+def test_mounted_key_wins_and_short_keys_are_refused(tmp_path: Path) -> None:
+    mounted = AuditKey.from_settings(SimpleNamespace(data_dir=tmp_path, audit_key=Secret("k" * 64 + "\n")))
+    assert mounted is not None and mounted.key_id == KEY.key_id
+    assert not AuditKey.local_path(tmp_path).exists()
+    with pytest.raises(ConfigError, match="at least 32") as err:
+        AuditKey.from_text("short-secret", source="DMS_AUDIT_KEY(_FILE)")
+    assert "short-secret" not in str(err.value)
+
+
+def test_unkeyed_entries_hash_exactly_as_before() -> None:
+    e = make_chain(1)[0]
+    assert "key_id" not in e.to_record() and "mac" not in e.to_record()
+    assert AuditEntry.from_record({**e.to_record(), "seq": 1}) == e
+    keyed = chain_entry(None, action="X", actor="a", key=KEY, at=T0)
+    assert keyed.hash == hashlib.sha256(keyed.canonical()).hexdigest() and b'"key_id"' in keyed.canonical()
+    assert keyed.mac == hmac.new(b"k" * 64, b"dms-audit-entry-v1\n" + keyed.canonical(), hashlib.sha256).hexdigest()
