@@ -310,9 +310,9 @@ async def _audit_verify(settings: Settings) -> int:
     from security.audit import AuditLog
 
     async with _store_session(settings) as store:
-        result = await AuditLog(store).verify()
+        result = await AuditLog.from_settings(store, settings, create_key=False).verify()
     if result.ok:
-        print(f"audit chain intact: {result.checked} entries verified")
+        print(f"audit chain intact: {result.checked} entries verified ({result.summary})")
         return 0
     print(
         f"audit chain BROKEN at entry seq={result.first_broken_seq}: {result.reason} "

@@ -43,10 +43,11 @@ class Runtime:
     outages: OutageService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.audit = AuditLog(self.store)
+        self.audit = AuditLog.from_settings(self.store, self.settings)  # keyed, anchored (#17.9)
         self.outages = OutageService(self.store)
 
     async def stop(self) -> None:
+        self.audit.flush_anchor()  # the newest audit entries are anchored outside the store too
         if self.hub is not None:
             await self.hub.stop()
         if self.events is not None:
