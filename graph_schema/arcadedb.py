@@ -13,6 +13,10 @@ talks to it with the same ``neo4j`` driver and the same Cypher it uses for Neo4j
 - Server output goes to ``<data_dir>/arcadedb/server.log``, never to our stdout.
 - Readiness is "a query on the database answers", not "the port is open" (the Bolt port opens
   before the database does).
+- Supervision (:meth:`EmbeddedArcadeDB.supervise`, used by the long-running runtime): a server
+  that dies on its own is reaped at once and restarted with backoff on the same data directory
+  and ports, so the Bolt driver reconnects. Production runs Neo4j instead, which the head-end does
+  not supervise (Neo4j's own clustering and the official chart's pod restarts do that).
 - Safety nets: a finalizer (also run at interpreter exit) kills the process group if ``stop()`` was
   never awaited, and a server orphaned by a killed parent is found through ``server.pid`` and
   stopped at the next start.
@@ -137,6 +141,9 @@ class EmbeddedArcadeDB:
         self._proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize[..., EmbeddedArcadeDB] | None = None
         self.stop_grace_s = 20.0
+        self.supervise_interval_s = 0.5
+        self.restarts = 0  # restarts by the supervisor after the process died on its own
+        self._supervisor: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -298,15 +305,72 @@ class EmbeddedArcadeDB:
         """
         if self.running:
             return
+        await self._start_process(timeout_s)
+        log.info("ArcadeDB ready at %s (database %r, data %s)", self.uri, self.database, self.root)
+
+    async def _start_process(self, timeout_s: float) -> None:
         offset = self._spawn()
         try:
             await self._wait_ready(offset, timeout_s)
         except BaseException:
-            await self.stop(grace_s=5.0)  # nothing worth flushing: it never became ready
+            await self._stop_process(grace_s=5.0)  # nothing worth flushing: it never became ready
             raise
         finally:
             self._remove_argfile()
-        log.info("ArcadeDB ready at %s (database %r, data %s)", self.uri, self.database, self.root)
+
+    # -- supervision -----------------------------------------------------------------------
+
+    def supervise(self, *, min_backoff_s: float = 1.0, max_backoff_s: float = 30.0) -> None:
+        """Watch the server from the running event loop and restart it when it dies on its own.
+
+        The dead child is reaped at once (no zombie), then started again after a backoff (doubling
+        from ``min_backoff_s`` to ``max_backoff_s`` while restarts keep failing or the server keeps
+        dying within a minute) on the same data directory and the same Bolt and HTTP ports, so
+        drivers that point at :attr:`uri` reconnect by themselves; ArcadeDB recovers the committed
+        transactions from its write-ahead log. :meth:`stop` ends the supervision first.
+        """
+        if self._supervisor is not None and not self._supervisor.done():
+            return
+        self._supervisor = asyncio.create_task(self._supervise(min_backoff_s, max_backoff_s),
+                                               name=f"arcadedb-supervisor:{self.bolt_port}")
+
+    async def _supervise(self, min_backoff_s: float, max_backoff_s: float) -> None:
+        backoff = min_backoff_s
+        started_at = time.monotonic()
+        while True:
+            proc = self._proc
+            code = proc.poll() if proc is not None else None  # poll() reaps a dead child
+            if proc is not None and code is None:
+                if time.monotonic() - started_at > 60.0:
+                    backoff = min_backoff_s  # it stayed up: the next failure starts the backoff again
+                await asyncio.sleep(self.supervise_interval_s)
+                continue
+            if proc is not None:
+                log.error(
+                    "ArcadeDB pid %s exited on its own (status %s); restarting it in %.0f s on %s, Bolt %s. "
+                    "Last lines of %s:\n%s", proc.pid, code, backoff, self.root, self.uri, self.log_path,
+                    self.log_tail(lines=8),
+                )
+                self._forget_process()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff_s)
+            try:
+                await self._start_process(timeout_s=90)
+            except StoreUnavailable as exc:
+                log.error("ArcadeDB restart failed (next try in %.0f s): %s", backoff, exc.message)
+                continue
+            self.restarts += 1
+            started_at = time.monotonic()
+            log.warning("ArcadeDB restarted at %s (restart %d); committed data recovered from its log",
+                        self.uri, self.restarts)
+
+    async def _stop_supervisor(self) -> None:
+        task, self._supervisor = self._supervisor, None
+        if task is None or task is asyncio.current_task():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
     async def _wait_ready(self, offset: int, timeout_s: float) -> None:
         assert self._proc is not None
@@ -369,10 +433,15 @@ class EmbeddedArcadeDB:
         )
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """SIGTERM the process group, SIGKILL after ``grace_s`` (default ``stop_grace_s``).
+        """End the supervision, then SIGTERM the process group, SIGKILL after ``grace_s`` (default
+        ``stop_grace_s``).
 
         Safe to call twice, and after the process died on its own.
         """
+        await self._stop_supervisor()
+        await self._stop_process(grace_s)
+
+    async def _stop_process(self, grace_s: float | None = None) -> None:
         proc = self._proc
         if proc is None:
             return
@@ -385,6 +454,10 @@ class EmbeddedArcadeDB:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await _exited(proc, 30.0)
+        self._forget_process()
+
+    def _forget_process(self) -> None:
+        """The process has exited (and was reaped by ``poll``): drop what referred to it."""
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None

@@ -3,6 +3,14 @@
 ``start_runtime`` is used by the app's lifespan (``dms serve``/``dms demo``) and by the integration
 tests. If any step fails, everything started so far is stopped before the error propagates:
 nothing is left running.
+
+When the runtime started the embedded ArcadeDB itself, it supervises it: a store whose process
+dies is reaped and restarted on the same data directory and port, and ``/readyz`` turns green
+again once it answers. An external Neo4j (``DMS_NEO4J_URI``) is not supervised here: its own
+clustering or the platform restarts it; the driver reconnects either way.
+
+This module is imported by one-off CLI commands for :func:`open_store`: Ray, the actors and the
+solvers (pandapower, seconds to import) are imported only where a runtime is started.
 """
 
 from __future__ import annotations
@@ -10,17 +18,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from actors.feeder_actor import ActorOptions, StoreAddress
-from actors.fleet import EventBusClient, Fleet, connect_ray, shutdown_ray, start_event_bus
 from graph_schema.arcadedb import EmbeddedArcadeDB
 from graph_schema.errors import StoreUnavailable
-from graph_schema.importers import DEMO_FEEDERS
 from graph_schema.store import GraphStore
 from security.audit import AuditLog
-from server.outage_service import OutageService
-from server.services import ControlService, EventHub, GridService
 from server.settings import Settings
+
+if TYPE_CHECKING:  # heavy (Ray, pandapower): imported where a runtime is started
+    from actors.feeder_actor import ActorOptions, StoreAddress
+    from actors.fleet import EventBusClient, Fleet
+    from server.outage_service import OutageService
+    from server.services import ControlService, EventHub, GridService
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,8 @@ class Runtime:
     outages: OutageService = field(init=False)
 
     def __post_init__(self) -> None:
+        from server.outage_service import OutageService
+
         self.audit = AuditLog.from_settings(self.store, self.settings)  # keyed, anchored (#17.9)
         self.outages = OutageService(self.store)
 
@@ -61,8 +73,11 @@ async def stop_parts(
 ) -> None:
     if fleet is not None:
         with contextlib.suppress(Exception):
-            await fleet.stop()
+            # The replica that started a local Ray owns its fleet; on a shared cluster the fleet stays.
+            await fleet.stop(shutdown=started_ray)
     if started_ray:
+        from actors.fleet import shutdown_ray
+
         with contextlib.suppress(Exception):
             shutdown_ray()
     if store is not None:
@@ -93,7 +108,19 @@ async def open_store(settings: Settings) -> tuple[GraphStore, EmbeddedArcadeDB |
     return store, arcadedb
 
 
+async def start_store(settings: Settings) -> tuple[GraphStore, EmbeddedArcadeDB | None]:
+    """:func:`open_store` for a long-running server: an embedded store started here is supervised,
+    i.e. reaped and restarted (same data directory and port) when its process dies, until it is
+    stopped. One-off commands use :func:`open_store` alone."""
+    store, arcadedb = await open_store(settings)
+    if arcadedb is not None:
+        arcadedb.supervise()
+    return store, arcadedb
+
+
 def store_address(settings: Settings, arcadedb: EmbeddedArcadeDB | None) -> StoreAddress:
+    from actors.feeder_actor import StoreAddress
+
     if arcadedb is not None:
         return StoreAddress(arcadedb.uri, arcadedb.user, arcadedb.password, arcadedb.database)
     assert settings.neo4j_uri is not None
@@ -102,6 +129,8 @@ def store_address(settings: Settings, arcadedb: EmbeddedArcadeDB | None) -> Stor
 
 async def import_demo_feeders(store: GraphStore) -> list[str]:
     """Import the built-in demo feeders that are absent; returns the ids imported."""
+    from graph_schema.importers import DEMO_FEEDERS
+
     imported = []
     for fid, build in DEMO_FEEDERS.items():
         if not await store.feeder_exists(fid):
@@ -111,6 +140,8 @@ async def import_demo_feeders(store: GraphStore) -> list[str]:
 
 
 def actor_options(settings: Settings) -> ActorOptions:
+    from actors.feeder_actor import ActorOptions
+
     return ActorOptions(
         scan_interval_s=settings.scan_interval_s,
         select_timeout_s=settings.select_timeout_s,
@@ -122,6 +153,9 @@ def actor_options(settings: Settings) -> ActorOptions:
 
 
 async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Runtime:
+    from actors.fleet import Fleet, connect_ray, start_event_bus
+    from server.services import ControlService, EventHub, GridService
+
     store: GraphStore | None = None
     arcadedb: EmbeddedArcadeDB | None = None
     fleet: Fleet | None = None
@@ -132,7 +166,7 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
 
         load_client_pki(settings.opcua_pki_dir)  # a bad certificate folder stops start-up, naming the file
     try:
-        store, arcadedb = await open_store(settings)
+        store, arcadedb = await start_store(settings)
         if demo_feeders:
             imported = await import_demo_feeders(store)
             if imported:
@@ -145,7 +179,7 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
         fleet = Fleet(address, options=actor_options(settings))
         feeder_ids = [f.id for f in await store.list_feeders()]
         await fleet.start(feeder_ids)
-        fleet.start_watching(discover=lambda: _feeder_ids(store))
+        fleet.start_watching(discover=True)
         grid = GridService(store, fleet)
         rt = Runtime(
             settings=settings,

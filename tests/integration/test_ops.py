@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
+import time
 
 import httpx
 import neo4j
@@ -77,3 +80,50 @@ async def test_a_bad_opcua_certificate_folder_stops_start_up_naming_it(settings,
 
     with pytest.raises(ConfigError, match=r"DMS_OPCUA_PKI_DIR=.*lacks cert\.der or cert\.pem and key\.pem"):
         await start_runtime(dataclasses.replace(settings, opcua_pki_dir=str(tmp_path)))
+
+
+async def test_a_killed_embedded_store_is_reaped_restarted_and_readyz_recovers(settings, runtime, tmp_path):
+    """SIGKILL the java of an embedded store started the way the runtime starts it: /readyz turns
+    503, the dead child is reaped (no zombie), the store is restarted on the same port with its
+    data, and /readyz is 200 again within a bound, without restarting the server."""
+    import psutil
+
+    from server.app import create_app
+    from server.runtime import start_store
+    from tests.integration.store_fixtures import small_feeder, unique_id
+
+    own = dataclasses.replace(settings, neo4j_uri=None, data_dir=tmp_path)
+    store, arcadedb = await start_store(own)
+    assert arcadedb is not None
+    srv = task = None
+    try:
+        feeder = small_feeder(unique_id("wal"))
+        await store.save_feeder(feeder)
+        rt = dataclasses.replace(runtime, store=store, arcadedb=arcadedb)
+        srv, task, url = await _serve(create_app(own, rt))
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+
+            async def ready_status_within(status: int, bound_s: float) -> float:
+                started = time.monotonic()
+                while (await c.get("/readyz")).status_code != status:
+                    assert time.monotonic() - started < bound_s, f"/readyz not {status} within {bound_s} s"
+                    await asyncio.sleep(0.1)
+                return time.monotonic() - started
+
+            await ready_status_within(200, 30)
+            dead_pid, uri = arcadedb.pid, arcadedb.uri
+            assert dead_pid is not None
+            os.kill(dead_pid, signal.SIGKILL)
+            await ready_status_within(503, 10)
+            await ready_status_within(200, 90)
+        assert arcadedb.restarts == 1 and arcadedb.uri == uri and arcadedb.pid != dead_pid
+        zombie = psutil.pid_exists(dead_pid) and psutil.Process(dead_pid).status() == psutil.STATUS_ZOMBIE
+        assert not zombie, f"the killed ArcadeDB (pid {dead_pid}) was left a zombie"
+        assert await store.feeder_exists(feeder.id)  # recovered from its write-ahead log
+    finally:
+        if srv is not None and task is not None:
+            srv.should_exit = True
+            await asyncio.wait_for(task, timeout=10)
+        await store.close()
+        await arcadedb.stop()
+    assert not arcadedb.running
