@@ -9,6 +9,11 @@
 ``dms audit verify``  check the audit hash chain and name the first broken entry.
 
 Every failure prints one clear line to stderr and exits non-zero; nothing is left running.
+``demo`` and ``serve`` take their listening socket (host and port) before they start anything else,
+so a taken port fails at once instead of after the graph store, Ray and the actors have started.
+
+Commands import what they need when they run: Ray, pandapower and the simulator take seconds to
+import, and ``dms token`` or ``dms audit verify`` need none of them.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import json
 import logging
 import os
 import re
+import shutil
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -100,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     st = simsub.add_parser("stick", help="make a switch refuse to move")
     common(st)
     st.add_argument("--switch", required=True)
+    st.add_argument("--feeder", default=None, help="the switch's feeder (switch ids repeat across feeders)")
+    st.add_argument("--release", action="store_true", help="let the switch move again")
 
     sm = sub.add_parser("simulate", help="run the field simulator alone")
     common(sm)
@@ -128,6 +139,85 @@ def _setup_logging(settings: Settings) -> None:
     from server.logs import configure_logging
 
     configure_logging(settings.log_level, json_logs=settings.log_json)
+    # pandapower logs "Failed to import plotly - interactive plotting will not be available" at
+    # INFO when it is imported (pandapower.plotting.plotly.*): plotting is not used here.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("pandapower.plotting").setLevel(logging.WARNING)
+
+
+def _dms_command() -> str:
+    """How the user can run ``dms`` from here: ``dms`` when that is this installation on PATH,
+    else the console script beside this interpreter (e.g. ``.venv/bin/dms``), else ``python -m``."""
+    script = Path(sys.executable).parent / "dms"
+    on_path = shutil.which("dms")
+    if on_path and script.exists() and Path(on_path).resolve() == script.resolve():
+        return "dms"
+    if script.exists():
+        rel = os.path.relpath(script)
+        return rel if not rel.startswith("..") else str(script)
+    return f"{sys.executable} -m server.cli"
+
+
+def _listen_socket(settings: Settings) -> socket.socket:
+    """Bind and listen on ``settings.host:settings.port`` now, before anything else starts.
+
+    The socket is handed to uvicorn, so nothing can take the port in between. A taken port, an
+    address that is not this machine's or a privileged port fails with one line naming it and the
+    fix.
+    """
+    host, port = settings.host, settings.port
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"listen address {host!r} (--host, DMS_HOST) does not resolve ({exc.strerror}); use 127.0.0.1 "
+            "or an address of this machine"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"port {port} on {host} is already in use; stop what listens there, or choose another "
+                f"port with --port (DMS_PORT)"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(
+                f"{host!r} is not an address of this machine; listen on 127.0.0.1 or one of its own "
+                "addresses with --host (DMS_HOST)"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(
+                f"listening on port {port} needs privileges; choose a port above 1023 with --port (DMS_PORT)"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --host/--port") from None
+    return sock
+
+
+def _is_dms_process(pid: int) -> bool:
+    """Whether ``pid`` is a dms command (a run file's pid may have been reused by now)."""
+    import psutil
+
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    return "server.cli" in cmdline or "dms" in cmdline
+
+
+def _refuse_second_server(settings: Settings) -> None:
+    """One server per data directory: its graph store, Ray folders and run file are not shared."""
+    running = _read_run_file(settings)
+    if running and running.get("pid") != os.getpid() and _is_dms_process(running["pid"]):
+        raise ConfigError(
+            f"a dms server (pid {running['pid']}, {running.get('url', '?')}) is already running on data "
+            f"directory {settings.data_dir}; stop it first, or use another --data-dir"
+        )
 
 
 def _write_run_file(settings: Settings, info: dict[str, Any]) -> Path:
@@ -187,7 +277,8 @@ def _graceful_server(config: Any) -> Any:
     return Server(config)
 
 
-async def _serve(settings: Settings, *, demo: bool, speed: float = 1.0, simulator: bool = True) -> int:
+async def _serve(settings: Settings, sock: socket.socket, *, demo: bool, speed: float = 1.0,
+                 simulator: bool = True) -> int:
     import uvicorn
 
     from server.app import create_app
@@ -232,13 +323,13 @@ async def _serve(settings: Settings, *, demo: bool, speed: float = 1.0, simulato
         print(f"DMS head-end serving {', '.join(runtime.fleet.feeder_ids) or 'no feeders'} at {url}", flush=True)
         if demo:
             print(
-                f"Get a token:  dms token --role OPERATOR --data-dir {settings.data_dir}\n"
+                f"Get a token:  {_dms_command()} token --role OPERATOR --data-dir {settings.data_dir}\n"
                 f"Then query:   curl -s {url} -H 'Authorization: Bearer <token>' "
                 "-H 'Content-Type: application/json' -d '{\"query\":\"{ feeders { id name } }\"}'\n"
                 "GraphiQL is on at the same URL in a browser. Ctrl-C stops everything.",
                 flush=True,
             )
-        await server.serve()
+        await server.serve(sockets=[sock])
         return 0
     finally:
         with contextlib.suppress(OSError):
@@ -283,6 +374,10 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
     feeder = from_pandapower_json(args.file, feeder_id=args.feeder_id, name=args.name)
     async with _store_session(settings) as store:
         await store.save_feeder(feeder, replace=args.replace)
+        await _audit_cli(store, "MODEL_IMPORT", target=feeder.id, detail={
+            "file": str(args.file.resolve()), "replace": bool(args.replace), "buses": len(feeder.buses),
+            "lines": len(feeder.lines), "switches": len(feeder.switches), "customers": feeder.customers,
+        })
     print(
         f"imported feeder {feeder.id!r}: {len(feeder.buses)} buses, {len(feeder.lines)} lines, "
         f"{len(feeder.switches)} switches, {feeder.customers} customers"
@@ -301,9 +396,27 @@ async def _pointmap_import(settings: Settings, args: argparse.Namespace) -> int:
         feeder = await store.load_feeder(unchecked.feeder_id)
         point_map = PointMap.load(args.file, feeder)  # every point checked against the model
         await save_point_map(store, point_map)
+        await _audit_cli(store, "POINTMAP_IMPORT", target=point_map.feeder_id, detail={
+            "file": str(args.file.resolve()), "devices": len(point_map.devices), "points": len(point_map.points),
+        })
     print(f"stored the point map of feeder {point_map.feeder_id!r}: {len(point_map.devices)} devices, "
           f"{len(point_map.points)} points; `dms serve` attaches it at start")
     return 0
+
+
+async def _audit_cli(store: Any, action: str, *, target: str, detail: dict[str, Any]) -> None:
+    """Append a change made from the command line to the audit log, as the API does for its own:
+    the actor is the operating-system user, the source the command and the host."""
+    import getpass
+
+    from security.audit import AuditLog
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid-{os.getuid()}"
+    await AuditLog(store).record(action, actor=f"os:{user}", roles=(), target=target,
+                                 source=f"cli@{socket.gethostname()}", outcome="OK", detail=detail)
 
 
 async def _audit_verify(settings: Settings) -> int:
@@ -358,7 +471,7 @@ async def _sim(settings: Settings, args: argparse.Namespace) -> int:
     elif cmd == "load":
         payload = {"feeder": args.feeder, "scale": args.scale}
     elif cmd == "stick":
-        payload = {"switch": args.switch}
+        payload = {"switch": args.switch, "on": not args.release, "feeder": args.feeder}
     result = await sim_command(settings.data_dir, cmd, **payload)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
@@ -366,12 +479,12 @@ async def _sim(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     from graph_schema.importers import DEMO_FEEDERS
-    from protocols.simulator import run_simulator
 
     ids = args.feeder or list(DEMO_FEEDERS)
     unknown = [f for f in ids if f not in DEMO_FEEDERS]
     if unknown:
         raise ConfigError(f"unknown demo feeder(s) {', '.join(unknown)}; known: {', '.join(DEMO_FEEDERS)}")
+    from protocols.sim_admin import run_simulator  # the simulator and pandapower: seconds to import
     await run_simulator([DEMO_FEEDERS[f]() for f in ids], settings.data_dir, speed=args.speed,
                         allow_nosecurity=settings.opcua_allow_nosecurity)
     return 0
@@ -394,6 +507,14 @@ def _run(coro: Any) -> int:
     return asyncio.run(main())
 
 
+def _take_listen_socket(settings: Settings) -> tuple[Settings, socket.socket]:
+    """Checks that need nothing started, then the listening socket (port 0: the port it got)."""
+    _refuse_second_server(settings)
+    sock = _listen_socket(settings)
+    port = int(sock.getsockname()[1])
+    return (dataclasses.replace(settings, port=port) if port != settings.port else settings), sock
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -402,11 +523,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = _settings(args, graphiql=True, introspection=True, neo4j_uri=None,
                                  fdir_modes=(("case33bw", "AUTOMATIC"), ("cigre-mv", "ADVISORY")))
             _setup_logging(settings)
-            return _run(_serve(settings, demo=True, speed=args.speed, simulator=not args.no_simulator))
+            settings, sock = _take_listen_socket(settings)
+            with sock:
+                return _run(_serve(settings, sock, demo=True, speed=args.speed, simulator=not args.no_simulator))
         settings = _settings(args)
         _setup_logging(settings)
         if args.command == "serve":
-            return _run(_serve(settings, demo=False))
+            settings, sock = _take_listen_socket(settings)
+            with sock:
+                return _run(_serve(settings, sock, demo=False))
         if args.command == "import":
             return _run(_import(settings, args))
         if args.command == "pointmap":

@@ -114,6 +114,13 @@ async def test_imported_feeder_is_served_by_the_running_server(settings, data_di
     try:
         assert r.returncode == 0, r.stderr
         assert "imported feeder 'oberrhein'" in r.stdout
+        from security.audit import AuditLog
+
+        newest = (await AuditLog(runtime.store).page(limit=20, newest_first=True))
+        imports = [e for e in newest if e.action == "MODEL_IMPORT" and e.target == "oberrhein"]
+        assert imports, [(e.action, e.target) for e in newest]
+        assert imports[0].actor.startswith("os:") and imports[0].outcome == "OK"
+        assert "mv-oberrhein.json" in imports[0].detail
         again = await adms("import", str(path), "--id", "oberrhein", env=store_env(settings, data_dir))
         assert again.returncode != 0 and "--replace" in again.stderr
         # The fleet's watcher starts the new feeder's actor within a few seconds.
@@ -224,3 +231,83 @@ async def test_pointmap_import_validates_against_the_feeder_and_stores_it(settin
     assert broken.point_id in r.stderr and "no-such-switch" in r.stderr
     rows_after = await runtime.store.list_records("PointMap", feeder_id="cigre-mv", limit=5)
     assert rows_after[0]["json"] == rows[0]["json"]  # nothing written
+
+
+async def test_demo_on_a_taken_port_fails_at_once_in_one_line_and_starts_nothing(tmp_path):
+    import socket
+    import time
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        r = await adms("demo", "--port", str(port), "--data-dir", str(tmp_path / "data"))
+        took_s = time.monotonic() - started
+    assert r.returncode != 0
+    assert r.stdout == "", r.stdout  # no URL, no token hint: nothing was served
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("dms demo:") and f"port {port}" in lines[0] and "--port" in lines[0]
+    assert took_s < 30, f"failing on a taken port took {took_s:.0f} s: something started first"
+    assert not (tmp_path / "data" / "arcadedb").exists()  # the graph store never started
+    assert no_new_children(before) == []
+
+
+async def test_serve_on_an_address_not_of_this_machine_names_it(tmp_path):
+    r = await adms("serve", "--host", "192.0.2.123", "--port", "8000",
+                   env={"DMS_DATA_DIR": str(tmp_path), "DMS_NEO4J_URI": "bolt://127.0.0.1:1"})
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "192.0.2.123" in lines[0] and "--host" in lines[0], r.stderr
+
+
+def test_one_off_commands_import_neither_ray_nor_pandapower():
+    """`dms token`, `dms audit verify`, `dms import`'s store session: seconds of Ray and pandapower
+    imports (and pandapower's "Failed to import plotly" line) are for the commands that run them."""
+    code = ("import sys, server.cli, server.runtime, graph_schema.importers, security.audit; "
+            "print(sorted(m for m in ('ray', 'pandapower') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_no_plotly_chatter_when_pandapower_is_imported(tmp_path):
+    # `dms sim` loads the simulator's client module, which imports pandapower.
+    r = dms("sim", "clear", "--data-dir", str(tmp_path))
+    assert r.returncode != 0 and "no field simulator is running" in r.stderr
+    assert "Failed to import plotly" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+async def test_simulate_runs_and_refuses_an_unknown_feeder_in_one_line(tmp_path):
+    bad = await adms("simulate", "--feeder", "nope", "--data-dir", str(tmp_path))
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        "dms simulate: unknown demo feeder(s) nope; known: case33bw, cigre-mv"], bad.stderr
+    # The simulator alone starts, writes its admin file, answers `dms sim`, and stops on SIGTERM.
+    import signal
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server.cli", "simulate", "--feeder", "case33bw", "--data-dir", str(tmp_path),
+        env={k: v for k, v in os.environ.items() if not k.startswith("DMS_")},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        for _ in range(240):
+            if (tmp_path / "simulator.json").exists():
+                break
+            assert proc.returncode is None, (await proc.stdout.read()).decode()[-2000:]
+            await asyncio.sleep(0.5)
+        for args in (["clear"], ["stick", "--feeder", "case33bw", "--switch", "sw5"],
+                     ["stick", "--feeder", "case33bw", "--switch", "sw5", "--release"],
+                     ["comm-loss", "--device", "case33bw/rtu1"],
+                     ["comm-loss", "--device", "case33bw/rtu1", "--restore"]):
+            r = await adms("sim", *args, "--data-dir", str(tmp_path))
+            assert r.returncode == 0, (args, r.stderr)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, out.decode()[-2000:]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
