@@ -113,5 +113,7 @@ async def test_wrong_root_password_for_existing_data(tmp_path: Path) -> None:
 
 def test_free_port_is_bindable() -> None:
     port = free_port()
+    assert 1024 <= port <= 65535
     with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+        s.bind(("127.0.0.1", port))  # raises OSError (EADDRINUSE) if it was not free
+        assert s.getsockname() == ("127.0.0.1", port)

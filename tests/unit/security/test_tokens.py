@@ -324,8 +324,10 @@ def test_config_refuses_plain_http_off_loopback(url: str) -> None:
         ValidatorConfig(issuer=ISS, audience=AUD, jwks_url=url)
 
 
-def test_config_allows_http_on_loopback() -> None:
-    ValidatorConfig(issuer=ISS, audience=AUD, jwks_url="http://127.0.0.1:8080/jwks")
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/jwks", "http://localhost:8080/jwks", "http://[::1]:8080/jwks"])
+def test_config_allows_http_on_loopback(url: str) -> None:
+    cfg = ValidatorConfig(issuer=ISS, audience=AUD, jwks_url=url)
+    assert cfg.jwks_url == url and cfg.local_key is None and cfg.jwks_file is None
 
 
 def test_config_from_settings(tmp_path: Path) -> None:
