@@ -637,3 +637,21 @@ def test_validators_catch_mistakes(minimal) -> None:
     for broken in (dep, rc, rc_pod):
         with pytest.raises(jsonschema.ValidationError):
             validate_manifest(broken, version)
+
+
+def test_ray_pods_declare_only_ports_the_network_policy_lets_in(minimal) -> None:
+    """KubeRay builds the head Service from the head container's ports (plus its metrics port,
+    8080, which only Ray pods may reach): a port declared there but not allowed by the Ray
+    NetworkPolicy would be a Service port nobody outside can use, or, worse, one the policy forgot."""
+    _out, docs = minimal
+    policies = {p["metadata"]["name"]: p for p in by_kind(docs, "NetworkPolicy")}
+    ray_policy = policies["dms-dms-headend-ray"]["spec"]
+    allowed = {p["port"] for r in ray_policy["ingress"] if "ports" in r for p in r["ports"]}
+    (rc,) = by_kind(docs, "RayCluster")
+    head = rc["spec"]["headGroupSpec"]
+    declared = {p["containerPort"] for c in head["template"]["spec"]["containers"] for p in c.get("ports", [])}
+    assert declared == allowed == {6379, 10001}
+    for group in rc["spec"]["workerGroupSpecs"]:
+        assert all(not c.get("ports") for c in group["template"]["spec"]["containers"]), group["groupName"]
+    assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
+    assert head["serviceType"] == "ClusterIP"
