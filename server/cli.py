@@ -374,7 +374,7 @@ async def _import(settings: Settings, args: argparse.Namespace) -> int:
     feeder = from_pandapower_json(args.file, feeder_id=args.feeder_id, name=args.name)
     async with _store_session(settings) as store:
         await store.save_feeder(feeder, replace=args.replace)
-        await _audit_cli(store, "MODEL_IMPORT", target=feeder.id, detail={
+        await _audit_cli(settings, store, "MODEL_IMPORT", target=feeder.id, detail={
             "file": str(args.file.resolve()), "replace": bool(args.replace), "buses": len(feeder.buses),
             "lines": len(feeder.lines), "switches": len(feeder.switches), "customers": feeder.customers,
         })
@@ -396,7 +396,7 @@ async def _pointmap_import(settings: Settings, args: argparse.Namespace) -> int:
         feeder = await store.load_feeder(unchecked.feeder_id)
         point_map = PointMap.load(args.file, feeder)  # every point checked against the model
         await save_point_map(store, point_map)
-        await _audit_cli(store, "POINTMAP_IMPORT", target=point_map.feeder_id, detail={
+        await _audit_cli(settings, store, "POINTMAP_IMPORT", target=point_map.feeder_id, detail={
             "file": str(args.file.resolve()), "devices": len(point_map.devices), "points": len(point_map.points),
         })
     print(f"stored the point map of feeder {point_map.feeder_id!r}: {len(point_map.devices)} devices, "
@@ -404,9 +404,10 @@ async def _pointmap_import(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _audit_cli(store: Any, action: str, *, target: str, detail: dict[str, Any]) -> None:
-    """Append a change made from the command line to the audit log, as the API does for its own:
-    the actor is the operating-system user, the source the command and the host."""
+async def _audit_cli(settings: Settings, store: Any, action: str, *, target: str, detail: dict[str, Any]) -> None:
+    """Append a change made from the command line to the audit log, as the API does for its own
+    (the same keyed, anchored chain: ``AuditLog.from_settings``): the actor is the operating-system
+    user, the source the command line and the host."""
     import getpass
 
     from security.audit import AuditLog
@@ -415,8 +416,10 @@ async def _audit_cli(store: Any, action: str, *, target: str, detail: dict[str, 
         user = getpass.getuser()
     except (KeyError, OSError):
         user = f"uid-{os.getuid()}"
-    await AuditLog(store).record(action, actor=f"os:{user}", roles=(), target=target,
-                                 source=f"cli@{socket.gethostname()}", outcome="OK", detail=detail)
+    audit = AuditLog.from_settings(store, settings)
+    await audit.record(action, actor=f"os:{user}", roles=(), target=target,
+                       source=f"cli@{socket.gethostname()}", outcome="OK", detail=detail)
+    audit.flush_anchor()
 
 
 async def _audit_verify(settings: Settings) -> int:

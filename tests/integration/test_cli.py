@@ -121,6 +121,8 @@ async def test_imported_feeder_is_served_by_the_running_server(settings, data_di
         assert imports, [(e.action, e.target) for e in newest]
         assert imports[0].actor.startswith("os:") and imports[0].outcome == "OK"
         assert "mv-oberrhein.json" in imports[0].detail
+        # On the server's keyed chain, under the server's key: `dms audit verify` can check it.
+        assert imports[0].keyed and imports[0].key_id == runtime.audit.key_id
         again = await adms("import", str(path), "--id", "oberrhein", env=store_env(settings, data_dir))
         assert again.returncode != 0 and "--replace" in again.stderr
         # The fleet's watcher starts the new feeder's actor within a few seconds.
