@@ -314,7 +314,7 @@ async def test_list_records_paging_and_filters(store: GraphStore) -> None:
     assert tags[0]["seq"] == seq and tags[0]["feeder_id"] is None
 
 
-async def test_update_record(store: GraphStore) -> None:
+async def test_update_record(store: GraphStore, settings) -> None:
     fid = unique_id("outage")
     seq = await store.append_record(
         "Outage", {"status": "ACTIVE", "customers_out": 120, "cause": "fault"}, feeder_id=fid
@@ -326,7 +326,8 @@ async def test_update_record(store: GraphStore) -> None:
         await store.update_record("Outage", 10**9, {"status": "X"})
     from security.audit import AuditLog
 
-    audit = (await AuditLog(store).record("TAG_SET", actor="op")).seq  # a real entry: the chain stays valid
+    # A real entry under the session's audit key: the chain (keyed by the runtime too) stays valid.
+    audit = (await AuditLog.from_settings(store, settings).record("TAG_SET", actor="op")).seq
     with pytest.raises(BadInput, match="append-only"):
         await store.update_record("AuditEntry", audit, {"action": "CLOSE"})
 
@@ -453,16 +454,16 @@ async def test_neo4j_round_trip(neo4j_store: GraphStore) -> None:
         await neo4j_store.delete_feeder(feeder.id)
 
 
-async def test_two_audit_writers_on_one_store_keep_one_unbroken_chain(arcadedb, store):
+async def test_two_audit_writers_on_one_store_keep_one_unbroken_chain(arcadedb, store, settings):
     """Two server replicas (two GraphStore connections, two AuditLogs) appending at the same time:
     every entry lands, seqs are contiguous and each entry chains onto the one before it."""
-    from security.audit import LABEL, AuditEntry, AuditLog, verify_chain
+    from security.audit import LABEL, AuditEntry, AuditKey, AuditLog, verify_chain
 
     other = await GraphStore.connect(arcadedb.uri, arcadedb.user, arcadedb.password, arcadedb.database)
     try:
-        tail = await store.list_records(LABEL, limit=1, newest_first=True)
-        start = AuditEntry.from_record(tail[0]) if tail else None
-        a, b = AuditLog(store), AuditLog(other)
+        key = AuditKey.from_settings(settings)  # the replicas share one key, as the runtime's log does
+        a, b = AuditLog(store, key=key), AuditLog(other, key=key)
+        start = await a.record("TAG_SET", actor="setup")  # keys the chain first if it was not yet
 
         async def burst(log: AuditLog, who: str) -> None:
             for i in range(15):
@@ -474,7 +475,7 @@ async def test_two_audit_writers_on_one_store_keep_one_unbroken_chain(arcadedb, 
         assert len(entries) == 30
         assert [e.seq for e in entries] == list(range((start.seq if start else 0) + 1,
                                                       (start.seq if start else 0) + 31))
-        result = verify_chain(entries, prev=start)
+        result = verify_chain(entries, prev=start, key=key)
         assert result.ok, result
         assert {e.actor for e in entries} == {"replica-a", "replica-b"}
     finally:
