@@ -117,3 +117,28 @@ def test_free_port_is_bindable() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # raises OSError (EADDRINUSE) if it was not free
         assert s.getsockname() == ("127.0.0.1", port)
+
+
+async def test_stop_while_the_supervisor_waits_to_restart_leaves_nothing(tmp_path: Path) -> None:
+    import asyncio
+    import time
+
+    db = EmbeddedArcadeDB(tmp_path, database="supervised")
+    await db.start()
+    try:
+        db.supervise(min_backoff_s=30.0)  # it will wait 30 s before restarting: stop() comes first
+        supervisor = db._supervisor
+        assert supervisor is not None
+        dead = db.pid
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while db.pid is not None:  # the supervisor saw the exit, reaped it and is backing off
+            assert time.monotonic() < deadline, "the supervisor did not notice the dead server"
+            await asyncio.sleep(0.1)
+        assert not psutil.pid_exists(dead) or psutil.Process(dead).status() != psutil.STATUS_ZOMBIE
+    finally:
+        await db.stop()
+    assert supervisor.done()  # no restart can follow
+    assert not db.running and _java_on(db.root) == []
+    assert not (db.root / "server.pid").exists()
