@@ -389,6 +389,7 @@ class ControlCore:
         utc_now: Callable[[], datetime] = _utc_now,
         allow_parallel_sources: bool = False,
         allow_loops: bool = False,
+        graph: TopologyGraph | None = None,
     ) -> None:
         if not (select_timeout_s > 0 and math.isfinite(select_timeout_s)):
             raise BadInput(f"select_timeout_s={select_timeout_s!r}: use a positive number of seconds")
@@ -398,7 +399,7 @@ class ControlCore:
         self.allow_loops = allow_loops
         self._now = now
         self._utc_now = utc_now
-        self._graph = TopologyGraph(feeder)
+        self._graph = graph if graph is not None else TopologyGraph(feeder)
         self._devices: dict[str, _Device] = {}
         for group in (feeder.switches, feeder.transformers, feeder.capacitors, feeder.ders):
             for d in group:
@@ -487,13 +488,18 @@ class ControlCore:
         self._refuse_if_interlocked(device_id, sel.action, switch_states, faulted_elements, grounded_elements)
         return sel
 
-    def cancel(self, selection_id: str, operator: str) -> None:
+    def cancel(self, selection_id: str, operator: str) -> Selection:
+        """Cancel a live selection and return it. An expired one is dropped and refused
+        ``SELECTION_EXPIRED`` (there is nothing left to cancel)."""
         sel = self._selections.get(selection_id)
         if sel is None:
             raise NoSelection()
         if sel.operator != operator:
             raise SelectedByOther(sel.device_id, sel.expires_at_utc, held_by=sel.operator)
         del self._selections[selection_id]
+        if self._now() >= sel.expires_at:
+            raise SelectionExpired(sel.device_id, self.select_timeout_s)
+        return sel
 
     def expire(self) -> list[Selection]:
         """Drop and return the selections that have expired (now >= expires_at)."""
@@ -505,6 +511,13 @@ class ControlCore:
             if now >= expires_at:
                 del self._revoked[sid]
         return gone
+
+    def device(self, device_id: str) -> _Device | None:
+        """The controllable device ``device_id`` (None when the feeder has none of that id)."""
+        return self._devices.get(device_id)
+
+    def device_ids(self) -> list[str]:
+        return sorted(self._devices)
 
     def selections(self, device_id: str | None = None) -> list[Selection]:
         """Live selections (expired ones are left out, even before ``expire`` swept them)."""

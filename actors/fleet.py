@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+from actors.apps import DEFAULT_APPS
 from actors.eventbus import EventBus
 from actors.events import Event, EventsPage
 from actors.feeder_actor import ActorOptions, FeederActor, StoreAddress, describe_error
@@ -43,9 +44,10 @@ NAMESPACE = "dms"
 
 # Calls that only read may be retried after the actor was recreated; anything else may not.
 READ_ONLY = frozenset({"ping", "model", "state", "power_flow", "measurements", "alarms", "tags", "field_status",
-                       "fdir_status", "fdir_plans", "fdir_timings", "metrics",
-                       "devices"})
+                       "metrics", "devices", "app_status"})
+READ_ONLY_APP_METHODS = frozenset(f"{app.name}.{m}" for app in DEFAULT_APPS for m in app.read_only)
 EVENT_BUS_NAME = "dms-events"
+SUPERVISOR_NAME = "dms-fleet"
 
 
 def actor_name(feeder_id: str) -> str:
@@ -173,7 +175,7 @@ class ActorHealth:
 
 _RemoteFeederActor = ray.remote(
     num_cpus=0,
-    max_restarts=-1,  # Ray restarts a crashed actor in place; the fleet recreates a killed one.
+    max_restarts=-1,  # Ray restarts a crashed actor in place; the supervisor recreates a killed one.
     max_task_retries=0,  # never resend a call: a control is sent at most once.
     max_concurrency=64,
 )(FeederActor)
@@ -244,21 +246,219 @@ def start_event_bus(store: StoreAddress) -> EventBusClient:
     return EventBusClient(handle)
 
 
+def _actor_id(handle: Any) -> str:
+    return str(handle._actor_id.hex())
+
+
+class FleetSupervisor:
+    """The one owner of the feeder actors of a Ray cluster (a named, detached actor, ``dms-fleet``).
+
+    Every API replica finds it by name and asks it for the actors; only it creates, recreates and
+    kills them, so any number of replicas share one set of feeder actors. A dead actor is recreated
+    exactly once: a report names the actor that died (its id), and a report about an actor that was
+    already replaced returns the replacement. Feeder actors are detached too, so they outlive a
+    restart of the supervisor, which finds them again by name.
+    """
+
+    def __init__(self, store: StoreAddress, options: ActorOptions) -> None:
+        self._store = store
+        self._options = options
+        self._handles: dict[str, Any] = {}
+        self._restarts: dict[str, int] = {}
+        self._started_at: dict[str, float] = {}
+        self._bindings: dict[str, tuple[str, str | None, bool, str | None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watch_paused = 0
+        self._graph: Any = None
+
+    def store_uri(self) -> str:
+        return self._store.uri
+
+    def _lock(self, feeder_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(feeder_id, asyncio.Lock())
+
+    def _spawn(self, feeder_id: str) -> Any:
+        """The feeder's actor: the live one of that name if there is one (never killed), else a new one."""
+        handle = _RemoteFeederActor.options(
+            name=actor_name(feeder_id), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+        ).remote(feeder_id, self._store, self._options, RayEventSink())
+        self._handles[feeder_id] = handle
+        return handle
+
+    async def ensure(self, feeder_ids: list[str]) -> dict[str, Any]:
+        """Handles for ``feeder_ids``, creating the actors that do not exist yet."""
+        for fid in feeder_ids:
+            if fid not in self._handles:
+                async with self._lock(fid):
+                    if fid not in self._handles:
+                        self._spawn(fid)
+        return {fid: self._handles[fid] for fid in feeder_ids}
+
+    def handles(self) -> dict[str, Any]:
+        return dict(self._handles)
+
+    def restarts(self) -> dict[str, int]:
+        return dict(self._restarts)
+
+    async def report_dead(self, feeder_id: str, dead_actor_id: str, reason: str) -> tuple[Any, int]:
+        """An actor was found dead: recreate it, once. Returns (current handle, restarts)."""
+        async with self._lock(feeder_id):
+            current = self._handles.get(feeder_id)
+            if current is None or _actor_id(current) == dead_actor_id:
+                log.warning("feeder actor %s died (%s); recreating it from the graph store", feeder_id, reason)
+                self._handles.pop(feeder_id, None)
+                with contextlib.suppress(Exception):  # a dead name may linger a moment in the GCS
+                    ray.kill(current, no_restart=True) if current is not None else None
+                self._restarts[feeder_id] = self._restarts.get(feeder_id, 0) + 1
+                self._started_at.pop(feeder_id, None)
+                current = await self._respawn(feeder_id, dead_actor_id)
+                if feeder_id in self._bindings:
+                    asyncio.get_running_loop().create_task(self._reattach(feeder_id, current))
+            return current, self._restarts.get(feeder_id, 0)
+
+    async def _respawn(self, feeder_id: str, dead_actor_id: str) -> Any:
+        for _ in range(50):
+            handle = self._spawn(feeder_id)
+            if _actor_id(handle) != dead_actor_id:
+                return handle
+            await asyncio.sleep(0.1)  # the GCS still lists the dead actor under the name
+        raise ActorUnavailable(f"feeder {feeder_id!r}: the dead actor's name was not released", element_id=feeder_id)
+
+    async def bind(self, feeder_id: str, binding: tuple[str, str | None, bool, str | None] | None) -> None:
+        if binding is None:
+            self._bindings.pop(feeder_id, None)
+        else:
+            self._bindings[feeder_id] = binding
+
+    async def _reattach(self, feeder_id: str, handle: Any) -> None:
+        binding = self._bindings.get(feeder_id)
+        if binding is None:
+            return
+        try:
+            await handle.attach_field.remote(*binding)
+            log.info("feeder %s: field binding applied to the new actor", feeder_id)
+        except Exception:
+            log.warning("feeder %s: could not re-attach the field binding", feeder_id, exc_info=True)
+
+    async def remove(self, feeder_id: str) -> None:
+        """Stop and forget one feeder's actor (its feeder was deleted)."""
+        async with self._lock(feeder_id):
+            handle = self._handles.pop(feeder_id, None)
+            self._bindings.pop(feeder_id, None)
+            if handle is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(handle.close.remote(), timeout=5)
+                with contextlib.suppress(Exception):
+                    ray.kill(handle, no_restart=True)
+
+    def pause(self, delta: int) -> int:
+        self._watch_paused = max(0, self._watch_paused + delta)
+        return self._watch_paused
+
+    def start_watching(self, interval_s: float = 5.0, discover: bool = False) -> bool:
+        """Recreate dead actors in the background (one watcher per cluster, however many replicas
+        ask); with ``discover``, also start actors for feeders that appeared in the store and stop
+        those of deleted feeders. Returns False when it was already watching."""
+        if self._watch_task is not None and not self._watch_task.done():
+            return False
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch(interval_s, discover),
+                                                                  name="fleet-watch")
+        return True
+
+    async def _discover(self) -> None:
+        from graph_schema.store import GraphStore
+
+        if self._graph is None:
+            a = self._store
+            self._graph = await GraphStore.connect(a.uri, a.user, a.password, a.database)
+        present = {f.id for f in await self._graph.list_feeders()}
+        for fid in sorted(present - set(self._handles)):
+            log.info("new feeder %s in the store; starting its actor", fid)
+            await self.ensure([fid])
+        for fid in sorted(set(self._handles) - present):
+            log.info("feeder %s was deleted from the store; stopping its actor", fid)
+            await self.remove(fid)
+
+    async def _watch(self, interval_s: float, discover: bool) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            if self._watch_paused:
+                continue
+            if discover:
+                try:
+                    await self._discover()
+                except Exception:
+                    log.warning("could not list feeders in the store", exc_info=True)
+            for fid, handle in list(self._handles.items()):
+                try:
+                    info = await asyncio.wait_for(handle.ping.remote(), timeout=interval_s * 4)
+                    started = float(info["started_at"])
+                    if self._started_at.setdefault(fid, started) != started:
+                        # Ray restarted the actor in place: it lost its field binding.
+                        self._started_at[fid] = started
+                        await self._reattach(fid, handle)
+                except (ActorDiedError, ActorUnavailableError) as exc:
+                    if not self._watch_paused:
+                        await self.report_dead(fid, _actor_id(handle), describe_error(exc))
+                except Exception:
+                    log.debug("health ping of %s failed", fid, exc_info=True)
+
+    async def shutdown(self) -> None:
+        """Close and kill every feeder actor (the cluster's fleet is going away)."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.wait({self._watch_task}, timeout=5)
+            self._watch_task = None
+        for handle in self._handles.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(handle.close.remote(), timeout=5)
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+        self._handles.clear()
+        if self._graph is not None:
+            with contextlib.suppress(Exception):
+                await self._graph.close()
+            self._graph = None
+
+
+_RemoteSupervisor = ray.remote(
+    num_cpus=0,
+    max_restarts=-1,
+    max_task_retries=0,
+    max_concurrency=1000,
+)(FleetSupervisor)
+
+
 class Fleet:
-    """One named actor per feeder; starts, watches, recreates and calls them."""
+    """An API replica's view of the cluster's feeder actors: finds the one supervisor, calls actors.
+
+    Creating, recreating and killing actors is the supervisor's alone; this side reports an actor it
+    found dead and retries read-only calls once on the replacement.
+    """
 
     def __init__(self, store: StoreAddress, *, call_timeout_s: float = 60.0,
                  options: ActorOptions | None = None) -> None:
         self._store = store
         self._options = options or ActorOptions()
         self._bindings: dict[str, tuple[str, str | None, bool, str | None]] = {}
-        self._started_at: dict[str, float] = {}
         self._handles: dict[str, Any] = {}
         self._restarts: dict[str, int] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
         self._call_timeout_s = call_timeout_s
-        self._watch_task: asyncio.Task[None] | None = None
-        self._watch_paused = 0
+        self._sup: Any = None
+        self._refresh_task: asyncio.Task[None] | None = None
+
+    async def _supervisor(self) -> Any:
+        if self._sup is None:
+            sup = _RemoteSupervisor.options(name=SUPERVISOR_NAME, namespace=NAMESPACE, get_if_exists=True,
+                                            lifetime="detached").remote(self._store, self._options)
+            uri = await sup.store_uri.remote()
+            if uri != self._store.uri:
+                raise DmsError(f"this Ray cluster's fleet serves the graph store at {uri}, not {self._store.uri}; "
+                               f"point DMS_NEO4J_URI at the same store on every API replica, or use another "
+                               f"Ray cluster", code="CONFIG_MISMATCH")
+            self._sup = sup
+        return self._sup
 
     @property
     def feeder_ids(self) -> list[str]:
@@ -268,32 +468,23 @@ class Fleet:
         return self._restarts.get(feeder_id, 0)
 
     async def start(self, feeder_ids: Iterable[str], *, wait: bool = True) -> None:
-        for fid in feeder_ids:
-            self._spawn(fid)
+        sup = await self._supervisor()
+        self._handles.update(await sup.ensure.remote(list(feeder_ids)))
         if wait:
             await asyncio.gather(*(self.call(fid, "ping") for fid in list(self._handles)))
-
-    def _spawn(self, feeder_id: str) -> Any:
-        name = actor_name(feeder_id)
-        with contextlib.suppress(ValueError):
-            # A leftover actor of the same name (an earlier server in this cluster): replace it.
-            old = ray.get_actor(name, namespace=NAMESPACE)
-            ray.kill(old, no_restart=True)
-        handle = _RemoteFeederActor.options(name=name, namespace=NAMESPACE).remote(
-            feeder_id, self._store, self._options, RayEventSink()
-        )
-        self._handles[feeder_id] = handle
-        self._started_at.pop(feeder_id, None)
-        self._locks.setdefault(feeder_id, asyncio.Lock())
-        return handle
 
     async def add(self, feeder_id: str) -> None:
         """Start the actor of a newly imported feeder, or make an existing one reload."""
         if feeder_id in self._handles:
             await self.call(feeder_id, "reload")
         else:
-            self._spawn(feeder_id)
-            await self.call(feeder_id, "ping")
+            await self.start([feeder_id])
+
+    async def refresh(self) -> None:
+        """Take the supervisor's current set of actors (new feeders, replacements, restarts)."""
+        sup = await self._supervisor()
+        self._handles = dict(await sup.handles.remote())
+        self._restarts.update(await sup.restarts.remote())
 
     async def call(self, feeder_id: str, method: str, *args: Any, **kwargs: Any) -> Any:
         handle = self._handles.get(feeder_id)
@@ -305,14 +496,26 @@ class Fleet:
         try:
             return await self._invoke(handle, method, args, kwargs)
         except (ActorDiedError, ActorUnavailableError) as exc:
-            if method not in READ_ONLY:
+            if not _read_only(method, args):
+                await self._replaced(feeder_id, handle, describe_error(exc))
                 raise ActorUnavailable(
                     f"feeder {feeder_id!r} actor was unavailable during {method}; it is being restarted "
                     f"and the request was NOT sent again. Check the device state and retry if needed.",
                     element_id=feeder_id,
                 ) from exc
-            handle = await self._recreate(feeder_id, handle, reason=describe_error(exc))
+            handle = await self._replaced(feeder_id, handle, describe_error(exc))
             return await self._invoke(handle, method, args, kwargs)
+
+    async def call_app(self, feeder_id: str, app: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call a method of an application hosted by the feeder's actor (see ``FeederActor.app_call``)."""
+        return await self.call(feeder_id, "app_call", app, method, *args, **kwargs)
+
+    async def _replaced(self, feeder_id: str, dead: Any, reason: str) -> Any:
+        sup = await self._supervisor()
+        handle, restarts = await sup.report_dead.remote(feeder_id, _actor_id(dead), reason)
+        self._handles[feeder_id] = handle
+        self._restarts[feeder_id] = restarts
+        return handle
 
     async def _invoke(self, handle: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ref = getattr(handle, method).remote(*args, **kwargs)
@@ -336,39 +539,20 @@ class Fleet:
                 raise cause from None
             raise
 
-    async def _recreate(self, feeder_id: str, dead_handle: Any, *, reason: str) -> Any:
-        async with self._locks[feeder_id]:
-            if self._handles.get(feeder_id) is not dead_handle:
-                return self._handles[feeder_id]  # another caller already recreated it
-            log.warning("feeder actor %s died (%s); recreating it from the graph store", feeder_id, reason)
-            self._restarts[feeder_id] = self._restarts.get(feeder_id, 0) + 1
-            handle = self._spawn(feeder_id)
-            if feeder_id in self._bindings:
-                asyncio.get_running_loop().create_task(self._reattach(feeder_id, handle))
-            return handle
-
     async def attach_field(self, feeder_id: str, point_map_json: str, data_dir: str | None,
                            allow_nosecurity: bool, pki_dir: str | None = None) -> dict[str, int]:
-        """Bind a feeder actor to its field devices; remembered for actors recreated later."""
-        self._bindings[feeder_id] = (point_map_json, data_dir, allow_nosecurity, pki_dir)
-        result: dict[str, int] = await self.call(feeder_id, "attach_field", point_map_json, data_dir,
-                                                 allow_nosecurity, pki_dir)
+        """Bind a feeder actor to its field devices; the supervisor applies it to actors recreated later."""
+        binding = (point_map_json, data_dir, allow_nosecurity, pki_dir)
+        self._bindings[feeder_id] = binding
+        await (await self._supervisor()).bind.remote(feeder_id, binding)
+        result: dict[str, int] = await self.call(feeder_id, "attach_field", *binding)
         return result
 
     async def detach_field(self, feeder_id: str) -> None:
         self._bindings.pop(feeder_id, None)
+        await (await self._supervisor()).bind.remote(feeder_id, None)
         if feeder_id in self._handles:
             await self.call(feeder_id, "detach_field")
-
-    async def _reattach(self, feeder_id: str, handle: Any) -> None:
-        binding = self._bindings.get(feeder_id)
-        if binding is None:
-            return
-        try:
-            await self._invoke(handle, "attach_field", binding, {})
-            log.info("feeder %s: field binding applied to the new actor", feeder_id)
-        except Exception:
-            log.warning("feeder %s: could not re-attach the field binding", feeder_id, exc_info=True)
 
     async def health(self, *, timeout_s: float = 5.0) -> list[ActorHealth]:
         async def one(fid: str) -> ActorHealth:
@@ -385,78 +569,53 @@ class Fleet:
 
     async def stop_feeder(self, feeder_id: str) -> None:
         """Stop and forget one feeder's actor (its feeder was deleted)."""
-        handle = self._handles.pop(feeder_id, None)
+        self._handles.pop(feeder_id, None)
         self._bindings.pop(feeder_id, None)
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(handle.close.remote(), timeout=5)
-            with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
+        await (await self._supervisor()).remove.remote(feeder_id)
 
     @contextlib.contextmanager
     def watch_paused(self) -> Iterator[None]:
-        """Hold the background watcher (no recreation, no discovery) while inside: for drills that
-        must see a dead actor as dead. Calls still recreate the actor they need."""
-        self._watch_paused += 1
+        """Hold the cluster's watcher (no recreation, no discovery) while inside: for drills that must
+        see a dead actor as dead. Calls still recreate the actor they need."""
+        ray.get(self._sup.pause.remote(1))
         try:
             yield
         finally:
-            self._watch_paused -= 1
+            ray.get(self._sup.pause.remote(-1))
 
-    def start_watching(
-        self, interval_s: float = 5.0, discover: Callable[[], Awaitable[list[str]]] | None = None
-    ) -> None:
-        """Recreate dead actors in the background, so the next call finds them warm; with
-        ``discover``, also start actors for feeders that appeared in the store (``dms import``)."""
+    def start_watching(self, interval_s: float = 5.0, discover: bool = False) -> None:
+        """Ask the supervisor to watch (it does so once per cluster) and follow its set of actors here."""
 
-        async def watch() -> None:
+        async def follow() -> None:
+            sup = await self._supervisor()
+            await sup.start_watching.remote(interval_s, discover)
             while True:
                 await asyncio.sleep(interval_s)
-                if self._watch_paused:
-                    continue
-                if discover is not None:
-                    try:
-                        present = set(await discover())
-                        for fid in sorted(present - set(self._handles)):
-                            log.info("new feeder %s in the store; starting its actor", fid)
-                            self._spawn(fid)
-                        for fid in sorted(set(self._handles) - present):
-                            log.info("feeder %s was deleted from the store; stopping its actor", fid)
-                            await self.stop_feeder(fid)
-                    except Exception:
-                        log.warning("could not list feeders in the store", exc_info=True)
-                for fid, handle in list(self._handles.items()):
-                    try:
-                        info = await asyncio.wait_for(handle.ping.remote(), timeout=interval_s * 4)
-                        started = float(info["started_at"])
-                        if self._started_at.setdefault(fid, started) != started:
-                            # Ray restarted the actor in place: it lost its field binding.
-                            self._started_at[fid] = started
-                            await self._reattach(fid, handle)
-                    except (ActorDiedError, ActorUnavailableError) as exc:
-                        if not self._watch_paused:
-                            await self._recreate(fid, handle, reason=describe_error(exc))
-                    except Exception:
-                        log.debug("health ping of %s failed", fid, exc_info=True)
+                try:
+                    await self.refresh()
+                except Exception:
+                    log.debug("could not refresh the fleet from its supervisor", exc_info=True)
 
-        if self._watch_task is None:
-            self._watch_task = asyncio.create_task(watch(), name="fleet-watch")
+        if self._refresh_task is None:
+            self._refresh_task = asyncio.create_task(follow(), name="fleet-follow")
 
-    async def stop(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
-        for handle in self._handles.values():
+    async def stop(self, *, shutdown: bool = True) -> None:
+        """Stop following; with ``shutdown`` (the replica that owns a local cluster, a benchmark) also
+        close and kill the cluster's feeder actors and the supervisor."""
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            await asyncio.wait({self._refresh_task}, timeout=5)
+            self._refresh_task = None
+        if shutdown and self._sup is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(handle.close.remote(), timeout=5)
+                await asyncio.wait_for(self._sup.shutdown.remote(), timeout=60)
             with contextlib.suppress(Exception):
-                ray.kill(handle, no_restart=True)
+                ray.kill(self._sup, no_restart=True)
+            self._sup = None
         self._handles.clear()
 
     def kill(self, feeder_id: str, *, no_restart: bool = True) -> None:
-        """Kill an actor (tests and chaos drills); the fleet recreates it on the next call."""
+        """Kill an actor (tests and chaos drills); the supervisor recreates it."""
         ray.kill(self._handles[feeder_id], no_restart=no_restart)
 
     async def memory_uss_bytes(self) -> dict[str, int]:
@@ -469,3 +628,9 @@ class Fleet:
             with contextlib.suppress(psutil.Error):
                 out[fid] = psutil.Process(int(info["pid"])).memory_full_info().uss
         return out
+
+
+def _read_only(method: str, args: tuple[Any, ...]) -> bool:
+    if method == "app_call" and len(args) >= 2:
+        return f"{args[0]}.{args[1]}" in READ_ONLY_APP_METHODS
+    return method in READ_ONLY

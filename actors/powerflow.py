@@ -47,6 +47,8 @@ ViolationKind = Literal["UNDERVOLTAGE", "OVERVOLTAGE", "OVERLOAD"]
 Band = Literal["NORMAL", "EMERGENCY"]
 
 
+NOISE_I_KA = 1e-9  # 1 µA: line currents below this are numerical noise
+
 @dataclass(frozen=True, slots=True)
 class BusResult:
     bus_id: str
@@ -521,6 +523,9 @@ class PowerFlowModel:
             rl = net.res_line
             loading = np.nan_to_num(rl["loading_percent"].to_numpy(dtype=float))
             i_ka = np.nan_to_num(rl["i_ka"].to_numpy(dtype=float))
+            # Below a microampere is the solver's rounding (an open tie shows 1e-16 kA with some
+            # numpy/scipy builds, 0 with others): report it as the zero it is.
+            i_ka = np.where(np.abs(i_ka) < NOISE_I_KA, 0.0, i_ka)
             p_from = np.nan_to_num(rl["p_from_mw"].to_numpy(dtype=float))
             q_from = np.nan_to_num(rl["q_from_mvar"].to_numpy(dtype=float))
             pl = np.nan_to_num(rl["pl_mw"].to_numpy(dtype=float))

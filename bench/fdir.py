@@ -47,12 +47,12 @@ async def until(fn: Any, timeout_s: float, step: float = 0.05) -> Any:
 
 async def one_fault(rt: Any, sim: Any, fid: str, line_id: str) -> tuple[float, float] | None:
     fleet = rt.fleet
-    known = {p.id for p in await fleet.call(fid, "fdir_plans")}
+    known = {p.id for p in await fleet.call_app(fid, "fdir", "plans")}
     if not sim.inject_fault(fid, line_id):
         return None
 
     async def finished() -> Any:
-        for p in await fleet.call(fid, "fdir_plans"):
+        for p in await fleet.call_app(fid, "fdir", "plans"):
             if p.id not in known and str(p.kind) == "FAULT" and str(p.state) in ("COMPLETED", "FAILED"):
                 return p
         return None
@@ -63,16 +63,16 @@ async def one_fault(rt: Any, sim: Any, fid: str, line_id: str) -> tuple[float, f
     sim.clear(fid)
 
     async def rtn_pending() -> Any:
-        st = await fleet.call(fid, "fdir_status")
+        st = await fleet.call_app(fid, "fdir", "engine_status")
         p = st.pending_plan
         return p if p is not None and str(p.kind) == "RETURN_TO_NORMAL" else None
 
     try:
         rtn = await until(rtn_pending, 20)
-        await fleet.call(fid, "approve_plan", rtn.id, "bench")
+        await fleet.call_app(fid, "fdir", "approve", rtn.id, "bench")
 
         async def rtn_done() -> bool:
-            return not (await fleet.call(fid, "fdir_status")).active_outage_ids
+            return not (await fleet.call_app(fid, "fdir", "engine_status")).active_outage_ids
 
         await until(rtn_done, 60)
     except TimeoutError:

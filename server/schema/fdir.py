@@ -109,8 +109,8 @@ class FdirQuery:
         grid = info.context["services"].grid
         grid.require_feeder(str(feeder_id))
         fleet = grid.fleet
-        status = await fleet.call(str(feeder_id), "fdir_status")
-        plans = await fleet.call(str(feeder_id), "fdir_plans")
+        status = await fleet.call_app(str(feeder_id), "fdir", "engine_status")
+        plans = await fleet.call_app(str(feeder_id), "fdir", "plans")
         return status_type(str(feeder_id), status, plans)
 
 
@@ -123,7 +123,7 @@ class FdirMutation:
         grid.require_feeder(str(feeder_id))
         value = _FdirMode(mode).value
         result = await audited(info, AuditAction.FDIR_MODE, str(feeder_id), {"mode": value},
-                                grid.fleet.call(str(feeder_id), "set_fdir_mode", value, by))
+                                grid.fleet.call_app(str(feeder_id), "fdir", "set_mode", value, by))
         return _FdirMode(result)
 
     @strawberry.mutation(permission_classes=[requires(Permission.APPROVE_PLAN, feeder_arg="feeder_id")])
@@ -132,7 +132,7 @@ class FdirMutation:
         grid = info.context["services"].grid
         grid.require_feeder(str(feeder_id))
         status = await audited(info, AuditAction.PLAN_APPROVE, f"{feeder_id}/{plan_id}", {"plan_id": str(plan_id)},
-                                grid.fleet.call(str(feeder_id), "approve_plan", str(plan_id), by))
+                                grid.fleet.call_app(str(feeder_id), "fdir", "approve", str(plan_id), by))
         return plan_type(status)
 
     @strawberry.mutation(permission_classes=[requires(Permission.APPROVE_PLAN, feeder_arg="feeder_id")])
@@ -143,5 +143,5 @@ class FdirMutation:
         grid.require_feeder(str(feeder_id))
         status = await audited(info, AuditAction.PLAN_REJECT, f"{feeder_id}/{plan_id}",
                                 {"plan_id": str(plan_id), "reason": reason[:500]},
-                                grid.fleet.call(str(feeder_id), "reject_plan", str(plan_id), by, reason[:500]))
+                                grid.fleet.call_app(str(feeder_id), "fdir", "reject", str(plan_id), by, reason[:500]))
         return plan_type(status)

@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from actors import feeder_actor
-from actors.feeder_actor import ActorOptions, FeederActor, StoreAddress
-from graph_schema.secret import Secret
+from actors import field_binding
+from actors.field_binding import FieldBinding
 
 
 class HangingClient:
@@ -47,28 +46,27 @@ async def _plain_poll() -> None:
     await asyncio.sleep(3600)
 
 
-def _actor() -> FeederActor:
-    store = StoreAddress(uri="bolt://127.0.0.1:1", user="neo4j", password=Secret("x"), database="neo4j")
-    return FeederActor("f1", store, ActorOptions())
+def _binding(on_values=lambda device_id, values: None, scan_interval_s: float = 1.0) -> FieldBinding:
+    return FieldBinding("f1", on_values, scan_interval_s=scan_interval_s)
 
 
 async def test_detach_is_bounded_when_a_task_swallows_cancellation_and_a_close_hangs(monkeypatch, caplog):
-    monkeypatch.setattr(feeder_actor, "DETACH_TIMEOUT_S", 0.3)
-    actor = _actor()
+    monkeypatch.setattr(field_binding, "DETACH_TIMEOUT_S", 0.3)
+    actor = _binding()
     release = asyncio.Event()
     stubborn = asyncio.create_task(_swallows_cancel(release), name="poll dev-stuck")
     plain = asyncio.create_task(_plain_poll(), name="poll dev-ok")
     hanging, good = HangingClient(), GoodClient()
-    actor._field_tasks = [stubborn, plain]
-    actor._clients = {"dev-stuck": hanging, "dev-ok": good}
+    actor.tasks = [stubborn, plain]
+    actor.clients = {"dev-stuck": hanging, "dev-ok": good}
     await asyncio.sleep(0)
 
     t0 = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="actors.feeder_actor"):
-        await actor.detach_field()
+    with caplog.at_level(logging.WARNING, logger="actors.field_binding"):
+        await actor.detach()
     assert time.monotonic() - t0 < 2.0
     assert plain.cancelled() and good.closed and hanging.close_called
-    assert actor._clients == {} and actor._field_tasks == [] and actor._pm is None
+    assert actor.clients == {} and actor.tasks == [] and actor.point_map is None
     left = " ".join(r.getMessage() for r in caplog.records)
     assert "poll dev-stuck" in left and "close dev-stuck" in left and "did not stop" in left
     assert not stubborn.done()  # left to the loop, not awaited forever
@@ -77,17 +75,17 @@ async def test_detach_is_bounded_when_a_task_swallows_cancellation_and_a_close_h
 
 
 async def test_detach_with_nothing_attached_is_a_no_op():
-    actor = _actor()
-    await actor.detach_field()
-    assert actor._clients == {} and actor._field_tasks == []
+    actor = _binding()
+    await actor.detach()
+    assert actor.clients == {} and actor.tasks == []
 
 
 @pytest.mark.parametrize("n", [1, 5])
 async def test_detach_closes_every_client(n):
-    actor = _actor()
+    actor = _binding()
     clients = {f"d{i}": GoodClient() for i in range(n)}
-    actor._clients = dict(clients)
-    await actor.detach_field()
+    actor.clients = dict(clients)
+    await actor.detach()
     assert all(c.closed for c in clients.values())
 
 
@@ -104,16 +102,14 @@ class ReadingClient:
 async def test_a_scan_task_of_an_earlier_binding_stops_by_itself_and_writes_nothing():
     """Even if its cancellation was swallowed, a scan task whose client is no longer bound ends at
     its next turn and never applies values into live state."""
-    store = StoreAddress(uri="bolt://127.0.0.1:1", user="neo4j", password=Secret("x"), database="neo4j")
-    actor = FeederActor("f1", store, ActorOptions(scan_interval_s=0.01))
     applied: list[tuple[str, object]] = []
-    actor._apply = lambda device_id, values: applied.append((device_id, values))  # type: ignore[method-assign]
+    actor = _binding(lambda device_id, values: applied.append((device_id, values)), scan_interval_s=0.01)
     old, new = ReadingClient(), ReadingClient()
-    actor._clients = {"rtu1": old}
-    task = asyncio.create_task(actor._poll("rtu1", old))
+    actor.clients = {"rtu1": old}
+    task = asyncio.create_task(actor.poll("rtu1", old))
     await asyncio.sleep(0.05)
     assert applied and old.reads > 0
-    actor._clients = {"rtu1": new}  # re-attached: another client serves the device now
+    actor.clients = {"rtu1": new}  # re-attached: another client serves the device now
     n = len(applied)
     await asyncio.wait_for(task, 1.0)  # ends without being cancelled
     assert len(applied) == n  # the read in flight at the switch-over is dropped too
