@@ -50,8 +50,12 @@ async def test_readyz_is_false_while_the_graph_store_is_down(settings, runtime):
 async def test_readyz_is_false_while_a_feeder_actor_is_down_and_recovers(http, runtime, gql):
     with runtime.fleet.watch_paused():  # else the watcher may recreate it before /readyz looks
         runtime.fleet.kill("cigre-mv")
-        await asyncio.sleep(0.3)
-        r = await http.get("/readyz")
+        deadline = time.monotonic() + 15  # ray.kill is asynchronous: wait for the actor to be gone
+        while True:
+            r = await http.get("/readyz")
+            if r.status_code == 503 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         assert r.status_code == 503, r.text
         assert r.json()["checks"]["feeders"]["cigre-mv"] == "down"
         # The next call recreates it from the store (the watcher would too).
