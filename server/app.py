@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -33,10 +34,10 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from security.audit import AuditLog
 from security.limits import DocumentGuard, RateLimiter
-from server.auth import Authenticator, bearer_token
+from server.auth import AuditThrottle, Authenticator, bearer_token
 from server.feeds import outages_geojson
 from server.metrics import refresh_from_runtime, render
-from server.middleware import BodySizeLimit, CorrelationId, GraphQLAuth, SecurityHeaders
+from server.middleware import BodySizeLimit, CorrelationId, GraphQLAuth, InternalErrors, SecurityHeaders
 from server.runtime import Runtime, start_runtime
 from server.schema import build_schema
 from server.settings import Settings
@@ -51,6 +52,7 @@ class Services:
         self.runtime: Runtime | None = None
         self.auth: Authenticator | None = None
         self.audit: AuditLog | None = None
+        self.audit_throttle: AuditThrottle | None = None  # refusals (logins, denials), aggregated
 
     @property
     def grid(self) -> Any:
@@ -108,6 +110,32 @@ class DmsGraphQL(GraphQL):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
         )
         self.services = services
+        self.introspection = settings.introspection
+
+    def decode_json(self, data: str | bytes) -> object:
+        """``json.loads`` with every refusal as ``JSONDecodeError``, which strawberry answers with 400
+        over HTTP and with close code 4400 over WebSocket.
+
+        Invalid UTF-8 (``UnicodeDecodeError``) and nesting beyond the interpreter's recursion limit
+        (``RecursionError``, 5,000 ``[``) escaped as 500s over HTTP and dropped the socket without a
+        close frame."""
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError:
+            raise
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise json.JSONDecodeError(f"not valid JSON ({type(exc).__name__})", "", 0) from None
+
+    async def run(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        """Strawberry's own HTTP refusals (bad JSON, batching, methods) in the API's error shape."""
+        try:
+            return await super().run(request, *args, **kwargs)
+        except HTTPException as exc:
+            if isinstance(request, WebSocket):
+                raise
+            code = _HTTP_CODES.get(exc.status_code, "BAD_INPUT")
+            return JSONResponse({"errors": [{"message": exc.reason, "extensions": {"code": code}}]},
+                                status_code=exc.status_code)
 
     def parse_json(self, data: str | bytes) -> Any:
         """Refuse JSON that is not an object (``0``, ``"x"``, arrays: no batching) with 400.
@@ -130,6 +158,7 @@ class DmsGraphQL(GraphQL):
             "principal": state.get("principal"),
             "auth_error": state.get("auth_error"),
             "source": _client(request),
+            "introspection": self.introspection,  # server.errors keeps "Did you mean" only then
         }
 
     async def on_ws_connect(self, context: dict[str, Any]) -> Any:
@@ -159,6 +188,10 @@ class DmsGraphQL(GraphQL):
         return {"sub": result.principal.sub}
 
 
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE",
+               415: "UNSUPPORTED_MEDIA_TYPE"}
+
+
 async def _close_at_expiry(ws: WebSocket, delay_s: float) -> None:
     await asyncio.sleep(delay_s)
     with contextlib.suppress(Exception):
@@ -179,12 +212,14 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
         rt = runtime if runtime is not None else await start_runtime(settings, demo_feeders=demo_feeders)
         services.runtime = rt
         services.audit = rt.audit
-        services.auth = Authenticator.from_settings(settings, services.audit)
+        services.audit_throttle = AuditThrottle(rt.audit)
+        services.auth = Authenticator.from_settings(settings, services.audit_throttle)
         try:
             yield
         finally:
-            await services.auth.aclose()
+            await services.auth.aclose()  # also writes the throttle's pending summaries
             services.auth = None
+            services.audit_throttle = None
             services.runtime = None
             if owned:
                 await rt.stop()
@@ -227,6 +262,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
     middleware = [
         Middleware(CorrelationId),
         Middleware(SecurityHeaders, hsts=bool(settings.tls_cert_file)),
+        Middleware(InternalErrors),
     ]
     if settings.cors_origins:
         middleware.append(Middleware(CORSMiddleware, allow_origins=list(settings.cors_origins),

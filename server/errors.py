@@ -9,7 +9,9 @@ and logged in full with the same id.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from typing import Any
 
 from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors
@@ -27,7 +29,16 @@ def _root_cause(error: GraphQLError) -> BaseException | None:
     return cause
 
 
-def map_error(error: GraphQLError) -> GraphQLError:
+_SUGGESTION = re.compile(r"\s*Did you mean [^?]*\?")
+
+
+def strip_suggestions(message: str) -> str:
+    """graphql-core's "Did you mean 'feeders'?" names fields, arguments, types and enum values of the
+    schema: with introspection off, a client could map the schema by misspelling names."""
+    return _SUGGESTION.sub("", message)
+
+
+def map_error(error: GraphQLError, *, hide_suggestions: bool = False) -> GraphQLError:
     cause = _root_cause(error)
     if isinstance(cause, DmsError):
         return GraphQLError(
@@ -39,15 +50,17 @@ def map_error(error: GraphQLError) -> GraphQLError:
             extensions=cause.extensions(),
         )
     if cause is None:
-        if error.extensions and "code" in error.extensions:
+        message = strip_suggestions(error.message) if hide_suggestions else error.message
+        if error.extensions and "code" in error.extensions and message == error.message:
             return error
         return GraphQLError(
-            error.message,
+            message,
             nodes=error.nodes,
             source=error.source,
             positions=error.positions,
             path=error.path,
-            extensions={"code": "GRAPHQL_VALIDATION_FAILED"},
+            extensions=error.extensions if error.extensions and "code" in error.extensions
+            else {"code": "GRAPHQL_VALIDATION_FAILED"},
         )
     correlation_id = uuid.uuid4().hex[:16]
     log.error("internal error %s at %s", correlation_id, error.path, exc_info=cause)
@@ -62,7 +75,31 @@ def map_error(error: GraphQLError) -> GraphQLError:
 
 
 class DmsErrors(MaskErrors):
-    """Maps every error of an operation (queries, mutations and each subscription frame)."""
+    """Maps every error of an operation (queries, mutations and each subscription frame).
+
+    Suggestions ("Did you mean ...?") are removed unless the GraphQL context says introspection is
+    on (``context["introspection"] is True``): hidden by default."""
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
-        return [map_error(e) for e in errors]
+        context = getattr(self.execution_context, "context", None)
+        hide = not (isinstance(context, dict) and context.get("introspection") is True)
+        mapped = [map_error(e, hide_suggestions=hide) for e in errors]
+        denied = [m for m in mapped if (m.extensions or {}).get("code") == "FORBIDDEN"]
+        if denied and isinstance(context, dict):
+            _audit_denials(context, denied)
+        return mapped
+
+
+def _audit_denials(context: dict[str, Any], denied: list[GraphQLError]) -> None:
+    """``ACCESS_DENIED`` for fields refused by role or feeder scope, through the services' throttle
+    (``server.auth.AuditThrottle``: one entry per subject and window, then a count), so a client
+    looping on a forbidden call cannot flood the audit log."""
+    throttle = getattr(context.get("services"), "audit_throttle", None)
+    principal = context.get("principal")
+    if throttle is None or principal is None:
+        return
+    fields = sorted({".".join(str(p) for p in (e.path or ())) or "operation" for e in denied})
+    throttle.note_nowait("ACCESS_DENIED", key=f"sub:{principal.sub}", actor=principal.sub,
+                         roles=[getattr(r, "value", str(r)) for r in principal.roles],
+                         target=",".join(fields)[:200], source=str(context.get("source", "")),
+                         outcome="DENIED", detail={"fields": fields[:20]})

@@ -41,6 +41,21 @@ async def feature_collection(services: Any) -> dict[str, Any]:
     return {"type": "FeatureCollection", "features": features}
 
 
+def not_modified(if_none_match: list[str], etag: str) -> bool:
+    """RFC 9110 13.1.2: ``*`` matches any current representation; otherwise a comma-separated list of
+    entity tags, compared weakly (``W/"x"`` matches ``"x"``). Malformed members match nothing."""
+    strong = etag.removeprefix("W/")
+    for header in if_none_match:
+        for member in header.split(","):
+            tag = member.strip()
+            if tag == "*":
+                return True
+            tag = tag.removeprefix("W/")
+            if len(tag) >= 2 and tag[0] == tag[-1] == '"' and tag == strong:
+                return True
+    return False
+
+
 async def outages_geojson(request: Request) -> Response:
     services = request.app.state.services
     if services.runtime is None:
@@ -58,6 +73,6 @@ async def outages_geojson(request: Request) -> Response:
         "Access-Control-Allow-Origin": "*",  # public data for customer apps in browsers
         "Vary": "Accept-Encoding",
     }
-    if request.headers.get("if-none-match") == etag:
+    if not_modified(request.headers.getlist("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(body, media_type="application/geo+json", headers=headers)

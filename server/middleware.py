@@ -1,13 +1,15 @@
 """ASGI middleware in front of everything: correlation ids, request limits, security headers.
 
-Order (outermost first): correlation id -> security headers -> body size limit -> authentication
-and rate limit for ``/graphql`` over HTTP. Each is a small pure-ASGI class so streaming responses and
+Order (outermost first): correlation id -> security headers -> internal errors (masked 500) ->
+body and WebSocket message size limit -> authentication and rate limit for ``/graphql``.
+Each is a small pure-ASGI class so streaming responses and
 WebSockets pass through untouched where a middleware does not apply.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import uuid
@@ -20,6 +22,8 @@ from security.limits import RateLimiter
 from server.auth import Authenticator, bearer_token
 from server.logs import correlation_id
 from server.metrics import METRICS
+
+log = logging.getLogger("dms.http")
 
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -116,14 +120,59 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class InternalErrors:
+    """The last line behind the correlation id and the security headers: an exception that escapes
+    the application becomes a masked ``500`` with the usual error shape (``INTERNAL`` and the
+    request's correlation id), logged once in full. Without it Starlette's outermost handler answered
+    plain text, without the request id or the security headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            cid = str(scope.get("state", {}).get("correlation_id") or uuid.uuid4().hex[:16])
+            log.error("internal error %s on %s %s", cid, scope.get("method"), scope.get("path"), exc_info=True)
+            if started:
+                return  # the response is under way: nothing more can be said to the client
+            body = json.dumps({"errors": [{
+                "message": f"internal error; quote correlation id {cid} to your administrator",
+                "extensions": {"code": "INTERNAL", "correlationId": cid}}]}).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
 class BodySizeLimit:
-    """Refuses request bodies over ``max_bytes`` with 413, before they are read in full."""
+    """Refuses request bodies over ``max_bytes`` with 413, before they are read in full, and WebSocket
+    messages over ``max_bytes`` by closing the socket with 1009 (message too big, RFC 6455 7.4.1).
+
+    The WebSocket check sees a message once the server has assembled it; the server's own frame limit
+    (uvicorn's ``ws_max_size``) should be set to the same value so a huge message is not buffered.
+    """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -161,6 +210,37 @@ class BodySizeLimit:
         except _BodyTooLarge:
             if not started:
                 await too_big(send)
+
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        closed = False
+
+        def size(message: Message) -> int:
+            text = message.get("text")
+            if text is not None:
+                # UTF-8 is at most 4 bytes a character: encode only when the count is in doubt.
+                return len(text) if len(text) > self.max_bytes or 4 * len(text) <= self.max_bytes \
+                    else len(text.encode("utf-8", "surrogatepass"))
+            return len(message.get("bytes") or b"")
+
+        async def limited_receive() -> Message:
+            nonlocal closed
+            message = await receive()
+            if message["type"] == "websocket.receive" and size(message) > self.max_bytes:
+                log.warning("WebSocket message over %d bytes from %s: closed with 1009", self.max_bytes,
+                            client_host(scope))
+                if not closed:
+                    closed = True
+                    await send({"type": "websocket.close", "code": 1009,
+                                "reason": f"message over {self.max_bytes} bytes"})
+                return {"type": "websocket.disconnect", "code": 1009}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not closed:  # after our close frame the application's late frames go nowhere
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
 
 
 class _BodyTooLarge(Exception):
@@ -201,7 +281,9 @@ class GraphQLAuth:
             state["principal"], state["auth_error"] = None, None
             await self.app(scope, receive, send)
             return
-        result = await auth.authenticate(token, source=source)
+        # Rate-limit before recording anything: a refused token is limited per client address, and
+        # only the refusals the limiter lets through reach the (throttled) audit log.
+        result = await auth.authenticate(token, source=source, record=False)
         key = f"sub:{result.principal.sub}" if result.principal else f"ip:{source}"
         try:
             self.limiter.check(key)
@@ -209,6 +291,8 @@ class GraphQLAuth:
             retry = str(math.ceil(exc.retry_after_s)).encode()
             await _json_error(429, "RATE_LIMITED", exc.message, [(b"retry-after", retry)])(send)
             return
+        if result.error is not None and token is not None:
+            await auth.record_failure(result.error, source=source, channel="http")
         state["principal"], state["auth_error"] = result.principal, result.error
         state["auth_at"] = time.time()
         await self.app(scope, receive, send)
