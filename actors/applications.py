@@ -152,7 +152,7 @@ class AppRegistry:
         self._factories: dict[str, AppFactory] = {}
         self._apps: dict[str, Application] = {}
         self._health: dict[str, AppHealth] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: dict[asyncio.Task[Any], str] = {}  # background task -> its application
         self._restart: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
@@ -232,12 +232,13 @@ class AppRegistry:
     def spawn(self, name: str, coro: Coroutine[Any, Any, Any], task_name: str = "") -> asyncio.Task[Any]:
         """Background work of application ``name``: timed per step; a failure restarts the application."""
         task = asyncio.create_task(self._timed_call(name, coro), name=task_name or f"{name} {self.feeder_id}")
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._task_done(name, t))
+        self._tasks[task] = name
+        task.add_done_callback(lambda t: self._task_done(name, t, coro))
         return task
 
-    def _task_done(self, name: str, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
+    def _task_done(self, name: str, task: asyncio.Task[Any], coro: Coroutine[Any, Any, Any]) -> None:
+        self._tasks.pop(task, None)
+        coro.close()  # a task cancelled before its first step never started ``coro`` ("never awaited")
         if task.cancelled():
             return
         exc = task.exception()
@@ -294,6 +295,10 @@ class AppRegistry:
         log.error("feeder %s: application %s failed in %s; restarting it with back-off", self.feeder_id, name, what,
                   exc_info=exc)
         app = self._apps.pop(name, None)
+        current = asyncio.current_task()
+        for task, owner in list(self._tasks.items()):  # the failed instance's work does not outlive it
+            if owner == name and task is not current:
+                task.cancel()
         if self._closed or name in self._restart:
             return
         delay = min(self._backoff_s * 2 ** min(h.failures - 1, 16), self._backoff_max_s)

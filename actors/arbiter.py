@@ -84,9 +84,9 @@ class Arbiter:
             if sel.operator not in apps:
                 raise DeviceHeld(device_id, sel.operator, "selected by an operator")
         held = self._claims.get(device_id)
+        if held is not None and held.in_flight:  # its holder's too: re-claiming must not make it withdrawable
+            raise DeviceHeld(device_id, held.holder, "its command is in flight")
         if held is not None and held.holder != holder:
-            if held.in_flight:
-                raise DeviceHeld(device_id, held.holder, "its command is in flight")
             if held.priority <= priority:
                 raise DeviceHeld(device_id, held.holder, f"claimed with priority {held.priority.name}")
         claim = Claim(device_id, holder, priority, False, self._now())
