@@ -65,16 +65,19 @@ class Runtime:
         if self.events is not None:
             with contextlib.suppress(Exception):
                 await self.events.flush()
-        await stop_parts(self.fleet, self.started_ray, self.store, self.arcadedb)
+        await stop_parts(self.fleet, self.started_ray, self.store, self.arcadedb,
+                         owns_fleet=self.started_ray and self.settings.ray_address is None)
 
 
 async def stop_parts(
-    fleet: Fleet | None, started_ray: bool, store: GraphStore | None, arcadedb: EmbeddedArcadeDB | None
+    fleet: Fleet | None, started_ray: bool, store: GraphStore | None, arcadedb: EmbeddedArcadeDB | None,
+    *, owns_fleet: bool = False,
 ) -> None:
     if fleet is not None:
         with contextlib.suppress(Exception):
-            # The replica that started a local Ray owns its fleet; on a shared cluster the fleet stays.
-            await fleet.stop(shutdown=started_ray)
+            # Only the process that started a local Ray owns its fleet; on a shared cluster
+            # (DMS_RAY_ADDRESS) the fleet serves the other replicas and stays.
+            await fleet.stop(shutdown=owns_fleet)
     if started_ray:
         from actors.fleet import shutdown_ray
 
@@ -198,7 +201,8 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
     except BaseException:
         if hub is not None:
             await hub.stop()
-        await stop_parts(fleet, started_ray, store, arcadedb)
+        await stop_parts(fleet, started_ray, store, arcadedb,
+                         owns_fleet=started_ray and settings.ray_address is None)
         raise
 
 
