@@ -28,11 +28,11 @@ from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from actors.arbiter import Priority
-from actors.control import ControlAction
-from actors.events import EventKind, Scalar, Severity
+from actors.cores.control import ControlAction
+from actors.cores.events import EventKind, Scalar, Severity
+from actors.cores.powerflow import PowerFlowResult
+from actors.cores.topology import TopologyGraph
 from actors.ingest import FieldFlags
-from actors.powerflow import PowerFlowResult
-from actors.topology import TopologyGraph
 from graph_schema.errors import BadInput, DmsError, NotFound
 from graph_schema.model import Feeder
 

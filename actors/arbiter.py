@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from actors.control import ControlError, Selection, Tag
+from actors.cores.control import ControlError, Selection, Tag
 
 
 class Priority(IntEnum):

@@ -1,4 +1,4 @@
-"""The cluster-wide event bus: one :class:`~actors.events.EventLog` behind one named actor.
+"""The cluster-wide event bus: one :class:`~actors.cores.events.EventLog` behind one named actor.
 
 A plain class (``actors/fleet.py`` applies ``ray.remote`` and names it ``dms-events``). Feeder
 actors ``publish`` batches of events; the bus gives them the next cluster-wide ``seq`` and keeps the
@@ -20,7 +20,7 @@ import logging
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
-from actors.events import Event, EventKind, EventLog, EventsPage
+from actors.cores.events import Event, EventKind, EventLog, EventsPage
 
 if TYPE_CHECKING:
     from actors.feeder_actor import StoreAddress

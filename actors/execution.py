@@ -1,6 +1,6 @@
 """Control execution of one feeder: select-before-operate for operators and applications.
 
-The pure :class:`actors.control.ControlCore` decides whether a selection or an operate is allowed
+The pure :class:`actors.cores.control.ControlCore` decides whether a selection or an operate is allowed
 (selections, tags, interlocks); :class:`actors.arbiter.Arbiter` decides whether an application may
 act on a device at all. This room then builds the device's command (one command type per device
 kind: :data:`COMMANDS`), writes it ONCE through the device's field client and waits for telemetry
@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.arbiter import Arbiter, Priority
-from actors.control import (
+from actors.cores.control import (
     ControlAction,
     ControlCore,
     DeviceUnreachable,
@@ -30,7 +30,7 @@ from actors.control import (
     TagKind,
     expected_state,
 )
-from actors.events import EventKind, Severity
+from actors.cores.events import EventKind, Severity
 from actors.field_binding import FieldBinding
 from actors.ingest import Ingest
 from actors.outbox import EventOutbox
@@ -160,7 +160,7 @@ class ControlRoom:
     def select(self, device_id: str, action: str, value: float | None, operator: str) -> Selection:
         app = self.arbiter.operator_selecting(device_id)
         if app is not None:
-            from actors.control import SelectedByOther
+            from actors.cores.control import SelectedByOther
 
             raise SelectedByOther(device_id, None, held_by=app)
         sel = self.core.select(device_id, action, value, operator, switch_states=self._switch_states(),
@@ -209,8 +209,17 @@ class ControlRoom:
             sel = self.core.select(device_id, action, value, app, switch_states=states, faulted_elements=faulted)
             self.core.operate(sel.id, device_id, sel.action, sel.value, app, switch_states=states,
                               faulted_elements=faulted)
-            self.arbiter.sent(device_id, app)
-            return await self._send(device_id, sel.action, sel.value, app, datetime.now(UTC))
+        except BaseException:
+            self.arbiter.release(device_id, app)
+            raise
+        self.arbiter.sent(device_id, app)
+        # Once sent, the command and its record finish even if the application is cancelled meanwhile.
+        return await asyncio.shield(self._send_then_release(device_id, sel.action, sel.value, app))
+
+    async def _send_then_release(self, device_id: str, action: ControlAction, value: float | None,
+                                 app: str) -> Outcome:
+        try:
+            return await self._send(device_id, action, value, app, datetime.now(UTC))
         finally:
             self.arbiter.release(device_id, app)
 

@@ -32,14 +32,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.applications import AppRegistry, FeederPorts, TelemetryChange
-from actors.control import ControlAction, ControlCore, Tag
-from actors.events import Alarm, EventKind, Scalar, Severity
+from actors.cores.control import ControlAction, ControlCore, Tag
+from actors.cores.events import Alarm, EventKind, Scalar, Severity
+from actors.cores.powerflow import PowerFlowModel, PowerFlowResult
+from actors.cores.topology import TopologyGraph, TopologyResult
 from actors.execution import ControlRoom, raise_for
 from actors.field_binding import FieldBinding
 from actors.ingest import FieldFlags, Ingest
 from actors.outbox import EventOutbox, EventSink, LocalEventSink
-from actors.powerflow import PowerFlowModel, PowerFlowResult
-from actors.topology import TopologyGraph, TopologyResult
 from graph_schema.errors import BadInput, DmsError, NotFound
 from graph_schema.model import Feeder
 from graph_schema.secret import Secret
@@ -172,8 +172,8 @@ class FeederActor:
         self._pf = await asyncio.to_thread(PowerFlowModel, feeder)
         self._graph = TopologyGraph(feeder)  # one per feeder: control, ingest and the applications share it
         ingest = Ingest(feeder, self._graph)
-        if self.ingest is not None:
-            ingest.bind(self.ingest.points)
+        if self.ingest is not None:  # a reload keeps what the field said and the alarms it raised
+            ingest.adopt(self.ingest)
         self.ingest = ingest
         core = ControlCore(feeder, select_timeout_s=self._opts.select_timeout_s, graph=self._graph)
         self.control = ControlRoom(

@@ -33,8 +33,8 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.apps import DEFAULT_APPS
+from actors.cores.events import Event, EventsPage
 from actors.eventbus import EventBus
-from actors.events import Event, EventsPage
 from actors.feeder_actor import ActorOptions, FeederActor, StoreAddress, describe_error
 from graph_schema.errors import ActorUnavailable, DmsError, NotFound
 

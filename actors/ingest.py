@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.events import ALARM_KIND_KEY, EventKind, Scalar, Severity
-from actors.powerflow import PowerFlowResult
-from actors.topology import TopologyGraph
+from actors.cores.events import ALARM_KIND_KEY, EventKind, Scalar, Severity
+from actors.cores.powerflow import PowerFlowResult
+from actors.cores.topology import TopologyGraph
 from graph_schema.model import Feeder, Quantity, SwitchKind
 from protocols.base import PointValue, Quality
 from protocols.codecs import exceeds_deadband
@@ -104,6 +104,19 @@ class Ingest:
         self._fi_line = {fi.id: fi.line_id for fi in feeder.fault_indicators}
 
     # -- binding ---------------------------------------------------------------------------------
+
+    def adopt(self, old: Ingest) -> None:
+        """Carry the live memory of ``old`` (the same feeder before a model reload): values, raised
+        alarms and flags, so that what was raised can still be cleared."""
+        self.ingested = old.ingested
+        self.points = dict(old.points)
+        self.values = dict(old.values)
+        self.device_ok = dict(old.device_ok)
+        self._reported = dict(old._reported)
+        self._tripped, self._reclosed = set(old._tripped), set(old._reclosed)
+        self._fi_latched, self._last_gasp = set(old._fi_latched), set(old._last_gasp)
+        self._vm_alarm, self._bad_points = dict(old._vm_alarm), set(old._bad_points)
+        self._pf_violations, self._expect = set(old._pf_violations), dict(old._expect)
 
     def bind(self, points: Mapping[str, Any]) -> None:
         """Use a new point map (point id -> mapping); values of the old one are dropped."""

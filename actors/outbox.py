@@ -18,7 +18,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
 
-from actors.events import ALARM_KIND_KEY, Alarm, AlarmBook, Event, EventKind, Scalar, Severity, parse_alarm_id
+from actors.cores.events import ALARM_KIND_KEY, Alarm, AlarmBook, Event, EventKind, Scalar, Severity, parse_alarm_id
 from actors.ingest import QueuedEvent
 from graph_schema.errors import NotFound
 
@@ -116,7 +116,7 @@ class EventOutbox:
         return out
 
     def acknowledge(self, alarm_id: str, by: str) -> Alarm:
-        """An operator takes on an active alarm (``alarm_id`` as :func:`actors.events.alarm_id` makes it)."""
+        """An operator takes on an active alarm (``alarm_id`` as :func:`actors.cores.events.alarm_id` makes it)."""
         key = parse_alarm_id(alarm_id)
         if key[0] != self.feeder_id:
             raise NotFound(f"alarm {alarm_id!r} is not on feeder {self.feeder_id!r}; list its alarms for their ids",

@@ -9,7 +9,7 @@ actor's FDIR engine the time from the first fault telemetry arriving at the acto
 switching plan, and to the last restoring step confirmed by telemetry. Between faults it does what
 an operator does: clears the fault and approves the return-to-normal plan. The baseline, measured
 in the same run, is the pure core planning the same fault from the same indications in this
-process (``actors.fdir.plan_fault``); the ratio shows what detection, settling and the actor cost.
+process (``actors.cores.fdir.plan_fault``); the ratio shows what detection, settling and the actor cost.
 The engine waits ``--settle`` seconds after the first indication for the rest to arrive, which is
 part of the time to a plan. For a feeder of 1,000+ buses see ``bench/fdir_core.py``
 (lv_schutterwald, 2,940 buses, 88 ties): the simulator does not serve that size in real time here.
@@ -85,7 +85,7 @@ async def one_fault(rt: Any, sim: Any, fid: str, line_id: str) -> tuple[float, f
 
 def faultable_lines(feeder: Any) -> list[str]:
     """Lines that are energized in normal positions and have a switch (a section of their own)."""
-    from actors.fdir import FdirModel
+    from actors.cores.fdir import FdirModel
     from tests.unit.fdir_grids import fault_scenario
 
     model = FdirModel(feeder)
@@ -105,7 +105,7 @@ def faultable_lines(feeder: Any) -> list[str]:
 
 def core_plan_time(feeder: Any, line_id: str, repeats: int = 3) -> float:
     """The same fault planned by the pure core in this process (the baseline)."""
-    from actors.fdir import FdirModel, plan_fault
+    from actors.cores.fdir import FdirModel, plan_fault
     from tests.unit.fdir_grids import fault_scenario
 
     model = FdirModel(feeder)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.fdir import FdirModel, plan_fault
+from actors.cores.fdir import FdirModel, plan_fault
 from graph_schema.importers import case33bw, cigre_mv, lv_schutterwald
 from tests.unit.fdir_grids import fault_scenario
 

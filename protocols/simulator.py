@@ -1,6 +1,6 @@
 """Field simulator: simulated feeders served over real Modbus TCP and OPC UA servers on loopback.
 
-Each feeder is solved with :class:`actors.powerflow.PowerFlowModel` on a simulated clock (``speed``
+Each feeder is solved with :class:`actors.cores.powerflow.PowerFlowModel` on a simulated clock (``speed``
 times real time) every ``tick_s`` real seconds and after every command or injected event. Loads
 follow daily profiles (residential / commercial) with noise, PV a bell curve, wind a noisy random
 walk. Each feeder gets one Modbus TCP server hosting all its RTUs (one unit id each) and one OPC UA
@@ -42,8 +42,8 @@ from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 
-from actors.powerflow import PowerFlowModel, PowerFlowResult
-from actors.topology import TopologyGraph
+from actors.cores.powerflow import PowerFlowModel, PowerFlowResult
+from actors.cores.topology import TopologyGraph
 from graph_schema.errors import BadInput, NotFound
 from graph_schema.model import DerKind, Feeder, Quantity, SwitchKind
 from protocols.certs import CertPair, fingerprint, trusted_fingerprints

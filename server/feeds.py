@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from actors.outages import public_view
+from actors.cores.outages import public_view
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from actors.outages import Outage, store_record
+from actors.cores.outages import Outage, store_record
 from graph_schema.errors import DmsError, NotFound
 from graph_schema.store import GraphStore
 

@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from actors.control import Tag
+from actors.cores.control import Tag
+from actors.cores.events import Event, EventKind
+from actors.cores.powerflow import PowerFlowResult
 from actors.eventbus import durable_events_after
-from actors.events import Event, EventKind
 from actors.feeder_actor import FeederState
 from actors.fleet import EventBusClient, Fleet
-from actors.powerflow import PowerFlowResult
 from graph_schema.errors import BadInput, DmsError, NotFound
 from graph_schema.model import Feeder
 from graph_schema.store import FeederSummary, GraphStore

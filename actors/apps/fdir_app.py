@@ -1,4 +1,4 @@
-"""FDIR as a hosted application: the :class:`actors.fdir_engine.FdirEngine` on the feeder's ports.
+"""FDIR as a hosted application: the :class:`actors.apps.fdir_engine.FdirEngine` on the feeder's ports.
 
 Trips, fault indicators and last gasps reach it as telemetry changes; it reads the protection flags
 through the ports, plans, and switches through the same select-before-operate path as an operator
@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.applications import FeederPorts, TelemetryChange
+from actors.apps.fdir_engine import FdirEngine, FdirMode, FdirPorts, FdirStatus, PlanStatus
 from actors.arbiter import Priority
-from actors.control import ControlAction
-from actors.events import EventKind, Scalar, Severity
-from actors.fdir import FdirModel, Indications
-from actors.fdir_engine import FdirEngine, FdirMode, FdirPorts, FdirStatus, PlanStatus
-from actors.outages import Outage, store_record
+from actors.cores.control import ControlAction
+from actors.cores.events import EventKind, Scalar, Severity
+from actors.cores.fdir import FdirModel, Indications
+from actors.cores.outages import Outage, store_record
 from graph_schema.errors import BadInput, DmsError
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ from datetime import datetime
 import strawberry
 from strawberry.types import Info
 
-from actors import control as core
-from actors.control import Tag as TagRecord
+from actors.cores import control as core
+from actors.cores.control import Tag as TagRecord
 from security.roles import Permission, requires
 from server.schema.enums import ControlAction, ControlStatus, TagKind
 from server.services import Caller

@@ -1,6 +1,6 @@
 """Every closed set of the GraphQL schema, in one place.
 
-Where the domain already has the enum (``actors.events.EventKind``, ``actors.control.ControlAction``,
+Where the domain already has the enum (``actors.cores.events.EventKind``, ``actors.cores.control.ControlAction``,
 ``protocols.base.Quality``, ...) it is wrapped here with ``strawberry.enum``: the GraphQL values are
 the domain's values, so they cannot drift apart. Where the domain passes plain strings (alarm kinds,
 control outcomes) the enum is declared here, and a unit test checks it against the domain's code.
@@ -23,11 +23,11 @@ from typing import TypeVar
 
 import strawberry
 
-from actors import control as _control
-from actors import events as _events
-from actors import fdir as _fdir
-from actors import fdir_engine as _fdir_engine
-from actors import outages as _outages
+from actors.apps import fdir_engine as _fdir_engine
+from actors.cores import control as _control
+from actors.cores import events as _events
+from actors.cores import fdir as _fdir
+from actors.cores import outages as _outages
 from graph_schema import model as _model
 from graph_schema.errors import BadInput
 from protocols import base as _protocols

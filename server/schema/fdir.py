@@ -10,10 +10,10 @@ from __future__ import annotations
 import strawberry
 from strawberry.types import Info
 
-from actors.fdir import PlanStep as PlanStepRecord
-from actors.fdir_engine import FdirMode as _FdirMode
-from actors.fdir_engine import FdirStatus as FdirStatusRecord
-from actors.fdir_engine import PlanStatus as PlanStatusRecord
+from actors.apps.fdir_engine import FdirMode as _FdirMode
+from actors.apps.fdir_engine import FdirStatus as FdirStatusRecord
+from actors.apps.fdir_engine import PlanStatus as PlanStatusRecord
+from actors.cores.fdir import PlanStep as PlanStepRecord
 from security.audit import AuditAction
 from security.roles import Permission, requires
 from server.schema.audit import audited

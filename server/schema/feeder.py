@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import strawberry
 from strawberry.types import Info
 
+from actors.cores.powerflow import PowerFlowResult
 from actors.feeder_actor import FeederState
-from actors.powerflow import PowerFlowResult
 from graph_schema import model as m
 from security.roles import Permission, feeder_in_scope, requires
 from server.schema.enums import DerKind, LimitBand, SwitchKind, ViolationKind

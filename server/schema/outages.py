@@ -13,9 +13,9 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from actors.events import EventKind
-from actors.outages import Outage as OutageRecord
-from actors.outages import public_view
+from actors.cores.events import EventKind
+from actors.cores.outages import Outage as OutageRecord
+from actors.cores.outages import public_view
 from graph_schema.errors import DmsError
 from security.roles import Permission, authorize, requires
 from server.metrics import METRICS

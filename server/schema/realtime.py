@@ -29,9 +29,9 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from actors.events import Alarm as AlarmRecord
-from actors.events import AlarmBook, alarm_id
-from actors.events import Event as EventRecord
+from actors.cores.events import Alarm as AlarmRecord
+from actors.cores.events import AlarmBook, alarm_id
+from actors.cores.events import Event as EventRecord
 from actors.feeder_actor import ALARM_EVENT_KINDS
 from graph_schema.errors import BadInput
 from security.audit import AuditAction
@@ -136,7 +136,7 @@ class MeasurementBatch:
 
 def event_alarm_id(e: EventRecord) -> str | None:
     """The id of the alarm an alarm event raises, clears or acknowledges (None for other events):
-    the key the feeder's alarm book files it under, written as :func:`actors.events.alarm_id` does."""
+    the key the feeder's alarm book files it under, written as :func:`actors.cores.events.alarm_id` does."""
     if e.kind not in ALARM_EVENT_KINDS:
         return None
     feeder_id, element_id, kind = AlarmBook.key_of(e)

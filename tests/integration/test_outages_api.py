@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from actors.outages import Cause, EtrPolicy, OutageTracker
+from actors.cores.outages import Cause, EtrPolicy, OutageTracker
 
 FEED = "/feeds/outages.geojson"
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from actors.fdir import FdirModel, Indications
+from actors.cores.fdir import FdirModel, Indications
 from graph_schema.model import Bus, ElementType, Feeder, Line, Load, Source, Switch, SwitchKind
 
 VN_KV = 12.47

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from actors.arbiter import Arbiter, DeviceHeld, Priority
-from actors.control import ControlAction, ControlError, Selection, Tag, TagKind
+from actors.cores.control import ControlAction, ControlError, Selection, Tag, TagKind
 
 APPS = ("fdir", "volt_var", "der_mgmt")
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from actors.control import (
+from actors.cores.control import (
     BadAction,
     ControlAction,
     ControlCore,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from actors.events import (
+from actors.cores.events import (
     ALARM_KIND_KEY,
     AlarmBook,
     Event,
@@ -313,7 +313,7 @@ def test_alarm_acknowledge_and_escalation() -> None:
 
 
 def test_alarm_ids_round_trip_and_garbage_is_refused() -> None:
-    from actors.events import parse_alarm_id
+    from actors.cores.events import parse_alarm_id
 
     assert parse_alarm_id("f1|sw1|BREAKER_TRIP") == ("f1", "sw1", "BREAKER_TRIP")
     assert parse_alarm_id("f1||COMM_LOSS") == ("f1", None, "COMM_LOSS")

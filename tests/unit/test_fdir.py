@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from actors.fdir import (
+from actors.cores.fdir import (
     FaultKind,
     FdirModel,
     Indications,

@@ -11,10 +11,7 @@ from typing import Any
 
 import pytest
 
-from actors.control import ControlAction, DeviceUnreachable, NotConfirmed, expected_state
-from actors.events import EventKind, Severity
-from actors.fdir import FdirModel, Indications, PlanAction
-from actors.fdir_engine import (
+from actors.apps.fdir_engine import (
     FdirEngine,
     FdirMode,
     FdirPorts,
@@ -22,7 +19,10 @@ from actors.fdir_engine import (
     PlanState,
     merge_indications,
 )
-from actors.outages import Outage, OutageStatus
+from actors.cores.control import ControlAction, DeviceUnreachable, NotConfirmed, expected_state
+from actors.cores.events import EventKind, Severity
+from actors.cores.fdir import FdirModel, Indications, PlanAction
+from actors.cores.outages import Outage, OutageStatus
 from graph_schema.errors import BadInput, NotFound
 from graph_schema.importers import case33bw
 from tests.unit import fdir_grids

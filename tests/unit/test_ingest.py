@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from actors.events import ALARM_KIND_KEY, EventKind, Severity
+from actors.cores.events import ALARM_KIND_KEY, EventKind, Severity
+from actors.cores.powerflow import PowerFlowModel
 from actors.ingest import Ingest, IngestResult, QueuedEvent
-from actors.powerflow import PowerFlowModel
 from graph_schema.importers import case33bw
 from graph_schema.model import Feeder, Quantity, SwitchKind
 from protocols.base import PointValue, Quality

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from actors.outages import Cause, EtrPolicy, Outage, OutageStatus, OutageTracker, public_view
+from actors.cores.outages import Cause, EtrPolicy, Outage, OutageStatus, OutageTracker, public_view
 from graph_schema.errors import BadInput, NotFound
 from tests.unit.fdir_grids import two_feeders
 

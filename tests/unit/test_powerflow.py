@@ -1,4 +1,4 @@
-"""actors.powerflow against published results and on hand-made feeders."""
+"""actors.cores.powerflow against published results and on hand-made feeders."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandapower as pp
 import pandapower.networks as pn
 import pytest
 
-from actors.powerflow import PowerFlowModel, run_power_flow
+from actors.cores.powerflow import PowerFlowModel, run_power_flow
 from graph_schema.errors import InvalidModel, NotFound
 from graph_schema.importers import case33bw, cigre_mv
 from graph_schema.model import Limits

@@ -1,4 +1,4 @@
-"""actors.topology on hand-made feeders and on the published ones."""
+"""actors.cores.topology on hand-made feeders and on the published ones."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
-from actors.topology import TopologyGraph, downstream_buses, process_topology, source_path
+from actors.cores.topology import TopologyGraph, downstream_buses, process_topology, source_path
 from graph_schema.errors import NotFound
 from tests.unit import grids
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from actors.events import Event, EventKind, Severity
+from actors.cores.events import Event, EventKind, Severity
 from server.services import HubBatch
 
 

@@ -60,8 +60,8 @@ def test_closed_set_fields_are_enums_and_timestamps_are_datetimes():
 
 
 def test_enum_wrappers_are_the_domain_enums():
-    from actors.control import ControlAction
-    from actors.events import EventKind, Severity
+    from actors.cores.control import ControlAction
+    from actors.cores.events import EventKind, Severity
     from protocols.base import Quality
 
     assert enums.ControlAction is ControlAction and enums.EventKind is EventKind
@@ -72,8 +72,8 @@ def _alarm_kinds_raised_by_the_actors() -> set[str]:
     """The alarm kinds the code under ``actors/`` raises: every function with an ``alarm_kind``
     parameter is found, and at its calls the value passed is read: a string literal, the literals
     assigned to the variable passed, or ``f"PF_{...}"`` (power-flow violations, one per
-    ``actors.powerflow.ViolationKind``)."""
-    from actors.powerflow import ViolationKind
+    ``actors.cores.powerflow.ViolationKind``)."""
+    from actors.cores.powerflow import ViolationKind
 
     trees = [ast.parse(p.read_text()) for p in sorted((ROOT / "actors").rglob("*.py"))]
     position: dict[str, int] = {}
@@ -130,7 +130,7 @@ def test_an_unknown_alarm_kind_is_answered_as_other_not_an_internal_error():
 
 
 def test_unknown_string_values_are_bad_input_naming_the_value_and_the_choices():
-    from actors.events import EventKind
+    from actors.cores.events import EventKind
 
     assert enums.parse_values(EventKind, ["ALARM", "CONTROL"], "kinds") == [EventKind.ALARM, EventKind.CONTROL]
     with pytest.raises(BadInput) as err:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from actors.events import ALARM_KIND_KEY, AlarmBook, Event, EventData, EventKind, Severity, alarm_id
+from actors.cores.events import ALARM_KIND_KEY, AlarmBook, Event, EventData, EventKind, Severity, alarm_id
 from graph_schema.errors import BadInput
 from security.roles import Role
 from security.tokens import Principal

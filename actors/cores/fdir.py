@@ -45,8 +45,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Literal
 
-from actors.powerflow import PowerFlowModel, PowerFlowResult, Violation
-from actors.topology import TopologyGraph, TopologyResult
+from actors.cores.powerflow import PowerFlowModel, PowerFlowResult, Violation
+from actors.cores.topology import TopologyGraph, TopologyResult
 from graph_schema.errors import BadInput, NotFound
 from graph_schema.model import ElementType, Feeder
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
-from actors.topology import TopologyGraph, TopologyResult
+from actors.cores.topology import TopologyGraph, TopologyResult
 from graph_schema.errors import BadInput, DmsError, NotFound
 from graph_schema.model import Capacitor, Der, DerKind, ElementType, Feeder, Switch, SwitchKind, Transformer
 

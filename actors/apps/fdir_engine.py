@@ -4,8 +4,8 @@ The feeder actor hosts one :class:`FdirEngine` per feeder. The engine is plain a
 nothing of Ray, Bolt or sockets; every side effect goes through the injected :class:`FdirPorts`
 (send one select-before-operate command and wait for its telemetry confirmation, read the live
 switch positions, persist an outage record, emit an event, read the clock). The pure core
-(:mod:`actors.fdir`) detects, locates, isolates and plans; this module sequences it (IEC 61968-3
-"fault management" / "switching plans"; IEEE 1366 customer counts through :mod:`actors.outages`).
+(:mod:`actors.cores.fdir`) detects, locates, isolates and plans; this module sequences it (IEC 61968-3
+"fault management" / "switching plans"; IEEE 1366 customer counts through :mod:`actors.cores.outages`).
 
 Flow of one disturbance:
 
@@ -13,9 +13,9 @@ Flow of one disturbance:
    indication: fault indicators and last-gasp meters arrive after the protective trip, and every
    indication in the window is merged (later readings win, a lockout after a reclose counts as
    sustained). Concurrent callers in the same window share one result: one disturbance, one plan.
-2. :func:`~actors.fdir.detect`: MOMENTARY gives a momentary outage record (IEEE 1366 MAIFI event)
+2. :func:`~actors.cores.fdir.detect`: MOMENTARY gives a momentary outage record (IEEE 1366 MAIFI event)
    and an event, no plan. SUSTAINED opens an outage record (DETECTED, cause FAULT, customers) and
-   asks :func:`~actors.fdir.plan_fault` for a validated plan (emitted as a PLAN event).
+   asks :func:`~actors.cores.fdir.plan_fault` for a validated plan (emitted as a PLAN event).
 3. AUTOMATIC executes it at once; ADVISORY holds it as PENDING_APPROVAL until :meth:`approve` or
    :meth:`reject`; OFF records the outage and plans nothing.
 4. Execution runs step by step, one plan at a time (one :class:`asyncio.Lock`). Before every
@@ -25,7 +25,7 @@ Flow of one disturbance:
    ``ports.switch_states``. When isolation is complete the outage goes ISOLATED; every step that
    changes who is energized is an outage step (restored / lost loads), persisted.
 5. A command that fails (exception or not confirmed) stops the plan and calls
-   :func:`~actors.fdir.replan_after_failure` with the failed device blocked. A :class:`SafeStop` is
+   :func:`~actors.cores.fdir.replan_after_failure` with the failed device blocked. A :class:`SafeStop` is
    reported; an alternative plan is reported and, in AUTOMATIC, executed only if it passes the same
    safety check (at most ``max_replans`` alternatives per disturbance); in ADVISORY it is held for
    approval. A position that changes under the plan (a device reported other than commanded, a
@@ -52,9 +52,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from actors.control import ControlAction
-from actors.events import EventKind, Severity
-from actors.fdir import (
+from actors.cores.control import ControlAction
+from actors.cores.events import EventKind, Severity
+from actors.cores.fdir import (
     FaultKind,
     FdirModel,
     Indications,
@@ -67,7 +67,7 @@ from actors.fdir import (
     plan_return_to_normal,
     replan_after_failure,
 )
-from actors.outages import Cause, EtrPolicy, Outage, OutageStatus, OutageTracker
+from actors.cores.outages import Cause, EtrPolicy, Outage, OutageStatus, OutageTracker
 from graph_schema.errors import BadInput, DmsError, NotFound
 from graph_schema.model import Feeder
 
