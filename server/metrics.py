@@ -69,7 +69,23 @@ class ActorCollector:
         solve = GaugeMetricFamily("dms_solver_last_seconds", "Duration of the feeder's last power flow",
                                   labels=["feeder"])
         plans = CounterMetricFamily("dms_fdir_plans", "FDIR switching plans by outcome", labels=["feeder", "outcome"])
+        app_up = GaugeMetricFamily("dms_app_up", "1 when the feeder's hosted application is RUNNING",
+                                   labels=["feeder", "app", "state"])
+        app_failures = CounterMetricFamily("dms_app_failures", "Failures of a hosted application (each restarts it)",
+                                           labels=["feeder", "app"])
+        app_restarts = CounterMetricFamily("dms_app_restarts", "Restarts of a hosted application after a failure",
+                                           labels=["feeder", "app"])
+        app_slow = CounterMetricFamily("dms_app_slow_steps", "Application steps that held the actor's event loop "
+                                       "longer than the bound", labels=["feeder", "app"])
+        app_max = GaugeMetricFamily("dms_app_max_step_seconds", "Longest step of a hosted application",
+                                    labels=["feeder", "app"])
         for fid, snap in sorted(self.snapshot.items()):
+            for app, h in sorted(snap.get("apps", {}).items()):
+                app_up.add_metric([fid, app, str(h.get("state"))], 1.0 if h.get("state") == "RUNNING" else 0.0)
+                app_failures.add_metric([fid, app], float(h.get("failures", 0)))
+                app_restarts.add_metric([fid, app], float(h.get("restarts", 0)))
+                app_slow.add_metric([fid, app], float(h.get("slow_steps", 0)))
+                app_max.add_metric([fid, app], float(h.get("max_step_s", 0.0)))
             values.add_metric([fid], float(snap.get("ingested", 0)))
             for quality, n in sorted(snap.get("quality", {}).items()):
                 points.add_metric([fid, quality], float(n))
@@ -77,7 +93,7 @@ class ActorCollector:
                 solve.add_metric([fid], float(snap["solve_s"]))
             for outcome, n in sorted(snap.get("fdir", {}).items()):
                 plans.add_metric([fid, outcome], float(n))
-        yield from (values, points, solve, plans)
+        yield from (values, points, solve, plans, app_up, app_failures, app_restarts, app_slow, app_max)
 
 
 METRICS = Metrics()
