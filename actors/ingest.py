@@ -150,15 +150,18 @@ class Ingest:
         events: list[QueuedEvent] = []
         switches: dict[str, bool] = {}
         state_changed = indications = cleared = False
-        lost = any(pv.quality is Quality.COMM_LOST for pv in values)
-        good = any(pv.quality is not Quality.COMM_LOST for pv in values)
+        lost = any(_device_failed(pv) for pv in values)
+        good = any(not _device_failed(pv) for pv in values)
         prev = self.device_ok.get(device_id)
         ok = True if good else (False if lost else prev)
         if ok is not None and ok != prev:
             self.device_ok[device_id] = ok
             if not ok:
+                first = values[0]
+                why = (f"answers with garbage ({first.reason}); its points are INVALID"
+                       if first.quality is Quality.INVALID else "stopped answering; its points are COMM_LOST")
                 events.append(raise_alarm(EventKind.COMM_LOSS, device_id, "COMM_LOSS",
-                                          f"field device {device_id} stopped answering; its points are COMM_LOST"))
+                                          f"field device {device_id} {why}"))
             elif prev is False:
                 events.append(clear_alarm(device_id, "COMM_LOSS", f"field device {device_id} answers again",
                                           kind=EventKind.COMM_RESTORED))
@@ -178,7 +181,9 @@ class Ingest:
                 "source_ts": pv.source_ts.isoformat() if pv.source_ts else None,
                 "received_ts": pv.received_ts.isoformat(),
             }))
-            if pv.quality is Quality.INVALID and pv.point_id not in self._bad_points:
+            if pv.quality is Quality.INVALID and _device_failed(pv):
+                pass  # the device's own alarm (COMM_LOSS) speaks for all of its points
+            elif pv.quality is Quality.INVALID and pv.point_id not in self._bad_points:
                 self._bad_points.add(pv.point_id)
                 events.append(raise_alarm(EventKind.ALARM, pv.point_id, "BAD_QUALITY",
                                           f"point {pv.point_id} is INVALID (device exception "
@@ -325,3 +330,8 @@ class Ingest:
             out[str(pv.quality)] = out.get(str(pv.quality), 0) + 1
         return out
 
+
+def _device_failed(pv: PointValue) -> bool:
+    """A failure of the whole device: no answer (``COMM_LOST``), or an answer the client could not
+    use at all (``INVALID`` with the client's ``reason``, e.g. a malformed Modbus frame)."""
+    return pv.quality is Quality.COMM_LOST or (pv.quality is Quality.INVALID and pv.device_fault)

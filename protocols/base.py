@@ -42,6 +42,9 @@ class PointValue:
     received_ts: datetime
     exception_code: int | None = None
     reason: str | None = None  # why the value is not GOOD, when the client knows (device, register, defect)
+    # INVALID because the whole device answered with something unusable (a malformed frame), not
+    # because of this point: the device's alarm is raised rather than one alarm per point.
+    device_fault: bool = False
 
 
 DataChangeCallback = Callable[[list[PointValue]], None]

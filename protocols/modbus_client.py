@@ -12,7 +12,7 @@ Application Protocol v1.1b3 6.1-6.4). Quality per point:
   backoff;
 * an answer that cannot be decoded (truncated or oversized byte count, another function code, any
   error while decoding it) -> :class:`~protocols.base.MalformedResponse`: the whole scan of the
-  device is discarded and every point goes ``COMM_LOST`` with a ``reason`` naming the device, the
+  device is discarded and every point goes ``INVALID`` with a ``reason`` naming the device, the
   registers and the defect, as for a timeout (so the head-end's comm-loss alarm fires), and the
   connection is re-opened (its framing can no longer be trusted);
 * value outside [min, max] -> ``INVALID``.
@@ -28,7 +28,7 @@ import logging
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -348,15 +348,17 @@ class ModbusClient:
 
     def _scan_failed(self, now: datetime, reason: str) -> list[PointValue]:
         """A malformed answer: nothing read in this scan is trusted, the connection is re-opened, and
-        every point of the device is ``COMM_LOST`` (a per-device failure, like a timeout)."""
-        self._note_failure(reason)
+        every point of the device is ``INVALID`` with the ``reason`` (a per-device failure: the
+        device answers, but not with anything we can use; the actor raises the device's alarm)."""
+        self._note_failure(reason, Quality.INVALID)
         self._lost()
-        return self._all_lost(now, reason)
+        return [replace(self._failed(p, now, Quality.INVALID, reason=reason), device_fault=True)
+                for b in self._batches for p in b.points]
 
-    def _note_failure(self, reason: str) -> None:
+    def _note_failure(self, reason: str, quality: Quality = Quality.COMM_LOST) -> None:
         """Log a failure once when it starts or changes, not at every scan."""
         if reason != self.last_failure:
-            log.warning("%s; marking its points COMM_LOST", reason)
+            log.warning("%s; marking its points %s", reason, quality)
         self.last_failure = reason
 
     async def verify(self) -> None:

@@ -4,7 +4,8 @@ the real feeder actor (local Ray, ArcadeDB over Bolt) scans it with the real cli
 Issue #17.18: a truncated answer (byte count 1, no data) used to raise IndexError at every scan and
 leave the RTU's points GOOD with a frozen ``received_ts`` and no alarm; an RTU that did so from the
 start had no measurements and no alarm. Now a malformed answer is a communication failure of that
-RTU: its points go COMM_LOST and the COMM_LOSS alarm is raised; both clear when its frames are good.
+RTU: its points go INVALID (the device answers, with nothing usable) and its device alarm (COMM_LOSS,
+naming the defect) is raised; both clear when its frames are good.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ async def comm_alarm(runtime: Any) -> bool:
 
 async def rtu_failed(runtime: Any) -> bool:
     q = await qualities(runtime)
-    return (await comm_alarm(runtime) and q.get(LOST_POINT) == "COMM_LOST" and q.get(OTHER_POINT) == "GOOD"
+    return (await comm_alarm(runtime) and q.get(LOST_POINT) == "INVALID" and q.get(OTHER_POINT) == "GOOD"
             and (await runtime.fleet.call(F, "field_status"))["devices"].get(RTU) is False)
 
 

@@ -221,7 +221,7 @@ async def test_value_hook_and_forced_values(sim: FieldSimulator) -> None:
 
 @pytest.mark.parametrize("mode", ["truncate", "oversize", "function"])
 async def test_malformed_frames_of_one_rtu_are_a_comm_failure_of_that_rtu_only(sim: FieldSimulator, mode: str) -> None:
-    """Real pymodbus on both ends: the garbled RTU's points go COMM_LOST with a reason, its neighbour
+    """Real pymodbus on both ends: the garbled RTU's points go INVALID (a device fault) with a reason, its neighbour
     on the same server keeps answering, and the RTU is GOOD again when its frames are."""
     pm = sim.point_maps[F]
     bad, good = f"{F}/rtu2", f"{F}/rtu3"
@@ -233,7 +233,7 @@ async def test_malformed_frames_of_one_rtu_are_a_comm_failure_of_that_rtu_only(s
         sim.malformed_frames(bad, mode)
         assert sim.status()["malformed_frames"] == {bad: mode}
         values = await clients[bad].read_points()
-        assert values and {v.quality for v in values} == {Quality.COMM_LOST}, values
+        assert values and {(v.quality, v.device_fault) for v in values} == {(Quality.INVALID, True)}, values
         assert all(v.value is not None for v in values)  # last good values kept
         reason = values[0].reason or ""
         tables = ("COIL", "DISCRETE_INPUT", "HOLDING_REGISTER", "INPUT_REGISTER")

@@ -366,3 +366,25 @@ def test_power_flow_violations_raise_and_clear(ingest: Ingest, feeder: Feeder) -
     assert {e.element_id for e in events} == expected
     assert all(e.alarm == "clear" and e.kind is EventKind.ALARM_CLEARED for e in events)
     assert ingest.check_violations(light) == []
+
+
+def test_a_device_answering_malformed_frames_raises_its_alarm_not_one_per_point(ingest: Ingest) -> None:
+    """#17.18: a garbled answer makes every point of the device INVALID (a device fault, with the
+    client's reason); the device's COMM_LOSS alarm names the defect, and no BAD_QUALITY per point."""
+    from dataclasses import replace
+
+    points = read_points_of(ingest, RTU1)
+    assert alarms(ingest.apply(RTU1, [pv(p, False) for p in points], {})) == []
+    why = f"device {RTU1!r}: malformed answer to COIL 0 x16 (byte count 1, expected 2)"
+    garbled = [replace(pv(p, False, Quality.INVALID), reason=why, device_fault=True) for p in points]
+    r = ingest.apply(RTU1, garbled, {})
+    [ev] = alarms(r)
+    assert (ev.kind, ev.data[ALARM_KIND_KEY], ev.alarm) == (EventKind.COMM_LOSS, "COMM_LOSS", "raise")
+    assert "malformed answer" in ev.message and "INVALID" in ev.message
+    assert ingest.device_ok[RTU1] is False
+    assert {m["quality"] for m in ingest.measurements() if m["device_id"] == RTU1} == {"INVALID"}
+    [ev] = alarms(ingest.apply(RTU1, [pv(p, False) for p in points], {}))
+    assert (ev.kind, ev.alarm) == (EventKind.COMM_RESTORED, "clear")
+    # an INVALID point of its own (a device exception for that register) is still a point alarm
+    [ev] = alarms(ingest.apply(RTU1, [pv(points[0], None, Quality.INVALID, exception_code=2)], {}))
+    assert ev.data[ALARM_KIND_KEY] == "BAD_QUALITY"

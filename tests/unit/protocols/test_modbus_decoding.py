@@ -131,7 +131,7 @@ async def test_a_malformed_answer_fails_the_whole_device_like_a_timeout(case: st
         values = await client.read_points()  # never raises
     assert {v.point_id for v in values} == {"sw1", "sw2", "p1", "p2"}
     # Every point of the device, also those of the batch that decoded fine: the scan is discarded.
-    assert all(v.quality is Quality.COMM_LOST for v in values), values
+    assert all(v.quality is Quality.INVALID and v.device_fault for v in values), values
     assert {v.point_id: v.value for v in values} == before  # last known values kept, as for a timeout
     reason = values[0].reason
     assert reason is not None and "'f/rtu1'" in reason and where in reason and defect in reason, reason
@@ -139,13 +139,13 @@ async def test_a_malformed_answer_fails_the_whole_device_like_a_timeout(case: st
     assert client.last_failure == reason
     assert conn.closed >= 1  # the connection is re-opened: its framing cannot be trusted
     assert [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()] == [
-        f"{reason}; marking its points COMM_LOST"]
+        f"{reason}; marking its points INVALID"]
 
 
-async def test_a_device_that_is_malformed_from_the_first_scan_has_its_points_comm_lost() -> None:
+async def test_a_device_that_is_malformed_from_the_first_scan_has_its_points_invalid() -> None:
     client = client_with(FakeConnection({**good_answers(), "di": ReadDiscreteInputsResponse(bits=[])}))
     values = await client.read_points()
-    assert [(v.value, v.quality) for v in values] == [(None, Quality.COMM_LOST)] * 4
+    assert [(v.value, v.quality, v.device_fault) for v in values] == [(None, Quality.INVALID, True)] * 4
 
 
 async def test_the_failure_is_logged_once_and_the_device_recovers(caplog) -> None:
