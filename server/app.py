@@ -28,12 +28,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.extensions import ParserCache, SchemaExtension, ValidationCache
 from strawberry.http.base import HTTPException  # re-exported from cross_web
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from security.audit import AuditLog
-from security.limits import DocumentGuard, RateLimiter
+from security.limits import RateLimiter
 from server.auth import AuditThrottle, Authenticator, bearer_token
 from server.feeds import outages_geojson
 from server.metrics import refresh_from_runtime, render
@@ -79,32 +78,10 @@ class Services:
         return self.runtime.settings
 
 
-def guarded_schema(settings: Settings) -> Any:
-    """The schema with :class:`security.limits.DocumentGuard` in front of its extensions.
-
-    The guard parses and validates each document in a worker thread, refusing one over the limits in
-    time linear in its size before any rule that expands fragments sees it, so no document stalls the
-    event loop (``security/limits.py``). It replaces ``ParserCache`` and ``ValidationCache``, which
-    would parse and validate again on the loop. (This belongs in ``server.schema.build_schema``;
-    done here until that module lists the guard itself.)"""
-    schema = build_schema(settings)
-
-    def guard() -> DocumentGuard:
-        return DocumentGuard(max_fields=settings.max_complexity, max_depth=settings.max_query_depth,
-                             max_aliases=settings.max_aliases)
-
-    def replaced(factory: Any) -> bool:  # the guard parses and validates (cached) off the loop instead
-        ext = factory if isinstance(factory, SchemaExtension) else factory()
-        return isinstance(ext, ParserCache | ValidationCache)
-
-    schema.extensions = [guard, *(f for f in schema.extensions if not replaced(f))]
-    return schema
-
-
 class DmsGraphQL(GraphQL):
     def __init__(self, services: Services, settings: Settings) -> None:
         super().__init__(
-            guarded_schema(settings),
+            build_schema(settings),
             graphql_ide="graphiql" if settings.graphiql else None,
             allow_queries_via_get=False,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),

@@ -305,6 +305,7 @@ async def _serve(settings: Settings, sock: socket.socket, *, demo: bool, speed: 
             log_config=None,
             lifespan="on",
             ws="websockets-sansio",
+            ws_max_size=settings.max_body_bytes,  # a bigger message is refused (1009) before it is buffered
             ssl_certfile=settings.tls_cert_file,
             ssl_keyfile=settings.tls_key_file,
             timeout_graceful_shutdown=5,

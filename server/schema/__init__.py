@@ -1,7 +1,11 @@
 """Assembles the GraphQL schema from one module per domain, with its protective extensions.
 
 Limits run at validation, before any resolver: depth, aliases (fragment spreads counted since
-strawberry 0.315.7), tokens, and a complexity estimate. Introspection is off unless a setting turns
+strawberry 0.315.7), tokens, and a complexity estimate. :class:`security.limits.DocumentGuard` comes
+first: it parses and validates each document (cached by text) in a worker thread and refuses one over
+the limits in time linear in its size, before any rule that expands fragments sees it. It takes the
+place of strawberry's ``ParserCache`` and ``ValidationCache``, which would parse and validate again on
+the event loop, so the schema lists neither. Introspection is off unless a setting turns
 it on. Every root field names the permission it needs (``security.roles.requires``); a test asserts
 that none is missing.
 """
@@ -17,12 +21,10 @@ from strawberry.extensions import (
     AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
-    ParserCache,
     QueryDepthLimiter,
-    ValidationCache,
 )
 
-from security.limits import shape_rule
+from security.limits import DocumentGuard, shape_rule
 from server.errors import DmsErrors
 from server.metrics import OperationMetrics
 from server.schema.audit import AuditQuery
@@ -64,10 +66,10 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     if not settings.introspection:
         rules.append(NoSchemaIntrospectionCustomRule)
     extensions: list[Any] = [
+        lambda: DocumentGuard(max_fields=settings.max_complexity, max_depth=settings.max_query_depth,
+                              max_aliases=settings.max_aliases),
         OperationMetrics,
         DmsErrors,
-        lambda: ParserCache(maxsize=256),
-        lambda: ValidationCache(maxsize=256),
         lambda: MaxTokensLimiter(max_token_count=settings.max_tokens),
         lambda: QueryDepthLimiter(max_depth=settings.max_query_depth),
         lambda: MaxAliasesLimiter(max_alias_count=settings.max_aliases),

@@ -92,7 +92,7 @@ async def server(settings: Any, runtime: Any) -> AsyncIterator[RunningServer]:
     app = create_app(settings, runtime)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
-                            ws="websockets-sansio")
+                            ws="websockets-sansio", ws_max_size=settings.max_body_bytes)
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve())
     for _ in range(200):

@@ -1,7 +1,7 @@
 """DocumentGuard: any document under the size limit is accepted or refused in bounded time, and
 fragment bombs are refused in time linear in their size (they used to take 12 s of the event loop).
 
-The schema is the server's own (``server.app.guarded_schema``), executed without a principal: every
+The schema is the server's own (``server.schema.build_schema``), executed without a principal: every
 field then refuses with UNAUTHENTICATED, so the time measured is parsing, validation and refusal."""
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ BOUND_S = 5.0  # generous: a fragment bomb took 12 s before, accepted documents 
 
 @pytest.fixture(scope="module")
 def schema(tmp_path_factory: pytest.TempPathFactory):
-    from server.app import guarded_schema
+    from server.schema import build_schema
     from server.settings import Settings
 
-    return guarded_schema(Settings.from_env({}, data_dir=tmp_path_factory.mktemp("guard")))
+    return build_schema(Settings.from_env({}, data_dir=tmp_path_factory.mktemp("guard")))
 
 
 def bomb(levels: int, leaf: str = "feeders { id }") -> str:
