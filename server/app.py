@@ -6,7 +6,9 @@ them on shutdown. Tests may pass a runtime they started themselves; the app then
 
 Routes: ``GET /healthz`` (process alive), ``GET /readyz`` (200 only when the store and every feeder
 actor answer), ``POST /graphql`` and WebSocket ``/graphql`` (``graphql-transport-ws`` only),
-``GET /metrics``.
+``GET /metrics``. With GraphiQL on (``DMS_GRAPHIQL``, the demo), ``GET /graphql`` from a browser is
+the IDE page and ``GET /static/graphiql/*`` its assets, vendored in ``server/static/graphiql/`` so
+the page needs no internet and no inline script.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
@@ -78,6 +82,9 @@ class Services:
         return self.runtime.settings
 
 
+GRAPHIQL_DIR = Path(__file__).parent / "static" / "graphiql"
+
+
 class DmsGraphQL(GraphQL):
     def __init__(self, services: Services, settings: Settings) -> None:
         super().__init__(
@@ -88,6 +95,11 @@ class DmsGraphQL(GraphQL):
         )
         self.services = services
         self.introspection = settings.introspection
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """The GraphiQL page with every asset served by this server (``/static/graphiql/``), not
+        strawberry's page, which loads React and GraphiQL from a CDN and runs an inline script."""
+        return HTMLResponse((GRAPHIQL_DIR / "index.html").read_text(encoding="utf-8"))
 
     def decode_json(self, data: str | bytes) -> object:
         """``json.loads`` with every refusal as ``JSONDecodeError``, which strawberry answers with 400
@@ -236,6 +248,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
     ]
+    if settings.graphiql:
+        routes.append(Mount("/static/graphiql", StaticFiles(directory=GRAPHIQL_DIR), name="graphiql"))
     middleware = [
         Middleware(CorrelationId),
         Middleware(SecurityHeaders, hsts=bool(settings.tls_cert_file)),
