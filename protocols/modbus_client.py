@@ -351,7 +351,7 @@ class ModbusClient:
         every point of the device is ``INVALID`` with the ``reason`` (a per-device failure: the
         device answers, but not with anything we can use; the actor raises the device's alarm)."""
         self._note_failure(reason, Quality.INVALID)
-        self._lost()
+        self._drop()  # re-open at the next scan, without back-off: the device answers, just not usably
         return [replace(self._failed(p, now, Quality.INVALID, reason=reason), device_fault=True)
                 for b in self._batches for p in b.points]
 
