@@ -170,15 +170,26 @@ async def test_temporary_fault_trips_and_recloses(sim: FieldSimulator) -> None:
     assert sim.value(f"{F}/line19/FAULT") is True and sim.value(f"{F}/line2/FAULT") is False
 
 
-async def test_stuck_switch_does_not_move(sim: FieldSimulator) -> None:
+async def test_stuck_switch_does_not_move(sim: FieldSimulator, caplog: pytest.LogCaptureFixture) -> None:
+    """The stuck switch's command is received and ignored; a healthy switch on the same RTU, commanded
+    just after it, moving is what bounds the wait (no sleep-then-assert)."""
     sim.stick_switch("sw5", feeder_id=F)
     pm = sim.point_maps[F]
     dev = pm.device(f"{F}/rtu1")
-    c = ModbusClient(dev, pm.points_of(dev.device_id), timeout_s=0.3)
+    points = pm.points_of(dev.device_id)
+    healthy = next(p.element_id for p in points
+                   if p.point_id.endswith("/OPEN") and p.element_id != "sw5"
+                   and not sim.switch_is_open(F, p.element_id))
+    c = ModbusClient(dev, points, timeout_s=0.3)
     await c.connect()
     try:
-        await c.write_command(f"{F}/sw5/OPEN", True)  # accepted by the RTU...
-        await asyncio.sleep(0.4)
+        with caplog.at_level("INFO", logger="protocols.simulator"):
+            await c.write_command(f"{F}/sw5/OPEN", True)  # accepted by the RTU...
+            await c.write_command(f"{F}/{healthy}/OPEN", True)
+            # The healthy switch operates after the same delay, scheduled after sw5's: once it has
+            # moved, sw5 would have too.
+            await wait_for(lambda: sim.switch_is_open(F, healthy), within_s=3)
+        assert f"switch {F}/sw5 is stuck" in caplog.text  # ...the simulator got the command...
         assert not sim.switch_is_open(F, "sw5")  # ...but the contacts never move
         vals = {v.point_id: v for v in await c.read_points()}
         assert vals[f"{F}/sw5/STATUS"].value is False

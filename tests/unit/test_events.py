@@ -213,8 +213,12 @@ async def test_wait_since_keeps_waiting_through_filtered_events() -> None:
     log = EventLog()
     waiter = asyncio.create_task(log.wait_since(0, 5.0, kinds=[EventKind.ALARM]))
     await asyncio.sleep(0)
+    # A witness woken by the same append, after the filtered waiter: once it has its page, the
+    # filtered waiter has seen the measurement too and gone back to waiting.
+    witness = asyncio.create_task(log.wait_since(0, 5.0))
+    await asyncio.sleep(0)
     log.append(EventKind.MEASUREMENT, "f1")
-    await asyncio.sleep(0.01)
+    assert [e.seq for e in (await asyncio.wait_for(witness, 1.0)).events] == [1]
     assert not waiter.done()
     log.append(EventKind.ALARM, "f1", "a")
     page = await asyncio.wait_for(waiter, 1.0)

@@ -103,16 +103,22 @@ async def test_a_scan_task_of_an_earlier_binding_stops_by_itself_and_writes_noth
     """Even if its cancellation was swallowed, a scan task whose client is no longer bound ends at
     its next turn and never applies values into live state."""
     applied: list[tuple[str, object]] = []
-    actor = _binding(lambda device_id, values: applied.append((device_id, values)), scan_interval_s=0.01)
+    delivered = asyncio.Event()
+
+    def apply(device_id: str, values: object) -> None:
+        applied.append((device_id, values))
+        delivered.set()
+
+    actor = _binding(apply, scan_interval_s=0.01)
     old, new = ReadingClient(), ReadingClient()
     actor.clients = {"rtu1": old}
     task = asyncio.create_task(actor.poll("rtu1", old))
-    await asyncio.sleep(0.05)
-    assert applied and old.reads > 0
+    await asyncio.wait_for(delivered.wait(), 1.0)  # the first scan was delivered
+    assert old.reads > 0
     actor.clients = {"rtu1": new}  # re-attached: another client serves the device now
-    n = len(applied)
-    await asyncio.wait_for(task, 1.0)  # ends without being cancelled
+    n, reads = len(applied), old.reads
+    await asyncio.wait_for(task, 1.0)  # ends by itself: not cancelled, no error
+    assert not task.cancelled() and task.exception() is None
     assert len(applied) == n  # the read in flight at the switch-over is dropped too
-    reads = old.reads
-    await asyncio.sleep(0.05)
-    assert old.reads == reads
+    assert old.reads <= reads + 1  # at most that one read; the task is over, so no more can come
+    assert new.reads == 0  # the old task never used the new client
