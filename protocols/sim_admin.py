@@ -29,12 +29,14 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from graph_schema.errors import BadInput, DmsError, NotFound
 from graph_schema.model import Feeder
 from protocols.certs import ensure_pki
-from protocols.simulator import FieldSimulator
+
+if TYPE_CHECKING:  # the simulator imports pandapower (seconds); `dms sim ...` needs only the client
+    from protocols.simulator import FieldSimulator
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +202,15 @@ _ROUTES = {
 }
 
 
-async def sim_command(data_dir: str | Path, command: str, **args: Any) -> dict[str, Any]:
+async def sim_command(data_dir: str | Path, command: str, *, dms: str = "dms", **args: Any) -> dict[str, Any]:
     """Send one admin command to the simulator of ``data_dir``; returns its JSON answer.
 
     ``command``: ``fault`` (feeder, line, permanent), ``clear`` (feeder=None), ``comm-loss``
     (device, on), ``malformed`` (device, mode: truncate/oversize/function, on), ``load``
     (feeder, scale), ``stick`` (switch, on, feeder=None), ``status``.
-    Raises :class:`SimulatorNotRunning` when no simulator is running for ``data_dir``, and
-    :class:`DmsError` with the simulator's error code when it refuses the command.
+    Raises :class:`SimulatorNotRunning` when no simulator is running for ``data_dir`` (its message
+    names ``dms``, how the user runs the CLI, e.g. ``.venv/bin/dms``), and :class:`DmsError` with the
+    simulator's error code when it refuses the command.
     """
     route = _ROUTES.get(command)
     if route is None:
@@ -216,8 +219,8 @@ async def sim_command(data_dir: str | Path, command: str, **args: Any) -> dict[s
         )
     path = state_path(data_dir)
     hint = (
-        f"no field simulator is running for data directory {str(Path(data_dir))!r}; start `dms demo` or "
-        f"`dms simulate` first (with --data-dir {str(Path(data_dir))!r})"
+        f"no field simulator is running for data directory {str(Path(data_dir))!r}; start `{dms} demo` or "
+        f"`{dms} simulate` first (with --data-dir {str(Path(data_dir))!r})"
     )
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
@@ -277,6 +280,8 @@ async def simulator_session(
     ``headend`` and trusts ``simulator/cert.der``), ``<data_dir>/pointmaps/<feeder>.json`` (with
     the real ports), ``<data_dir>/simulator.json`` (admin address + token, 0600).
     """
+    from protocols.simulator import FieldSimulator  # pandapower: seconds to import, so only here
+
     data_dir = Path(data_dir)
     pki = ensure_pki(data_dir)
     sim = FieldSimulator(

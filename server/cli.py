@@ -476,7 +476,7 @@ async def _sim(settings: Settings, args: argparse.Namespace) -> int:
         payload = {"feeder": args.feeder, "scale": args.scale}
     elif cmd == "stick":
         payload = {"switch": args.switch, "on": not args.release, "feeder": args.feeder}
-    result = await sim_command(settings.data_dir, cmd, **payload)
+    result = await sim_command(settings.data_dir, cmd, dms=_dms_command(), **payload)
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
 

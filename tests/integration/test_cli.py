@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -275,8 +277,29 @@ def test_one_off_commands_import_neither_ray_nor_pandapower():
     assert r.stdout.strip() == "[]"
 
 
+def test_sim_commands_do_not_import_pandapower_and_name_a_runnable_dms(tmp_path):
+    """`dms sim ...` is a small HTTP client: it took ~4 s when the client module imported the
+    simulator (pandapower). Its "not running" hint names a `dms` the user can run (``.venv/bin/dms``
+    when the venv is not on PATH), like the demo's banner."""
+    code = ("import sys, server.cli\n"
+            "d = ['--data-dir', sys.argv[1]]\n"
+            "rcs = {server.cli.main(a + d) for a in (['sim', 'clear'], ['sim', 'stick', '--switch', 'sw5'],\n"
+            "       ['sim', 'fault', '--feeder', 'case33bw', '--line', 'line5'], ['sim', 'load', '--feeder',\n"
+            "       'case33bw', '--scale', '1.2'], ['sim', 'comm-loss', '--device', 'case33bw/rtu1'])}\n"
+            "print(sorted(rcs), sorted(m for m in ('ray', 'pandapower', 'protocols.simulator') if m in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.stdout.strip() == "[2] []", (r.stdout, r.stderr)  # 2: every one refused, none crashed
+    assert "no field simulator is running" in r.stderr
+    named = {w.split()[0] for w in re.findall(r"`([^`]+) (?:demo|simulate)`", r.stderr)}
+    assert len(named) == 1, r.stderr
+    (command,) = named
+    assert shutil.which(command) or Path(command).is_file(), f"{command!r} is not runnable from here"
+
+
 def test_no_plotly_chatter_when_pandapower_is_imported(tmp_path):
-    # `dms sim` loads the simulator's client module, which imports pandapower.
+    # One line on stderr, whatever `dms sim` imports.
     r = dms("sim", "clear", "--data-dir", str(tmp_path))
     assert r.returncode != 0 and "no field simulator is running" in r.stderr
     assert "Failed to import plotly" not in r.stderr, r.stderr
