@@ -148,6 +148,9 @@ Cross-field checks. Each failure names the fix. Included once, from configmap.ya
 {{- if and $v.ray.enabled (not $v.ray.auth.existingSecret) -}}
 {{- fail "ray.auth.existingSecret is empty: Ray without token authentication runs code for anyone who reaches it. Create a Secret (kubectl create secret generic dms-ray-token --from-literal=token=$(openssl rand -hex 32)) and set ray.auth.existingSecret=dms-ray-token" -}}
 {{- end -}}
+{{- if and (gt (int $v.replicaCount) 1) (not $v.audit.existingSecret) -}}
+{{- fail (printf "audit.existingSecret is empty with replicaCount %d: every API replica appends to one audit chain and must sign it with the same HMAC key (DMS_AUDIT_KEY_FILE). Create a Secret once (kubectl create secret generic dms-audit-key --from-literal=audit.key=$(openssl rand -hex 32)) and set audit.existingSecret=dms-audit-key, or set replicaCount=1" (int $v.replicaCount)) -}}
+{{- end -}}
 {{- if and (not $v.ray.enabled) (not $v.ray.externalAddress) -}}
 {{- fail "ray.enabled is false and ray.externalAddress is empty: set ray.externalAddress (e.g. ray://ray-head.ray.svc:10001) or set ray.enabled=true to create a RayCluster" -}}
 {{- end -}}

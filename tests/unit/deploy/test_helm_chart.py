@@ -39,11 +39,13 @@ NAMESPACE = "grid"
 RENDER_BUDGET_S = 10.0
 
 # The least a site must supply: where Neo4j is, which Secret holds its password, the OIDC provider,
-# and the Ray token Secret. Bare chart defaults fail on purpose (tested below).
+# the Ray token Secret and (with the default two replicas) the audit key Secret. Bare chart defaults
+# fail on purpose (tested below).
 REQUIRED: dict[str, Any] = {
     "externalNeo4j": {"uri": "neo4j+s://neo4j.graph.svc:7687", "existingSecret": "dms-neo4j"},
     "auth": {"issuer": "https://login.example.com/realms/grid", "jwksUrl": "https://login.example.com/jwks"},
     "ray": {"auth": {"existingSecret": "dms-ray-token"}},
+    "audit": {"existingSecret": "dms-audit-key"},
 }
 
 
@@ -88,9 +90,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "image": {"digest": "sha256:" + "a" * 64},
         },
     ),
-    "external-ray": merge(
+    "external-ray": merge(  # one replica: no audit key Secret needed
         REQUIRED,
-        {"replicaCount": 1, "ray": {"enabled": False, "externalAddress": "ray://ray-head.ray.svc:10001"}},
+        {"replicaCount": 1, "ray": {"enabled": False, "externalAddress": "ray://ray-head.ray.svc:10001"},
+         "audit": {"existingSecret": ""}},
     ),
 }
 
@@ -443,6 +446,35 @@ def test_api_deployment_probes_env_and_volumes(minimal) -> None:
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
 
 
+def test_audit_key_secret_is_mounted_for_every_api_replica(minimal, chart: Any, tmp_path: Path) -> None:
+    """All API replicas sign one audit chain: the Secret is mounted read-only at /etc/dms/audit and
+    DMS_AUDIT_KEY_FILE points at it, which the server's settings read (security/audit.py)."""
+    _out, docs = minimal
+    spec = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["DMS_AUDIT_KEY_FILE"] == "/etc/dms/audit/audit.key"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["audit-key"] == {"name": "audit-key", "mountPath": "/etc/dms/audit", "readOnly": True}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["audit-key"]["secret"] == {"secretName": "dms-audit-key", "defaultMode": 0o440,
+                                              "items": [{"key": "audit.key", "path": "audit.key"}]}
+    # The variable the chart sets is the one the server reads.
+    from server.settings import Settings
+
+    key = tmp_path / "audit.key"
+    key.write_text("k" * 64 + "\n")
+    assert Settings.from_env({"DMS_AUDIT_KEY_FILE": str(key)}).audit_key.reveal() == "k" * 64
+    # Another key name in the Secret still lands at the same path; one replica may go without it.
+    other = _docs(_render(chart, merge(REQUIRED, {"audit": {"existingSecretKey": "hmac"}})))
+    vol = next(v for v in one(other, "Deployment")["spec"]["template"]["spec"]["volumes"] if v["name"] == "audit-key")
+    assert vol["secret"]["items"] == [{"key": "hmac", "path": "audit.key"}]
+    single = _docs(_render(chart, merge(REQUIRED, {"replicaCount": 1, "audit": {"existingSecret": ""}})))
+    (c1,) = one(single, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "DMS_AUDIT_KEY_FILE" not in {e["name"] for e in c1["env"]}
+    assert "/etc/dms/audit" not in {m["mountPath"] for m in c1["volumeMounts"]}
+
+
 def test_labels_and_names(minimal) -> None:
     _out, docs = minimal
     for doc in docs:
@@ -575,6 +607,9 @@ def test_external_ray_renders_no_raycluster(chart: Any) -> None:
         ({"ray": {"worker": {"replicas": "3"}}}, "/ray/worker/replicas"),
         ({"externalNeo4j": {"uri": "http://neo4j:7474"}}, "/externalNeo4j/uri"),
         ({"auth": {"jwksUrl": "http://idp/jwks"}}, "/auth/jwksUrl"),
+        ({"audit": {"existingSecretKey": "keys/audit"}}, "/audit/existingSecretKey"),
+        ({"audit": {"existingSecret": "Audit_Key"}}, "/audit/existingSecret"),
+        ({"audit": {"key": "inline"}}, "additional properties 'key'"),
     ],
 )
 def test_schema_refuses(chart: Any, override: dict[str, Any], where: str) -> None:
@@ -605,6 +640,10 @@ FAILS = [
     pytest.param({"auth": {"jwksUrl": ""}}, "set auth.jwksUrl", id="no-identity"),
     pytest.param({"auth": {"issuer": ""}}, "set it to the `iss`", id="no-issuer"),
     pytest.param({"ray": {"auth": {"existingSecret": ""}}}, "set ray.auth.existingSecret", id="ray-no-token"),
+    pytest.param({"audit": {"existingSecret": ""}}, "set audit.existingSecret=dms-audit-key, or set replicaCount=1",
+                 id="replicas-without-audit-key"),
+    pytest.param({"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}, "audit": {"existingSecret": ""}},
+                 "audit.existingSecret is empty with replicaCount 3", id="three-replicas-without-audit-key"),
     pytest.param({"ray": {"enabled": False}}, "set ray.externalAddress", id="no-ray"),
     pytest.param({"ray": {"worker": {"minReplicas": 5, "maxReplicas": 2}}}, "raise maxReplicas",
                  id="ray-min-max"),
