@@ -49,6 +49,9 @@ class TelemetryChange:
     switch_changes: Mapping[str, bool] = field(default_factory=dict)
     indications_changed: bool = False  # a trip, a fault indicator or a last gasp was raised
     fault_cleared: bool = False  # the last latched fault indicator reset
+    # switch id -> who commanded it ("" when the control room did not say), for the changes in
+    # ``switch_changes`` that an operate of ours made; a change not in it was not commanded (a trip)
+    commanded_by: Mapping[str, str] = field(default_factory=dict)
 
 
 class FeederPorts(Protocol):

@@ -65,6 +65,8 @@ class IngestResult:
     state_changed: bool = False  # a switch position or a tap position changed
     indications_changed: bool = False  # a trip, a fault indicator or a last gasp was raised
     fault_cleared: bool = False  # the last latched fault indicator reset
+    # switch id -> who commanded it ("" when not said), for the switch changes an operate of ours made
+    commanded: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class Ingest:
         self._bad_points: set[str] = set()
         self._pf_violations: set[tuple[str, str]] = set()
         self._expect: dict[str, bool] = {}  # switch id -> is_open an operate in flight expects
+        self._expect_by: dict[str, str] = {}  # switch id -> who sent that operate ("" when not said)
         graph = graph or TopologyGraph(feeder)
         normal = graph.process({sw.id: sw.normally_open for sw in feeder.switches})
         line_ids = {ln.id for ln in feeder.lines}
@@ -117,6 +120,7 @@ class Ingest:
         self._fi_latched, self._last_gasp = set(old._fi_latched), set(old._last_gasp)
         self._vm_alarm, self._bad_points = dict(old._vm_alarm), set(old._bad_points)
         self._pf_violations, self._expect = set(old._pf_violations), dict(old._expect)
+        self._expect_by = dict(old._expect_by)
 
     def bind(self, points: Mapping[str, Any]) -> None:
         """Use a new point map (point id -> mapping); values of the old one are dropped."""
@@ -130,12 +134,15 @@ class Ingest:
 
     # -- control in flight -----------------------------------------------------------------------
 
-    def expect(self, switch_id: str, is_open: bool) -> None:
-        """An operate of ours is moving ``switch_id``: its opening is not a trip."""
+    def expect(self, switch_id: str, is_open: bool, by: str = "") -> None:
+        """An operate of ours, sent by ``by`` (an operator or an application), is moving
+        ``switch_id``: its opening is not a trip, and the change is reported as commanded by them."""
         self._expect[switch_id] = is_open
+        self._expect_by[switch_id] = by
 
     def release(self, switch_id: str) -> None:
         self._expect.pop(switch_id, None)
+        self._expect_by.pop(switch_id, None)
 
     def clear_reclosed(self) -> None:
         """FDIR consumed the reclose memory (the fault was declared cleared)."""
@@ -217,7 +224,9 @@ class Ingest:
                 indications |= raised
             elif kind is Quantity.VM_PU:
                 self._on_voltage(eid, float(pv.value), events)
-        return IngestResult(tuple(events), switches, state_changed, indications, cleared)
+        commanded = {sw: self._expect_by.get(sw, "") for sw, is_open in switches.items()
+                     if self._expect.get(sw) is is_open}
+        return IngestResult(tuple(events), switches, state_changed, indications, cleared, commanded)
 
     def _on_flag(self, active: set[str], eid: str, on: bool, kind: EventKind, alarm_kind: str, raise_msg: str,
                  clear_msg: str, severity: Severity, events: list[QueuedEvent]) -> tuple[bool, bool]:

@@ -29,6 +29,7 @@ from server.settings import Settings
 if TYPE_CHECKING:  # heavy (Ray, pandapower): imported where a runtime is started
     from actors.feeder_actor import ActorOptions, StoreAddress
     from actors.fleet import EventBusClient, Fleet
+    from server.audit_follower import AuditFollower
     from server.outage_service import OutageService
     from server.services import ControlService, EventHub, GridService
 
@@ -47,6 +48,8 @@ class Runtime:
     events: EventBusClient | None = None
     hub: EventHub | None = None
     control: ControlService | None = None
+    # Audits the controls of the actors' applications from the event bus (the key stays here).
+    audit_follower: AuditFollower | None = None
     # One audit log per runtime: a single writer keeps the hash chain unforked, however many apps
     # (a test's second server, say) share the runtime.
     audit: AuditLog = field(init=False)
@@ -59,6 +62,8 @@ class Runtime:
         self.outages = OutageService(self.store)
 
     async def stop(self) -> None:
+        if self.audit_follower is not None:
+            await self.audit_follower.stop()
         self.audit.flush_anchor()  # the newest audit entries are anchored outside the store too
         if self.hub is not None:
             await self.hub.stop()
@@ -156,13 +161,16 @@ def actor_options(settings: Settings) -> ActorOptions:
 
 
 async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Runtime:
+    from actors.apps import DEFAULT_APPS
     from actors.fleet import Fleet, connect_ray, start_event_bus
+    from server.audit_follower import AuditFollower
     from server.services import ControlService, EventHub, GridService
 
     store: GraphStore | None = None
     arcadedb: EmbeddedArcadeDB | None = None
     fleet: Fleet | None = None
     hub: EventHub | None = None
+    follower: AuditFollower | None = None
     started_ray = False
     if settings.opcua_pki_dir:
         from protocols.certs import load_client_pki
@@ -197,8 +205,13 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
         )
         if rt.control is not None:
             rt.control.bind_audit(lambda: rt.audit)  # bound once: copies of the runtime keep it
+        follower = AuditFollower(hub, store, lambda: rt.audit, [cls.name for cls in DEFAULT_APPS])
+        await follower.start()
+        rt.audit_follower = follower
         return rt
     except BaseException:
+        if follower is not None:
+            await follower.stop()
         if hub is not None:
             await hub.stop()
         await stop_parts(fleet, started_ray, store, arcadedb,

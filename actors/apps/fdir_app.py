@@ -40,6 +40,8 @@ class FdirApp:
         self._settle_s = settle_s
         self._ports: FeederPorts | None = None
         self.engine: FdirEngine | None = None
+        self._supply_dirty = False
+        self._supply_task: asyncio.Task[Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -63,6 +65,8 @@ class FdirApp:
                                persist_outage=self._persist_outage, emit=self._emit, now=lambda: datetime.now(UTC))
         model = await asyncio.to_thread(FdirModel, ports.model(), graph=ports.topology_graph())
         self.engine = FdirEngine(model, fdir_ports, mode=mode, settle_s=self._settle_s, outages=restored)
+        self.engine.prime_supply()
+        self.on_state(None)  # outages read back whose customers are supplied again end now
 
     async def close(self) -> None:
         if self.engine is not None:
@@ -74,6 +78,8 @@ class FdirApp:
         ports, engine = self._ports, self.engine
         if ports is None or engine is None:
             return
+        if change.switch_changes:  # who commanded what: their interruptions are planned, not faults
+            engine.note_switching(change.switch_changes, change.commanded_by)
         if change.indications_changed:  # hand the engine what the field says now; it waits for the rest
             ports.spawn(engine.on_indications(self._indications()), "fdir indications")
         if change.fault_cleared and engine.status().active_outage_ids:
@@ -81,7 +87,19 @@ class FdirApp:
             ports.spawn(engine.on_fault_cleared(by="field"), "fdir fault cleared")
 
     def on_state(self, state: Any) -> None:
-        return None
+        """After every re-solve: outages are accounted against who is supplied now (one task at a
+        time; states arriving meanwhile are folded into one more pass)."""
+        if self._ports is None or self.engine is None:
+            return
+        self._supply_dirty = True
+        if self._supply_task is None or self._supply_task.done():
+            self._supply_task = self._ports.spawn(self._account_supply(), "fdir supply")
+
+    async def _account_supply(self) -> None:
+        engine = self.engine
+        while self._supply_dirty and engine is not None:
+            self._supply_dirty = False
+            await engine.on_supply()
 
     def status(self) -> Mapping[str, Any]:
         if self.engine is None:

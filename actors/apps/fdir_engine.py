@@ -84,6 +84,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+FDIR_NAME = "fdir"  # the identity FDIR operates under
 
 Scalar = str | int | float | bool | None
 
@@ -274,6 +275,9 @@ class FdirEngine:
         self._last_id: str | None = None
         self._abort: str | None = None
         self._commanded_open: set[str] = set()
+        self._commanded: dict[str, tuple[str, bool]] = {}  # switch -> (who, position before) held by command
+        self._changed_by: list[tuple[str, str]] = []  # switch changes since the last supply account, by whom
+        self._supplied: frozenset[str] | None = None  # loads energized at the last supply account
         # outage id -> faulted zone buses (persisted with the outage, so a restarted actor keeps them)
         self._fault_zones: dict[str, frozenset[str]] = {
             o.id: frozenset(o.fault_zone_bus_ids) for o, _ in given if o.active and o.fault_zone_bus_ids
@@ -404,6 +408,15 @@ class FdirEngine:
                 reuse = o
                 ind = merge_indications(lctx.indications, ind)
                 first_at = last.timings.t_indication or first_at
+        # Meters dark because of commanded switching (an operator opened a switch) sent last gasps
+        # for a planned interruption, not for a fault.
+        planned_out = {
+            ld for o in self.tracker.outages(active=True, feeder_id=self.feeder_id) if o.planned
+            for ld in o.load_ids_out
+        }
+        explained = self._explained_by_switching(live) | planned_out
+        if ind.last_gasp_loads & explained:
+            ind = replace(ind, last_gasp_loads=ind.last_gasp_loads - explained)
         det = detect(self.model, live, ind)
         if det.kind == FaultKind.NONE:
             log.info("FDIR %s: %s", self.feeder_id, det.explanation)
@@ -455,16 +468,24 @@ class FdirEngine:
             self._fault_zones[outage_id] = zone
             if set(self.tracker.get(outage_id).fault_zone_bus_ids) != zone:
                 await self._persist(self.tracker.set_fault_zone(outage_id, zone))
-        data = self._pdata(ps)
+        # Every PLAN event carries the state the plan is in once the event is out (never the
+        # registration's PENDING_APPROVAL for a plan that completed, failed or is executing).
         if not sp.steps:
             state = PlanState.FAILED if sp.explanation.startswith("refused") else PlanState.COMPLETED
             msg = f"nothing to switch: {sp.explanation}"
-            await self._emit(EventKind.PLAN, Severity.WARNING, f"FDIR {self.feeder_id}: {msg}", data)
-            return await self._finish(ps.id, state, message=msg, timings=replace(ps.timings, t_done=self._ports.now()))
+            done = await self._finish(
+                ps.id, state, message=msg, timings=replace(ps.timings, t_done=self._ports.now())
+            )
+            await self._emit(EventKind.PLAN, Severity.WARNING, f"FDIR {self.feeder_id}: {msg}", self._pdata(done))
+            return done
         unsafe = self._plan_unsafe(sp, ctx.start_states, kind)
         if unsafe:
-            await self._emit(EventKind.PLAN, Severity.CRITICAL, f"FDIR {self.feeder_id}: plan refused: {unsafe}", data)
-            return await self._finish(ps.id, PlanState.FAILED, message=f"refused: {unsafe}")
+            refused = await self._finish(ps.id, PlanState.FAILED, message=f"refused: {unsafe}")
+            await self._emit(
+                EventKind.PLAN, Severity.CRITICAL, f"FDIR {self.feeder_id}: plan refused: {unsafe}",
+                self._pdata(refused),
+            )
+            return refused
         auto = (
             self._mode == FdirMode.AUTOMATIC
             and not ctx.second_fault
@@ -474,15 +495,9 @@ class FdirEngine:
         if run is not None:
             auto = run and auto
         ops = [f"{s.action} {s.device_id}" for s in sp.steps if s.action != PlanAction.VERIFY]
-        await self._emit(
-            EventKind.PLAN,
-            Severity.WARNING,
-            f"FDIR {self.feeder_id}: {kind.lower().replace('_', ' ')} plan {sp.id} "
-            f"({', '.join(ops)}; {sp.customers_restored} of {sp.customers_interrupted} customers restored)"
-            + (": executing" if auto else ": awaiting approval"),
-            data,
-        )
-        if not auto:
+        if auto:
+            ps = self._set(ps.id, state=PlanState.EXECUTING, decided_by="fdir")
+        else:
             why = "held for approval"
             if ctx.second_fault:
                 why += " (made after a second fault: never automatic)"
@@ -491,8 +506,17 @@ class FdirEngine:
             elif kind == PlanKind.RETURN_TO_NORMAL:
                 why += " (return to normal is never automatic)"
             self._pending_id = ps.id
-            return self._set(ps.id, state=PlanState.PENDING_APPROVAL, message=why)
-        self._set(ps.id, state=PlanState.EXECUTING, decided_by="fdir")
+            ps = self._set(ps.id, state=PlanState.PENDING_APPROVAL, message=why)
+        await self._emit(
+            EventKind.PLAN,
+            Severity.WARNING,
+            f"FDIR {self.feeder_id}: {kind.lower().replace('_', ' ')} plan {sp.id} "
+            f"({', '.join(ops)}; {sp.customers_restored} of {sp.customers_interrupted} customers restored)"
+            + (": executing" if auto else ": awaiting approval"),
+            self._pdata(ps),
+        )
+        if not auto:
+            return ps
         return await self._execute_locked(ps.id, "fdir")
 
     def _register(
@@ -607,8 +631,11 @@ class FdirEngine:
             ps = self._register(plan, PlanKind.MANUAL, self._latest_outage_id(), ctx, timings, None)
             unsafe = self._plan_unsafe(ps.plan, live, PlanKind.MANUAL)
             if unsafe:
-                await self._emit(EventKind.PLAN, Severity.CRITICAL, f"FDIR plan {ps.id} refused: {unsafe}", {})
-                return await self._finish(ps.id, PlanState.FAILED, message=f"refused: {unsafe}", decided_by=by)
+                refused = await self._finish(ps.id, PlanState.FAILED, message=f"refused: {unsafe}", decided_by=by)
+                await self._emit(
+                    EventKind.PLAN, Severity.CRITICAL, f"FDIR plan {ps.id} refused: {unsafe}", self._pdata(refused)
+                )
+                return refused
             self._set(ps.id, state=PlanState.EXECUTING, decided_by=by)
             return await self._execute_locked(ps.id, by)
 
@@ -865,7 +892,8 @@ class FdirEngine:
         return frozenset(ld.id for ld in self.model.feeder.loads if ld.bus_id in buses)
 
     def _latest_outage_id(self) -> str | None:
-        act = self.tracker.outages(active=True, feeder_id=self.feeder_id)
+        """The newest active fault outage (planned switching outages are not FDIR's to restore)."""
+        act = [o for o in self.tracker.outages(active=True, feeder_id=self.feeder_id) if not o.planned]
         return act[-1].id if act else None
 
     async def _persist(self, o: Outage) -> None:
@@ -874,6 +902,21 @@ class FdirEngine:
             self._seqs[o.id] = await self._ports.persist_outage(o.to_record(), seq)
         except Exception:  # a store failure must not stop switching; the next change carries the record
             log.exception("FDIR %s: persisting outage %s failed", self.feeder_id, o.id)
+
+    async def _save(
+        self, old: Outage | None, new: Outage, message: str = "", severity: Severity = Severity.INFO
+    ) -> Outage:
+        """Persist ``new`` and, when anything a customer or an operator sees changed (status, cause,
+        customers out or interrupted, ETR, who is out), publish it as an OUTAGE event: the public
+        feed and ``outageFeed`` follow every change, not only changes of status."""
+        await self._persist(new)
+        if old is None or _public_facts(old) != _public_facts(new):
+            if not message:
+                message = (
+                    f"outage {new.id} {new.status.lower().replace('_', ' ')}: {new.customers_out} customers out"
+                )
+            await self._emit(EventKind.OUTAGE, severity, message, self._odata(new))
+        return new
 
     async def _open_outage(
         self,
@@ -893,8 +936,7 @@ class FdirEngine:
             o = self.tracker.step(
                 reuse.id, lost=newly, action="MORE_LOST", by="fdir", customers_by_load=self._customers, note=note
             )
-            await self._persist(o)
-            return o
+            return await self._save(reuse, o, severity=Severity.ALARM)
         loads = sorted(set(load_ids) - taken)
         active = self.tracker.outages(active=True, feeder_id=self.feeder_id)
         if not loads and active:
@@ -921,14 +963,9 @@ class FdirEngine:
             section_bus_ids=bus_ids,
             note=note,
         )
-        await self._persist(o)
-        await self._emit(
-            EventKind.OUTAGE,
-            Severity.ALARM,
-            f"outage on {self.feeder_id}: {o.customers_out} customers without supply ({note})",
-            self._odata(o),
+        return await self._save(
+            None, o, f"outage on {self.feeder_id}: {o.customers_out} customers without supply ({note})", Severity.ALARM
         )
-        return o
 
     async def _momentary(self, devices: tuple[str, ...], live: dict[str, bool], note: str) -> None:
         blink = {**live, **{d: True for d in devices}}
@@ -936,12 +973,8 @@ class FdirEngine:
         o = self.tracker.record_momentary(
             self.feeder_id, devices, sorted(affected), self._customers, at=self._ports.now()
         )
-        await self._persist(o)
-        await self._emit(
-            EventKind.OUTAGE,
-            Severity.INFO,
-            f"momentary interruption on {self.feeder_id}: {o.customers_interrupted} customers ({note})",
-            self._odata(o),
+        await self._save(
+            None, o, f"momentary interruption on {self.feeder_id}: {o.customers_interrupted} customers ({note})"
         )
 
     async def _isolated(self, ps: PlanStatus, by: str) -> None:
@@ -951,11 +984,10 @@ class FdirEngine:
         if not o.active or o.status != OutageStatus.DETECTED:
             return
         assert ps.plan.isolation is not None
-        o = self.tracker.step(
+        new = self.tracker.step(
             o.id, action="ISOLATED", by=by, isolated=True, note=ps.plan.isolation.explanation, at=self._ports.now()
         )
-        await self._persist(o)
-        await self._emit(EventKind.OUTAGE, Severity.INFO, f"outage {o.id}: faulted zone isolated", self._odata(o))
+        await self._save(o, new, f"outage {o.id}: faulted zone isolated")
 
     async def _account(
         self, ps: PlanStatus, restored: frozenset[str], lost: frozenset[str], action: str, by: str
@@ -971,7 +1003,7 @@ class FdirEngine:
             if owner is None:  # switching darkened customers outside every outage: record it
                 o = self.tracker.open(
                     self.feeder_id,
-                    Cause.PLANNED,
+                    Cause.PLANNED_SWITCHING,
                     [ld],
                     self._customers,
                     (),
@@ -979,7 +1011,7 @@ class FdirEngine:
                     by=by,
                     note=f"interrupted by {action}",
                 )
-                await self._persist(o)
+                await self._save(None, o)
                 active.append(o)
                 continue
             lost_to.setdefault(owner, set()).add(ld)
@@ -998,14 +1030,7 @@ class FdirEngine:
                 customers_by_load=self._customers,
                 note=f"plan {ps.id}",
             )
-            await self._persist(new)
-            if new.status != o.status:
-                await self._emit(
-                    EventKind.OUTAGE,
-                    Severity.INFO,
-                    f"outage {new.id} {new.status.lower().replace('_', ' ')}: {new.customers_out} customers out",
-                    self._odata(new),
-                )
+            await self._save(o, new)
 
     async def _reconcile(self, by: str, note: str) -> None:
         """Loads of active outages that the live positions energize are restored."""
@@ -1014,11 +1039,100 @@ class FdirEngine:
             back = energized & set(o.load_ids_out)
             if back:
                 new = self.tracker.step(o.id, restored=back, action="RECONCILED", by=by, note=note)
-                await self._persist(new)
-                if new.status != o.status:
-                    await self._emit(
-                        EventKind.OUTAGE, Severity.INFO, f"outage {new.id} {new.status.lower()}", self._odata(new)
+                await self._save(o, new)
+
+    # ------------------------------------------------------------------------------------ supply
+
+    def note_switching(self, changes: Mapping[str, bool], commanded: Mapping[str, str]) -> None:
+        """Switch positions that telemetry reported changed (synchronous, from the host's callback).
+
+        ``commanded`` names the switches among them that moved by a command of ours, and who sent it
+        ("" when the control room did not say). A position commanded by someone other than FDIR is
+        remembered with the position before it (until the switch moves back or moves uncommanded):
+        customers it darkens are a planned interruption, not a fault, and their last gasps are not
+        fault indications."""
+        for sw, is_open in changes.items():
+            if sw not in self.model.switches:
+                continue
+            if sw not in commanded:  # a trip or a field operation: the position is not ours any more
+                self._commanded.pop(sw, None)
+                self._changed_by.append((sw, "field"))
+                continue
+            by = commanded[sw]
+            own = by == FDIR_NAME or (
+                not by and self._executing_step is not None and self._executing_step.device_id == sw
+            )
+            by = FDIR_NAME if own else (by or "operator")
+            self._changed_by.append((sw, by))
+            if own:
+                self._commanded.pop(sw, None)
+                continue
+            prior = self._commanded[sw][1] if sw in self._commanded else not is_open
+            if prior == is_open:
+                self._commanded.pop(sw, None)
+            else:
+                self._commanded[sw] = (by, prior)
+
+    def commanded_positions(self) -> dict[str, tuple[str, bool]]:
+        """Switch id -> (who commanded it, its position before) for positions others than FDIR hold."""
+        return dict(self._commanded)
+
+    def _explained_by_switching(self, live: Mapping[str, bool]) -> frozenset[str]:
+        """Loads dark only because of commanded positions (their supply comes back if those
+        switches go back to where they were before the command)."""
+        if not self._commanded:
+            return frozenset()
+        reverted = {**live, **{sw: prior for sw, (_, prior) in self._commanded.items() if sw in live}}
+        return self._energized_loads(reverted) - self._energized_loads(live)
+
+    def prime_supply(self) -> None:
+        """Start supply accounting from the live positions (an application starting)."""
+        self._supplied = self._energized_loads(self._live())
+
+    async def on_supply(self) -> None:
+        """Account outages against who is supplied now (after every re-solve of the live state).
+
+        An outage's loads that are energized again are restored at this time, whoever switched;
+        customers that commanded switching (not FDIR's own plan, which accounts its steps itself)
+        newly leaves without supply are a PLANNED_SWITCHING outage attributed to who commanded it.
+        A de-energization nobody commanded is left to the protection indications (a fault)."""
+        async with self._lock:
+            live = self._live()
+            energized = self._energized_loads(live)
+            prev, self._supplied = self._supplied, energized
+            changed, self._changed_by = self._changed_by, []
+            who = sorted({b for _, b in changed}) or ["field"]
+            at = self._ports.now()
+            moved = ", ".join(sorted({sw for sw, _ in changed})) or "a re-solve"
+            for o in self.tracker.outages(active=True, feeder_id=self.feeder_id):
+                back = energized & set(o.load_ids_out)
+                if back:
+                    new = self.tracker.step(
+                        o.id, restored=back, action="SUPPLY_RESTORED", by=",".join(who), at=at,
+                        note=f"supplied again after {moved}",
                     )
+                    await self._save(o, new)
+            if prev is None:
+                return
+            out = {ld for o in self.tracker.outages(active=True, feeder_id=self.feeder_id) for ld in o.load_ids_out}
+            dark = (prev - energized) - out
+            explained = self._explained_by_switching(live)
+            planned = sorted(ld for ld in dark & explained if self._customers.get(ld, 0) > 0)
+            if not planned:
+                return
+            devices = tuple(sorted(sw for sw in self._commanded if sw in {s for s, _ in changed}))
+            devices = devices or tuple(sorted(self._commanded))
+            operators = sorted({self._commanded[d][0] for d in devices})
+            ops = ", ".join(f"{'OPEN' if live.get(d) else 'CLOSE'} {d}" for d in devices)
+            bus_ids = [self.model.load_bus[ld] for ld in planned if ld in self.model.load_bus]
+            o = self.tracker.open(
+                self.feeder_id, Cause.PLANNED_SWITCHING, planned, self._customers, devices, at=at,
+                by=",".join(operators), section_bus_ids=bus_ids, note=f"commanded switching: {ops}",
+            )
+            await self._save(
+                None, o, f"planned interruption on {self.feeder_id}: {o.customers_out} customers without supply "
+                f"after {ops} by {', '.join(operators)}", Severity.WARNING,
+            )
 
     # ------------------------------------------------------------------------------------ bookkeeping
 
@@ -1066,6 +1180,11 @@ class FdirEngine:
             await self._ports.emit(kind, severity, message, dict(data))
         except Exception:  # an event bus failure must not stop switching
             log.exception("FDIR %s: emitting %s event failed", self.feeder_id, kind)
+
+
+def _public_facts(o: Outage) -> tuple[Any, ...]:
+    return (o.status, o.cause, o.customers_out, o.customers_interrupted, o.estimated_restoration,
+            o.load_ids_out, o.section_bus_ids)
 
 
 def _mode(mode: FdirMode | str) -> FdirMode:

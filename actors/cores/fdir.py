@@ -1383,9 +1383,14 @@ def plan_return_to_normal(
     steps, final = _steps(m, now, ops)
     res = m.powerflow.solve(switch_states=final)
     band: Band = "EMERGENCY" if any(v.band == "EMERGENCY" for v in res.violations) else "NORMAL"
-    interrupted = sum(-s.customers_restored_or_lost for s in steps if s.customers_restored_or_lost < 0)
+    brief = sum(-s.customers_restored_or_lost for s in steps if s.customers_restored_or_lost < 0)
+    restored = sum(s.customers_restored_or_lost for s in steps if s.customers_restored_or_lost > 0)
+    # Who is without supply now and gets it back, plus who the break-before-make steps interrupt
+    # briefly: all of them are interrupted during the plan, and its steps restore them.
+    dark_now = m.graph.process(now).deenergized_bus_ids & m.graph.process(final).energized_bus_ids
+    interrupted = m.customers_on(dark_now) + brief
     expl = f"return to normal in {len([s for s in steps if s.action != PlanAction.VERIFY])} operations; " + (
-        "make-before-break" if mbb_ok else f"break-before-make: {interrupted} customers see a short interruption"
+        "make-before-break" if mbb_ok else f"break-before-make: {brief} customers see a short interruption"
     )
     return SwitchingPlan(
         _plan_id(m.feeder.id, "normal", tuple(s.device_id for s in steps)),
@@ -1393,8 +1398,8 @@ def plan_return_to_normal(
         None,
         steps,
         interrupted,
-        interrupted,
-        0,
+        restored,
+        max(interrupted - restored, 0),
         _summary(res, band) if res.converged else None,
         tuple(warns),
         expl,

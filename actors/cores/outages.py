@@ -9,6 +9,11 @@ Status transitions: DETECTED -> ISOLATED (a step that only isolates) -> PARTIALL
 customers back, some still out) -> RESTORED (nobody out; ``restored_at`` set). A step that loses
 customers again after a restoration moves back to PARTIALLY_RESTORED.
 
+Causes: a fault (``FAULT`` and the other unplanned causes) is apart from ``PLANNED_SWITCHING``, the
+interruption that a person or an application caused by a commanded operation (attributed to them in
+its first step). IEEE 1366 counts planned interruptions separately from unplanned ones
+(:func:`reliability_counts`): they never enter SAIFI/SAIDI of unplanned events.
+
 ETR (estimated restoration time) comes from an :class:`EtrPolicy`: minutes from the start per cause,
 optionally per feeder; recomputed at every step; None once restored. Sections restored by
 switching are not in the outage any more, so they need no ETR.
@@ -40,6 +45,7 @@ __all__ = [
     "OutageStep",
     "OutageTracker",
     "public_view",
+    "reliability_counts",
 ]
 
 
@@ -57,6 +63,10 @@ class Cause(StrEnum):
     PLANNED = "PLANNED"
     UNKNOWN = "UNKNOWN"
     MOMENTARY = "MOMENTARY"
+    PLANNED_SWITCHING = "PLANNED_SWITCHING"  # a commanded operation (operator or application) interrupted them
+
+
+PLANNED_CAUSES = frozenset({Cause.PLANNED, Cause.PLANNED_SWITCHING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +106,11 @@ class Outage:
     @property
     def active(self) -> bool:
         return self.status != OutageStatus.RESTORED
+
+    @property
+    def planned(self) -> bool:
+        """Caused by commanded switching or planned work (IEEE 1366: not an unplanned interruption)."""
+        return self.cause in PLANNED_CAUSES
 
     def to_record(self) -> dict[str, str | int | float | bool | None]:
         """Flat scalar properties (lists and maps as JSON text, datetimes as ISO 8601)."""
@@ -201,6 +216,7 @@ class EtrPolicy:
                 Cause.PLANNED: 240.0,
                 Cause.UNKNOWN: 120.0,
                 Cause.MOMENTARY: 0.0,
+                Cause.PLANNED_SWITCHING: 60.0,
             }
         )
     )
@@ -414,6 +430,34 @@ class OutageTracker:
         if not o.active:
             return o
         return self.step(outage_id, restored=o.load_ids_out, action="CLOSED", by=by, at=at, note=note)
+
+
+def reliability_counts(outages: Iterable[Outage], *, until: datetime | None = None) -> dict[str, dict[str, float]]:
+    """Customer interruptions (CI) and customer minutes interrupted (CMI) per IEEE 1366 class:
+    ``unplanned`` sustained interruptions (SAIFI/SAIDI numerators), ``planned`` ones (commanded
+    switching, planned work: reported separately, never in the unplanned figures) and ``momentary``
+    (MAIFI numerator, no minutes). Minutes of a step count from its ``at`` to the step that restored
+    the load (or ``until``/the last step for loads still out)."""
+    out = {k: {"events": 0.0, "ci": 0.0, "cmi": 0.0} for k in ("unplanned", "planned", "momentary")}
+    for o in outages:
+        cls = "momentary" if o.momentary else "planned" if o.planned else "unplanned"
+        acc = out[cls]
+        acc["events"] += 1
+        acc["ci"] += o.customers_interrupted
+        if o.momentary:
+            continue
+        since: dict[str, datetime] = {}
+        for s in o.steps:
+            for ld in s.load_ids_lost:
+                since.setdefault(ld, s.at)
+            for ld in s.load_ids_restored:
+                t0 = since.pop(ld, None)
+                if t0 is not None:
+                    acc["cmi"] += o.customers_by_load.get(ld, 0) * (s.at - t0).total_seconds() / 60.0
+        end = until or (o.steps[-1].at if o.steps else o.started_at)
+        for ld, t0 in since.items():
+            acc["cmi"] += o.customers_by_load.get(ld, 0) * max((end - t0).total_seconds(), 0.0) / 60.0
+    return out
 
 
 # ---------------------------------------------------------------------------------------- public

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -141,6 +142,20 @@ async def test_automatic_fdir_on_case33bw_isolates_restores_and_returns_to_norma
         audit = await gql("{ auditLog(first: 50) { edges { node { action actor outcome } } } }", role="SECAUD")
         actions = [e["node"]["action"] for e in audit["data"]["auditLog"]["edges"]]
         assert "PLAN_APPROVE" in actions and "FDIR_MODE" in actions
+
+        # #17.6: FDIR's own switching is audited (from the durable CONTROL events), once each.
+        async def fdir_audited() -> list[dict[str, Any]]:
+            r = await gql("{ auditLog(first: 200) { edges { node { action actor outcome target detail } } } }",
+                          role="SECAUD")
+            nodes = [e["node"] for e in r["data"]["auditLog"]["edges"] if e["node"]["actor"] == "fdir"]
+            ok = {n["action"] for n in nodes} >= {"CONTROL_OPERATE", "CONTROL_RESULT"}
+            return nodes if ok and any(n["target"] == "case33bw/sw10" for n in nodes) else []
+
+        nodes = await wait_for(fdir_audited, 15)
+        assert any(n["action"] == "CONTROL_RESULT" and n["outcome"] == "CONFIRMED" for n in nodes)
+        seqs = [json.loads(n["detail"])["event_seq"] for n in nodes]
+        assert len(seqs) == len(set(seqs)), "an application control was audited twice"
+        assert (await runtime.audit.verify()).ok
     finally:
         await gql('mutation { setFdirMode(feederId: "case33bw", mode: ADVISORY) }', role="OPERATOR")
         await sim.reset()

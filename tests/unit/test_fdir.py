@@ -347,3 +347,26 @@ def test_schutterwald_plans_isolate_every_sampled_fault() -> None:
             p.isolation.zone_bus_ids & m.graph.process(p.final_states).energized_bus_ids
         )
     assert worst < 20.0, f"slowest plan took {worst:.2f} s"
+
+
+def test_return_to_normal_counts_the_customers_its_steps_restore(c33: FdirModel) -> None:
+    """#17.5: a dark area that the return to normal supplies again is counted: not "0 of 0"."""
+    states = dict(c33.normal_states)
+    states["sw17"] = True  # left open: the customers behind it are out now
+    dark = c33.graph.process(states).deenergized_bus_ids
+    out_now = c33.customers_on(dark)
+    assert out_now > 0
+    back = plan_return_to_normal(c33, states)
+    gained = sum(s.customers_restored_or_lost for s in back.steps if s.customers_restored_or_lost > 0)
+    assert gained == out_now
+    assert back.customers_restored == out_now and back.customers_interrupted == out_now
+    assert back.customers_left == 0
+
+
+def test_return_to_normal_restored_includes_the_brief_interruption(c33: FdirModel) -> None:
+    states, ind, _ = fdir_grids.fault_scenario(c33, "sec-bus7")
+    p = plan_fault(c33, states, ind)
+    back = plan_return_to_normal(c33, p.final_states)
+    gained = sum(s.customers_restored_or_lost for s in back.steps if s.customers_restored_or_lost > 0)
+    assert back.customers_restored == gained > 0
+    assert back.customers_interrupted == back.customers_restored and back.customers_left == 0

@@ -560,3 +560,92 @@ async def test_failing_event_bus_and_store_do_not_stop_switching(c33: FdirModel)
     assert ps is not None and ps.state == PlanState.COMPLETED and ops(rig) == LINE10_OPS
     (o,) = rig.engine.tracker.outages()
     assert o.status == OutageStatus.PARTIALLY_RESTORED
+
+
+# ---------------------------------------------------------------------------------------- issue #17
+
+
+def _dark_loads(model: FdirModel, states: Mapping[str, bool]) -> set[str]:
+    buses = model.graph.process(model.states(states)).energized_bus_ids
+    return {ld.id for ld in model.feeder.loads if ld.bus_id not in buses}
+
+
+async def test_operator_switching_is_a_planned_interruption_not_a_fault(c33: FdirModel) -> None:
+    """#17.1/#17.2: an operator opens sw17 (commanded): the customers behind it are a
+    PLANNED_SWITCHING outage attributed to the operator, their last gasps are not a fault, and
+    closing sw17 again ends the outage at that time."""
+    rig = make_rig(c33, c33.normal_states, FdirMode.AUTOMATIC)
+    rig.engine.prime_supply()
+    rig.field.states["sw17"] = True
+    rig.engine.note_switching({"sw17": True}, {"sw17": "alice"})
+    await rig.engine.on_supply()
+    dark = _dark_loads(c33, rig.field.states)
+    assert dark
+    ps = await rig.engine.on_indications(Indications(last_gasp_loads=frozenset(dark)))
+    assert ps is None and rig.field.ops == []  # nothing planned, nothing switched
+    (o,) = rig.store.outages()
+    assert o.cause == "PLANNED_SWITCHING" and o.planned and o.devices == ("sw17",)
+    assert o.steps[0].by == "alice" and set(o.load_ids_out) == dark
+    assert o.customers_out == sum(ld.customers for ld in c33.feeder.loads if ld.id in dark)
+    assert "no open protective device" not in str(rig.events)
+    assert not [e for e in rig.events if e[0] == EventKind.OUTAGE and e[3].get("cause") == "FAULT"]
+    # Closed again (commanded): restored when supplied, not by a later FDIR step.
+    rig.field.states["sw17"] = False
+    rig.engine.note_switching({"sw17": False}, {"sw17": "alice"})
+    before = rig.engine._ports.now()
+    await rig.engine.on_supply()
+    (o,) = rig.store.outages()
+    assert o.status == OutageStatus.RESTORED and o.customers_out == 0
+    assert o.restored_at is not None and o.restored_at - before < timedelta(seconds=1)
+    assert o.steps[-1].action == "SUPPLY_RESTORED" and o.steps[-1].by == "alice"
+    assert rig.engine.commanded_positions() == {}
+
+
+async def test_uncommanded_opening_is_left_to_the_protection_path(c33: FdirModel) -> None:
+    rig = make_rig(c33, c33.normal_states, FdirMode.ADVISORY)
+    rig.engine.prime_supply()
+    rig.field.states["sw17"] = True
+    rig.engine.note_switching({"sw17": True}, {})  # nobody commanded it
+    await rig.engine.on_supply()
+    assert rig.store.outages() == []
+    dark = _dark_loads(c33, rig.field.states)
+    await rig.engine.on_indications(Indications(last_gasp_loads=frozenset(dark)))
+    (o,) = rig.store.outages()
+    assert o.cause == "FAULT"
+
+
+async def test_fault_outage_ends_when_supplied_again_and_every_change_is_published(c33: FdirModel) -> None:
+    """#17.2/#17.3: an operator's switching that resupplies customers of a fault outage restores
+    them at once; every change of customers out is an OUTAGE event (the public feed follows)."""
+    states, ind = line10(c33)
+    rig = make_rig(c33, states, FdirMode.ADVISORY)
+    rig.engine.prime_supply()
+    await rig.engine.on_indications(ind)
+    (o,) = rig.store.outages()
+    out0 = o.customers_out
+    n_events = len([e for e in rig.events if e[0] == EventKind.OUTAGE])
+    # The operator isolates line10 by hand and recloses the breaker: most customers are back.
+    moves = {"sw10": True, "sw11": True, "sw1": False}
+    rig.field.states.update(moves)
+    rig.engine.note_switching(moves, dict.fromkeys(moves, "bob"))
+    await rig.engine.on_supply()
+    (o,) = rig.store.outages()
+    assert 0 < o.customers_out < out0 and o.steps[-1].by == "bob"
+    outage_events = [e for e in rig.events if e[0] == EventKind.OUTAGE]
+    assert len(outage_events) == n_events + 1
+    assert outage_events[-1][3]["customers_out"] == o.customers_out
+
+
+async def test_plan_events_carry_the_plan_state(c33: FdirModel) -> None:
+    """#17.4: an AUTOMATIC plan is announced EXECUTING and finishes COMPLETED; an advisory plan is
+    PENDING_APPROVAL."""
+    states, ind = line10(c33)
+    rig = make_rig(c33, states, FdirMode.AUTOMATIC)
+    ps = await rig.engine.on_indications(ind)
+    assert ps is not None and ps.state == PlanState.COMPLETED
+    plan_states = [e[3]["state"] for e in rig.events if e[0] == EventKind.PLAN and e[3].get("plan_id") == ps.id]
+    assert plan_states == ["EXECUTING", "COMPLETED"]
+    rig = make_rig(c33, states, FdirMode.ADVISORY)
+    ps = await rig.engine.on_indications(ind)
+    assert ps is not None
+    assert [e[3]["state"] for e in rig.events if e[0] == EventKind.PLAN] == ["PENDING_APPROVAL"]

@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from actors.cores.outages import Cause, EtrPolicy, Outage, OutageStatus, OutageTracker, public_view
+from actors.cores.outages import (
+    Cause,
+    EtrPolicy,
+    Outage,
+    OutageStatus,
+    OutageTracker,
+    public_view,
+    reliability_counts,
+)
 from graph_schema.errors import BadInput, NotFound
 from tests.unit.fdir_grids import two_feeders
 
@@ -126,3 +134,19 @@ def test_public_area_shrinks_to_who_is_still_out() -> None:
     bus_of_la3 = next(ld.bus_id for ld in feeder.loads if ld.id == "la3_ld")
     assert view["customersAffected"] == 80
     assert view["area"] == {"type": "Point", "coordinates": list(geo[bus_of_la3])}
+
+
+def test_planned_switching_is_apart_from_faults_in_reliability_counts() -> None:
+    """#17.1: IEEE 1366 counts planned interruptions separately from unplanned ones."""
+    tr, _ = tracker()
+    f = tr.open("f1", Cause.FAULT, ["L1"], CUST, at=T0, by="fdir")
+    tr.step(f.id, restored={"L1"}, action="CLOSE brk", by="fdir", at=T0 + timedelta(minutes=30))
+    p = tr.open("f1", Cause.PLANNED_SWITCHING, ["L2", "L3"], CUST, devices=["sw17"], at=T0, by="alice")
+    assert p.planned and not f.planned and p.steps[0].by == "alice"
+    assert Outage.from_record(json.loads(json.dumps(p.to_record()))).cause == Cause.PLANNED_SWITCHING
+    tr.step(p.id, restored={"L2", "L3"}, action="SUPPLY_RESTORED", by="alice", at=T0 + timedelta(minutes=10))
+    tr.record_momentary("f1", ["rec1"], ["L4"], CUST, at=T0)
+    counts = reliability_counts(tr.outages())
+    assert counts["unplanned"] == {"events": 1, "ci": 100, "cmi": 100 * 30}
+    assert counts["planned"] == {"events": 1, "ci": 140, "cmi": 140 * 10}
+    assert counts["momentary"] == {"events": 1, "ci": 40, "cmi": 0}
