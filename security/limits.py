@@ -158,7 +158,10 @@ def query_shape(document: DocumentNode, operation_name: str | None = None, *,
         for node in sel.selections if sel is not None else ():
             if isinstance(node, FieldNode):
                 inner = of_selection_set(node.selection_set)
-                depth = max(depth, 1 + inner.depth)
+                # Introspection (``__schema``, ``__type``...) adds no depth, as in strawberry's
+                # QueryDepthLimiter: GraphiQL's schema query nests TypeRef 8 deep. Its fields still count.
+                if not node.name.value.startswith("__"):
+                    depth = max(depth, 1 + inner.depth)
                 aliases += inner.aliases + (1 if node.alias is not None else 0)
                 count += 1 + inner.fields
             elif isinstance(node, InlineFragmentNode):

@@ -122,3 +122,20 @@ def test_any_document_is_answered_in_bounded_time(schema, doc: str, junk: str) -
     assert result.errors, "no principal: every document is refused one way or another"
     assert all(c in {"QUERY_TOO_COMPLEX", "GRAPHQL_VALIDATION_FAILED", "UNAUTHENTICATED", "NOT_FOUND",
                      "BAD_INPUT"} for c in codes(result)), codes(result)
+
+
+def test_graphiql_schema_query_fits_the_default_limits() -> None:
+    """Introspection fields add no depth (as in strawberry's QueryDepthLimiter): GraphiQL's own schema
+    query nests TypeRef eight deep and was refused QUERY_TOO_COMPLEX, leaving its docs empty."""
+    from graphql import get_introspection_query
+
+    from security.limits import query_shape
+    from server.settings import Settings
+
+    doc = parse(get_introspection_query(descriptions=True, specified_by_url=True, directive_is_repeatable=True,
+                                        schema_description=True, input_value_deprecation=True))
+    shape = query_shape(doc)
+    limits = Settings.from_env({})
+    assert shape.depth <= limits.max_query_depth and shape.fields <= limits.max_complexity, shape
+    deep = parse("{ " + "a { " * 20 + "id" + " }" * 21)
+    assert query_shape(deep).depth == 21  # ordinary fields still count
