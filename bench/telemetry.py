@@ -99,6 +99,10 @@ async def _field_main(conn: Any, data_dir: str) -> None:
     pki = ensure_pki(Path(data_dir))
     maps = {MB: generate_point_map(mb, modbus_port=0, split="modbus_only"),
             UA: generate_point_map(ua, opcua_endpoint=f"opc.tcp://127.0.0.1:0/dms/{UA}", split="opcua_only")}
+    # Every forced value differs by 1e-7 so that each one can be traced: no deadband here (the
+    # demo maps' deadbands would rightly hold such moves back), the bench measures transport.
+    maps = {fid: replace(pm, points=tuple(replace(p, deadband=0.0) for p in pm.points))
+            for fid, pm in maps.items()}
     sim = FieldSimulator([mb, ua], point_maps=maps, certificate=pki.simulator,
                          trusted_client_certs=[pki.headend.cert_path], tick_s=0.1)
     await sim.start()
