@@ -7,6 +7,14 @@ kind: :data:`COMMANDS`), writes it ONCE through the device's field client and wa
 to confirm it within ``confirm_timeout_s``. Nothing is retried. Every operate, refused ones too, is
 recorded as a ``ControlAction`` record; tags are ``Tag`` records (reloaded after a restart); every
 step is an event.
+
+A control never acts without a record (#17.14, #17.15): :class:`ControlRecorder` stores the
+*intent* (status ``PENDING``, phase ``INTENT``, with an ``intent_id``) BEFORE anything goes to the
+field, within ``store_timeout_s``; when it cannot, the operate is refused ``STORE_UNAVAILABLE`` and
+nothing is sent. The outcome then updates the intent record; an outcome the store cannot take is
+kept in memory and retried with backoff until stored (``unrecorded`` in the actor's metrics). An
+intent left ``PENDING`` by a killed actor is reconciled by the restarted one with what the field
+reports after its first scan (:func:`actors.cores.control.reconciled_status`).
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,12 +39,13 @@ from actors.cores.control import (
     Tag,
     TagKind,
     expected_state,
+    reconciled_status,
 )
 from actors.cores.events import EventKind, Severity
 from actors.field_binding import FieldBinding
 from actors.ingest import Ingest
 from actors.outbox import EventOutbox
-from graph_schema.errors import BadInput, DmsError
+from graph_schema.errors import BadInput, DmsError, StoreUnavailable
 from graph_schema.model import Capacitor, Der, Quantity, Switch, Transformer
 from graph_schema.store import GraphStore
 
@@ -115,6 +126,128 @@ COMMANDS: dict[type, CommandBuilder] = {
 }
 
 
+# -- control records -------------------------------------------------------------------------------
+
+PENDING = "PENDING"  # an intent stored, its outcome not (yet)
+RecordProps = dict[str, "str | int | float | bool | None"]
+
+
+@dataclass
+class _Unrecorded:
+    """An outcome the store did not take yet: update the intent (found by seq or by intent_id) or,
+    when the intent itself never reached the store, append the whole record."""
+
+    intent_id: str
+    seq: int | None
+    changes: RecordProps
+    full: RecordProps
+    since: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+
+
+class ControlRecorder:
+    """The ``ControlAction`` records of one feeder: the intent before the field write, the outcome
+    after it, and the outcomes the store could not take yet (kept here and retried with backoff
+    until stored). One per actor process: it outlives a model reload's new :class:`ControlRoom`."""
+
+    def __init__(self, feeder_id: str, store: Callable[[], GraphStore], *, timeout_s: float = 2.0,
+                 backoff_s: float = 0.5, backoff_max_s: float = 10.0) -> None:
+        self.feeder_id = feeder_id
+        self._store = store
+        self.timeout_s = timeout_s
+        self._backoff = (backoff_s, backoff_max_s)
+        self._unrecorded: dict[str, _Unrecorded] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.stored_late = 0  # outcomes stored by the retry loop
+
+    async def ping(self) -> None:
+        """:class:`StoreUnavailable` unless the store answers within ``timeout_s``."""
+        try:
+            store = self._store()
+        except DmsError as exc:
+            raise StoreUnavailable(exc.message) from None
+        await store.ping(self.timeout_s)
+
+    async def intent(self, record: RecordProps) -> int:
+        """Store an intent (``PENDING``) and return its seq; :class:`StoreUnavailable` when the store
+        does not take it within ``timeout_s`` (then nothing may be sent)."""
+        store = self._store()
+        return await store.bounded(store.append_record("ControlAction", record, feeder_id=self.feeder_id),
+                                   self.timeout_s, "record a control intent")
+
+    async def append(self, record: RecordProps) -> None:
+        """Store a record that had no intent (a refusal): now, or later by the retry loop."""
+        intent_id = str(record.setdefault("intent_id", uuid.uuid4().hex))
+        await self.outcome(_Unrecorded(intent_id, None, dict(record), dict(record)))
+
+    async def outcome(self, item: _Unrecorded) -> None:
+        """Store an outcome now (bounded); what fails is kept and retried until stored. Never raises."""
+        try:
+            await self._write(item)
+        except Exception as exc:  # kept and retried whatever the failure
+            log.error("feeder %s: control record %s (%s %s) not stored yet (%s); kept and retried until it is",
+                      self.feeder_id, item.intent_id, item.full.get("device_id"), item.changes.get("status"),
+                      exc.message if isinstance(exc, DmsError) else repr(exc))
+            self._unrecorded[item.intent_id] = item
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._retry(),
+                                                                    name=f"control-records {self.feeder_id}")
+
+    async def _write(self, item: _Unrecorded) -> None:
+        store = self._store()
+        seq = item.seq
+        if seq is None:  # the intent write timed out or failed: it may or may not be stored
+            rows = await store.bounded(store.list_records("ControlAction", feeder_id=self.feeder_id,
+                                                          where={"intent_id": item.intent_id}, limit=1),
+                                       self.timeout_s, "look up a control intent")
+            if not rows:
+                await store.bounded(store.append_record("ControlAction", item.full, feeder_id=self.feeder_id),
+                                    self.timeout_s, "record a control outcome")
+                return
+            seq = item.seq = int(rows[0]["seq"])
+        await store.bounded(store.update_record("ControlAction", seq, item.changes), self.timeout_s,
+                            "record a control outcome")
+
+    async def _retry(self) -> None:
+        delay, cap = self._backoff
+        while self._unrecorded:
+            await asyncio.sleep(delay)
+            for intent_id, item in list(self._unrecorded.items()):
+                item.attempts += 1
+                try:
+                    await self._write(item)
+                except Exception as exc:
+                    log.debug("feeder %s: control record %s still not stored (%s)", self.feeder_id, intent_id, exc)
+                    delay = min(delay * 2, cap)
+                    break
+                del self._unrecorded[intent_id]
+                self.stored_late += 1
+                delay = self._backoff[0]
+                log.warning("feeder %s: control record %s (%s %s) stored after %d retries, %.1f s late",
+                            self.feeder_id, intent_id, item.full.get("device_id"), item.changes.get("status"),
+                            item.attempts, time.monotonic() - item.since)
+
+    def status(self) -> dict[str, Any]:
+        oldest = min((i.since for i in self._unrecorded.values()), default=None)
+        return {"unrecorded": len(self._unrecorded), "stored_late": self.stored_late,
+                "oldest_unrecorded_s": None if oldest is None else round(time.monotonic() - oldest, 1)}
+
+    async def flush(self, within_s: float) -> bool:
+        """Wait (bounded) until every kept outcome is stored; True when none is left."""
+        task = self._task
+        if task is not None and not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), within_s)
+        return not self._unrecorded
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 # -- the room --------------------------------------------------------------------------------------
 
 
@@ -135,6 +268,7 @@ class ControlRoom:
         ingest: Ingest,
         outbox: EventOutbox,
         store: Callable[[], GraphStore],
+        recorder: ControlRecorder,
         switch_states: Callable[[], Mapping[str, bool]],
         state_changed: Callable[[], Awaitable[None]],
         settled: Callable[[], Awaitable[None]],
@@ -147,6 +281,7 @@ class ControlRoom:
         self._ingest = ingest
         self._outbox = outbox
         self._store = store
+        self.recorder = recorder
         self._switch_states = switch_states
         self._state_changed = state_changed
         self._settled = settled
@@ -186,12 +321,13 @@ class ControlRoom:
                                     switch_states=self._switch_states(),
                                     faulted_elements=self._ingest.faulted_elements())
         except DmsError as exc:
-            await self._record(device_id, str(action), value, operator, Outcome("REFUSED", exc.code, exc.message),
-                               started)
+            await self._refused(device_id, str(action), value, operator, exc, started)
             raise
         self.arbiter.operator_sending(device_id, operator)
         try:
-            return await self._send(sel.device_id, sel.action, sel.value, operator, started)
+            # Once the intent is stored the command and its record finish even if the caller goes.
+            return await asyncio.shield(self._send(sel.device_id, sel.action, sel.value, operator, started,
+                                                   {"selection_expires_at": sel.expires_at_utc.isoformat()}))
         finally:
             self.arbiter.operator_done(device_id)
 
@@ -219,22 +355,37 @@ class ControlRoom:
     async def _send_then_release(self, device_id: str, action: ControlAction, value: float | None,
                                  app: str) -> Outcome:
         try:
-            return await self._send(device_id, action, value, app, datetime.now(UTC))
+            return await self._send(device_id, action, value, app, datetime.now(UTC), {"application": True})
         finally:
             self.arbiter.release(device_id, app)
 
     # -- sending ---------------------------------------------------------------------------------
 
     async def _send(self, device_id: str, action: ControlAction, value: float | None, operator: str,
-                    started: datetime) -> Outcome:
+                    started: datetime, selection: RecordProps) -> Outcome:
+        """Intent record first (refused ``STORE_UNAVAILABLE`` without it: nothing sent), then the
+        field, then the outcome onto the intent record."""
+        intent: RecordProps = {"intent_id": uuid.uuid4().hex, "device_id": device_id, "action": str(action),
+                               "value": value, "operator": operator, "status": PENDING, "phase": "INTENT",
+                               "requested_at": started.isoformat(), **selection}
+        intent = {k: v for k, v in intent.items() if v is not None}
+        try:
+            seq: int | None = await self.recorder.intent(intent)
+        except DmsError as exc:
+            refusal = StoreUnavailable(
+                f"{action} of {device_id} was refused and nothing was sent: its intent could not be recorded "
+                f"({exc.message}). Select again once the store answers (see /readyz)")
+            # The intent may have been stored after all (a timed-out commit): mark it refused, by intent_id.
+            await self._outcome(intent, None, Outcome("REFUSED", refusal.code, refusal.message))
+            raise refusal from None
         self._outbox.event(EventKind.CONTROL, device_id, f"{operator} operates {device_id}: {action}", durable=True,
                            data={"phase": "OPERATE_SENT", "action": str(action), "value": value,
                                  "operator": operator})
-        outcome = await self._execute(device_id, action, value)
-        await self._record(device_id, str(action), value, operator, outcome, started)
+        outcome = await self._execute(device_id, action, value, operator)
+        await self._outcome(intent, seq, outcome)
         return outcome
 
-    async def _execute(self, device_id: str, action: ControlAction, value: float | None) -> Outcome:
+    async def _execute(self, device_id: str, action: ControlAction, value: float | None, operator: str) -> Outcome:
         """Write the command once and wait for telemetry."""
         from protocols.base import DeviceRejected, ProtocolError
         from protocols.pointmap import point_id
@@ -252,7 +403,7 @@ class ControlRoom:
             return Outcome("FAILED", "DEVICE_UNREACHABLE",
                            f"{device_id} has no field binding for {cmd.kind}; nothing was sent (attach its point map)")
         if cmd.expect_open is not None:
-            self._ingest.expect(device_id, cmd.expect_open)
+            self._ingest.expect(device_id, cmd.expect_open, by=operator)
         try:
             try:
                 await client.write_command(pid, cmd.value)
@@ -278,23 +429,68 @@ class ControlRoom:
             if cmd.expect_open is not None:
                 self._ingest.release(device_id)
 
-    async def _record(self, device_id: str, action: str, value: float | None, operator: str, outcome: Outcome,
-                      started: datetime) -> None:
-        record = {"device_id": device_id, "action": action, "value": value, "operator": operator,
-                  "status": outcome.status, "code": outcome.code, "message": outcome.message,
-                  "requested_at": started.isoformat(), "completed_at": datetime.now(UTC).isoformat()}
-        try:
-            await self._store().append_record("ControlAction", record, feeder_id=self.feeder_id)
-        except DmsError:
-            log.error("feeder %s: control record of %s could not be persisted: %s", self.feeder_id, device_id,
-                      record, exc_info=True)
+    async def _outcome(self, intent: RecordProps, seq: int | None, outcome: Outcome, *,
+                       phase: str = "RESULT") -> None:
+        changes: RecordProps = {"status": outcome.status, "code": outcome.code, "message": outcome.message,
+                                "phase": "OUTCOME", "completed_at": datetime.now(UTC).isoformat()}
+        await self.recorder.outcome(_Unrecorded(str(intent["intent_id"]), seq, changes,
+                                                {k: v for k, v in {**intent, **changes}.items() if v is not None}))
         severity = Severity.INFO if outcome.status in ("CONFIRMED", "ACCEPTED") else Severity.WARNING
-        code = outcome.code
+        code, device_id, action = outcome.code, str(intent["device_id"]), str(intent["action"])
         self._outbox.event(EventKind.CONTROL, device_id,
                            f"{action} of {device_id}: {outcome.status}" + (f" ({code})" if code else ""),
                            severity=severity, durable=True,
-                           data={"phase": "RESULT", "action": action, "value": value, "operator": operator,
-                                 "status": outcome.status, "code": code})
+                           data={"phase": phase, "action": action, "value": intent.get("value"),
+                                 "operator": intent.get("operator"), "status": outcome.status, "code": code})
+
+    async def _refused(self, device_id: str, action: str, value: float | None, operator: str, exc: DmsError,
+                       started: datetime) -> None:
+        """A refusal (nothing sent) is recorded too; it waits for nothing (a down store keeps it queued)."""
+        record: RecordProps = {"intent_id": uuid.uuid4().hex, "device_id": device_id, "action": action,
+                               "value": value, "operator": operator, "requested_at": started.isoformat()}
+        await self._outcome({k: v for k, v in record.items() if v is not None}, None,
+                            Outcome("REFUSED", exc.code, exc.message))
+
+    # -- after a restart -------------------------------------------------------------------------
+
+    async def pending_intents(self) -> list[dict[str, Any]]:
+        """Intents of this feeder stored without an outcome (an actor was killed mid-control)."""
+        store = self._store()
+        return await store.bounded(store.list_records("ControlAction", feeder_id=self.feeder_id,
+                                                      where={"status": PENDING}, limit=1000),
+                                   self.recorder.timeout_s * 5, "list pending control intents")
+
+    async def reconcile(self, intents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record the outcome of each intent whose device the field has reported since this actor
+        started (status CONFIRMED_AFTER_RESTART / NOT_CONFIRMED, with an event); return the others."""
+        left: list[dict[str, Any]] = []
+        for row in intents:
+            device_id = str(row.get("device_id"))
+            reading = self._reading(device_id)
+            if reading is _UNKNOWN:
+                left.append(row)
+                continue
+            status, reason = reconciled_status(str(row.get("action")), row.get("value"), *reading)
+            message = (f"{row.get('action')} of {device_id} by {row.get('operator')} was interrupted by an actor "
+                       f"restart; after the restart {reason}")
+            intent = {k: v for k, v in row.items() if k not in ("seq", "feeder_id") and v is not None}
+            intent.setdefault("intent_id", uuid.uuid4().hex)
+            await self._outcome(intent, int(row["seq"]),
+                                Outcome(status, None if status == "CONFIRMED_AFTER_RESTART" else "NOT_CONFIRMED",
+                                        message), phase="RECONCILED")
+            log.warning("feeder %s: %s", self.feeder_id, message)
+        return left
+
+    def _reading(self, device_id: str) -> tuple[float | bool | None, float | None] | object:
+        """What the field reports now for reconciling a control of ``device_id`` (status, tap)."""
+        device = self.core.device(device_id)
+        if isinstance(device, Switch | Capacitor):
+            status = self._ctx.value(device_id, Quantity.STATUS)  # good quality only: a fresh scan
+            return _UNKNOWN if status is None else (status, None)
+        if isinstance(device, Transformer):
+            tap = self._ctx.value(device_id, Quantity.TAP_POS)
+            return _UNKNOWN if tap is None or isinstance(tap, bool) else (None, float(tap))
+        return None, None  # no telemetry can tell (a DER set point, a device no longer in the model)
 
     # -- tags ------------------------------------------------------------------------------------
 
@@ -307,10 +503,12 @@ class ControlRoom:
 
     async def set_tag(self, device_id: str, kind: str, reason: str, set_by: str) -> Tag:
         tag = self.core.set_tag(device_id, kind, reason, set_by)
+        store = self._store()
         try:
-            await self._store().append_record("Tag", {
+            await store.bounded(store.append_record("Tag", {
                 "tag_id": tag.id, "device_id": device_id, "kind": str(tag.kind), "reason": reason, "set_by": set_by,
-                "set_at": tag.set_at.isoformat(), "active": True}, feeder_id=self.feeder_id)
+                "set_at": tag.set_at.isoformat(), "active": True}, feeder_id=self.feeder_id),
+                self.recorder.timeout_s, "record a tag")
         except DmsError:
             self.core.remove_tag(tag.id, set_by)  # a tag that is not persisted would vanish at a restart
             raise
@@ -319,18 +517,31 @@ class ControlRoom:
                                                "operator": set_by})
         return tag
 
-    async def remove_tag(self, tag_id: str, removed_by: str) -> Tag:
-        tag = self.core.remove_tag(tag_id, removed_by)
+    async def remove_tag(self, tag_id: str, removed_by: str, *, may_override: bool = False) -> Tag:
+        """Remove a tag: its holder, or with ``may_override`` (OVERRIDE_TAG) anyone. The tag stays in
+        force unless its record says it was removed."""
+        tag = self.core.remove_tag(tag_id, removed_by, may_override=may_override)
         store = self._store()
-        rows = await store.list_records("Tag", feeder_id=self.feeder_id, where={"tag_id": tag_id}, limit=5)
-        for r in rows:
-            await store.update_record("Tag", int(r["seq"]), {
-                "active": False, "removed_by": removed_by, "removed_at": datetime.now(UTC).isoformat()})
+
+        async def write() -> None:
+            rows = await store.list_records("Tag", feeder_id=self.feeder_id, where={"tag_id": tag_id}, limit=5)
+            for r in rows:
+                await store.update_record("Tag", int(r["seq"]), {
+                    "active": False, "removed_by": removed_by, "removed_at": datetime.now(UTC).isoformat()})
+
+        try:
+            await store.bounded(write(), self.recorder.timeout_s * 2, "record a tag removal")
+        except DmsError:
+            self.core.load_tags([*self.core.tags(), tag])  # still recorded as active: still in force
+            raise
         self._outbox.event(EventKind.CONTROL, tag.device_id, f"{removed_by} removed tag {tag.kind} from "
                            f"{tag.device_id}", durable=True,
                            data={"phase": "TAG_REMOVED", "tag_id": tag_id, "tag_kind": str(tag.kind),
                                  "operator": removed_by})
         return tag
+
+
+_UNKNOWN = object()
 
 
 def raise_for(outcome: Outcome, device_id: str, action: str, timeout_s: float) -> bool:

@@ -36,7 +36,7 @@ from actors.cores.control import ControlAction, ControlCore, Tag
 from actors.cores.events import Alarm, EventKind, Scalar, Severity
 from actors.cores.powerflow import PowerFlowModel, PowerFlowResult
 from actors.cores.topology import TopologyGraph, TopologyResult
-from actors.execution import ControlRoom, raise_for
+from actors.execution import ControlRecorder, ControlRoom, raise_for
 from actors.field_binding import FieldBinding
 from actors.ingest import FieldFlags, Ingest
 from actors.outbox import EventOutbox, EventSink, LocalEventSink
@@ -90,6 +90,9 @@ class ActorOptions:
     fdir_modes: tuple[tuple[str, str], ...] = ()
     fdir_settle_s: float = 2.0  # wait after the first indication for the rest to arrive
     app_block_bound_s: float = 0.1  # an application step holding the loop longer is counted in metrics
+    store_timeout_s: float = 2.0  # a control intent/outcome or a switch state the store does not take in time
+    historian_uri: str | None = None  # the historian's root (folder or s3://); None: kept in memory only
+    historian_flush_s: float = 10.0  # the historian writes its buffered rows this often
 
 
 ALARM_EVENT_KINDS = frozenset({
@@ -136,8 +139,13 @@ class FeederActor:
         self._app_classes = tuple(apps) if apps is not None else None
         self.ingest: Ingest | None = None
         self.control: ControlRoom | None = None
+        self.recorder = ControlRecorder(feeder_id, self._store_now, timeout_s=o.store_timeout_s)
+        self._reconciler: asyncio.Task[None] | None = None
+        self._pending_intents = 0  # intents of a killed actor not reconciled yet
         self._telemetry_changed = asyncio.Event()
         self._dirty_switches: set[str] = set()
+        self._unpersisted: set[str] = set()  # switch states the store did not take yet (retried)
+        self._persister: asyncio.Task[None] | None = None
         self._resolver: asyncio.Task[None] | None = None
         self._store: GraphStore | None = None
         self._feeder: Feeder | None = None
@@ -176,12 +184,16 @@ class FeederActor:
             ingest.adopt(self.ingest)
         self.ingest = ingest
         core = ControlCore(feeder, select_timeout_s=self._opts.select_timeout_s, graph=self._graph)
+        first_load = self.control is None  # in this process: intents left pending are a killed actor's
         self.control = ControlRoom(
             self.feeder_id, core, field=self.field, ingest=ingest, outbox=self.outbox, store=self._store_now,
+            recorder=self.recorder,
             switch_states=lambda: self._switch_states, state_changed=self._wait_state_changed,
             settled=self._wait_resolved, application_names=lambda: self.apps.names,
             confirm_timeout_s=self._opts.confirm_timeout_s)
         await self.control.load_tags()
+        if first_load:
+            self._reconciler = asyncio.create_task(self._reconcile_intents(), name=f"reconcile {self.feeder_id}")
         await self._resolve()
         await self._start_apps()
         log.info("feeder %s loaded: %d buses, %d switches", self.feeder_id, len(feeder.buses), len(feeder.switches))
@@ -195,6 +207,8 @@ class FeederActor:
             for cls in self._app_classes if self._app_classes is not None else DEFAULT_APPS:
                 if cls is FdirApp:
                     self.apps.register(cls.name, lambda c=cls: c(mode, self._opts.fdir_settle_s))
+                elif hasattr(cls, "from_options"):  # an application that needs options builds itself from them
+                    self.apps.register(cls.name, lambda c=cls: c.from_options(self._opts))
                 else:
                     self.apps.register(cls.name, cls)
         await self.apps.start()
@@ -225,6 +239,10 @@ class FeederActor:
             return self._state.version
 
     async def close(self) -> None:
+        for task in (self._reconciler, self._persister):
+            if task is not None:
+                task.cancel()
+        await self.recorder.close()
         await self.apps.close()
         await self.detach_field()
         await self.outbox.close(5.0)
@@ -318,12 +336,10 @@ class FeederActor:
         await asyncio.sleep(self._opts.debounce_s)
         async with self._lock:
             dirty, self._dirty_switches = self._dirty_switches, set()
-            assert self._store is not None
-            for sw in sorted(dirty):
-                try:
-                    await self._store.set_switch_state(self.feeder_id, sw, self._switch_states[sw])
-                except DmsError:
-                    log.warning("feeder %s: could not persist the state of %s", self.feeder_id, sw, exc_info=True)
+            failed = await self._persist_switches(dirty | self._unpersisted)
+            self._unpersisted = failed
+            if failed and (self._persister is None or self._persister.done()):
+                self._persister = asyncio.create_task(self._persist_later(), name=f"persist {self.feeder_id}")
             state = await self._resolve()
         topo = state.topology
         self.outbox.event(EventKind.TOPOLOGY_CHANGE, None, f"switches changed: {', '.join(sorted(dirty))}",
@@ -334,6 +350,60 @@ class FeederActor:
                                 "open_switches": ",".join(sorted(s for s, o in state.switch_states.items() if o))})
         if self.ingest is not None:
             self.outbox.queue(self.ingest.check_violations(state.power_flow))
+
+    async def _persist_switches(self, switches: set[str]) -> set[str]:
+        """Store the live state of ``switches`` (bounded); returns those the store did not take."""
+        if self._store is None:
+            return set(switches)
+        store = self._store
+        for i, sw in enumerate(ordered := sorted(switches)):
+            try:
+                await store.bounded(store.set_switch_state(self.feeder_id, sw, self._switch_states[sw]),
+                                    self._opts.store_timeout_s, f"store the state of {sw}")
+            except DmsError as exc:
+                log.warning("feeder %s: the state of %s not stored yet (%s); retried until it is", self.feeder_id,
+                            ", ".join(ordered[i:]), exc.message)
+                return set(ordered[i:])  # the store is down: the rest waits for the retry too
+        return set()
+
+    async def _persist_later(self) -> None:
+        """Retry, with backoff, the switch states the store did not take: the stored state follows
+        confirmed telemetry once the store is back."""
+        delay = 0.5
+        while self._unpersisted:
+            await asyncio.sleep(delay)
+            async with self._lock:
+                self._unpersisted = await self._persist_switches(self._unpersisted)
+            delay = min(delay * 2, 10.0)
+        log.info("feeder %s: switch states stored again", self.feeder_id)
+
+    async def _reconcile_intents(self) -> None:
+        """After a restart: every control intent a killed actor left PENDING gets its outcome from
+        what the field reports after its first scan (recorded, with an event)."""
+        delay = 0.5
+        while True:
+            try:
+                intents = await self._control().pending_intents()
+                break
+            except DmsError as exc:
+                log.warning("feeder %s: pending control intents not readable yet (%s)", self.feeder_id, exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        if intents:
+            log.warning("feeder %s: %d control intent(s) without an outcome; reconciling them with the field",
+                        self.feeder_id, len(intents))
+        while intents:
+            self._pending_intents = len(intents)
+            intents = await self._control().reconcile(intents)
+            if intents:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wait_state_changed(), 1.0)
+        self._pending_intents = 0
+
+    async def control_status(self) -> dict[str, Any]:
+        """Control records not stored yet, intents awaiting reconciliation, switch states not stored."""
+        return {**self.recorder.status(), "pending_intents": self._pending_intents,
+                "unpersisted_switches": sorted(self._unpersisted)}
 
     # -- field binding ---------------------------------------------------------------------------
 
@@ -402,6 +472,9 @@ class FeederActor:
     async def select(self, device_id: str, action: str, value: float | None, operator: str) -> dict[str, Any]:
         await self._ready()
         with _portable_errors():
+            # An operate needs its intent recorded: a selection the store could not serve is refused now,
+            # in store_timeout_s, not handed out to expire while the operator waits (#17.16).
+            await self._control().recorder.ping()
             sel = self._control().select(device_id, action, value, operator)
         return {"id": sel.id, "expires_at": sel.expires_at_utc, "device_id": device_id, "action": str(sel.action),
                 "value": sel.value}
@@ -429,10 +502,11 @@ class FeederActor:
         with _portable_errors():
             return await self._control().set_tag(device_id, kind, reason, set_by)
 
-    async def remove_tag(self, tag_id: str, removed_by: str) -> Tag:
+    async def remove_tag(self, tag_id: str, removed_by: str, may_override: bool = False) -> Tag:
+        """Remove a tag: its holder, or with ``may_override`` (the caller holds OVERRIDE_TAG) anyone."""
         await self._ready()
         with _portable_errors():
-            return await self._control().remove_tag(tag_id, removed_by)
+            return await self._control().remove_tag(tag_id, removed_by, may_override=may_override)
 
     async def tags(self) -> list[Tag]:
         await self._ready()
@@ -460,7 +534,8 @@ class FeederActor:
         apps = self.apps.status()
         fdir = dict(apps.get("fdir", {}).get("status", {}).get("plans", {}))
         return {"ingested": self.ingest.ingested, "quality": self.ingest.quality_counts(),
-                "solve_s": self._state.power_flow.solve_time_s, "fdir": fdir, "apps": apps}
+                "solve_s": self._state.power_flow.solve_time_s, "fdir": fdir, "apps": apps,
+                "control": await self.control_status()}
 
 
 class _HostPorts:

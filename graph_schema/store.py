@@ -31,9 +31,9 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import neo4j
 import neo4j.exceptions
@@ -44,6 +44,8 @@ from graph_schema.model import Feeder
 from graph_schema.secret import Secret
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 BATCH_ROWS = 1000  # rows per UNWIND statement: big enough to be fast, small enough per message
 _KNOWN_LISTED = 20
@@ -188,10 +190,28 @@ class GraphStore:
     async def close(self) -> None:
         await self._driver.close()
 
-    async def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` unless a query answers."""
+    async def ping(self, timeout_s: float | None = None) -> None:
+        """Raise :class:`StoreUnavailable` unless a query answers (within ``timeout_s`` when given)."""
         async with self._translate("ping"):
-            await self._probe()
+            if timeout_s is None:
+                await self._probe()
+            else:
+                await self.bounded(self._probe(), timeout_s, "answer a health check")
+
+    @staticmethod
+    async def bounded(aw: Awaitable[T], timeout_s: float, op: str) -> T:
+        """``aw`` within ``timeout_s``; past it :class:`StoreUnavailable` (the driver's own retries of a
+        dead server last tens of seconds, too long for a control room waiting on a decision).
+
+        A write cut short may or may not have been committed: callers that must know re-read it
+        (control intents carry an ``intent_id`` for that)."""
+        try:
+            return await asyncio.wait_for(aw, timeout_s)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"the graph store did not answer within {timeout_s:g} s while trying to {op}; check that the "
+                "store (DMS_NEO4J_URI, or the embedded ArcadeDB) is running"
+            ) from None
 
     @contextlib.asynccontextmanager
     async def _translate(self, op: str) -> AsyncIterator[None]:

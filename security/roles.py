@@ -5,7 +5,10 @@ SECAUD, RBACMNT) and binds each to *rights* (view, read, control, configure, sec
 audit...). Here those rights are made concrete as :class:`Permission` values, one per kind of
 operation the head-end offers, and the binding lives in ONE table, :data:`PERMISSIONS`.
 CUSTOMER is not a 62351-8 role: it is this project's role for customer apps (public outage feed,
-demand-response enrolment) and is granted nothing of the operational surface.
+demand-response enrolment) and is granted nothing of the operational surface. SUPERVISOR is not a
+62351-8 role either (62351-8 lets a utility define its own): the control-room shift supervisor, an
+OPERATOR who may also remove a safety tag held by someone else (``OVERRIDE_TAG``), which lockout-tagout
+procedures (OSHA 1910.269(d)(2)(v)) reserve to the holder or a designated supervisor.
 
 Deny by default: a role grants exactly what the table lists; an unknown role grants nothing; every
 GraphQL root field must name its permission with :func:`requires` (checked by
@@ -47,6 +50,7 @@ class Role(StrEnum):
     SECAUD = "SECAUD"  # security auditor: reads the audit log, nothing else
     RBACMNT = "RBACMNT"  # RBAC management: role assignments only
     CUSTOMER = "CUSTOMER"  # not 62351-8: customer apps (public feed, demand response)
+    SUPERVISOR = "SUPERVISOR"  # not 62351-8: shift supervisor, operator + removing others' tags
 
 
 class Permission(StrEnum):
@@ -58,7 +62,8 @@ class Permission(StrEnum):
     ACK_ALARMS = "ACK_ALARMS"  # acknowledge alarms (the operator has seen them and takes them on)
     READ_REPORTS = "READ_REPORTS"  # reliability/regulatory reports
     CONTROL = "CONTROL"  # select / operate / cancel on field devices
-    TAG = "TAG"  # set / remove safety tags
+    TAG = "TAG"  # set / remove safety tags (one's own)
+    OVERRIDE_TAG = "OVERRIDE_TAG"  # remove a safety tag another person holds
     APPROVE_PLAN = "APPROVE_PLAN"  # approve / reject an FDIR restoration plan
     SET_MODE = "SET_MODE"  # FDIR mode (automatic / advisory / off) of a feeder
     WHAT_IF = "WHAT_IF"  # simulations that change nothing in the field
@@ -77,6 +82,8 @@ P = Permission
 # READ_OUTAGES, so whoever sees internal outages may see the public view of them too.
 _VIEW = frozenset({P.READ_GRID, P.READ_OUTAGES, P.READ_ALARMS, P.READ_REPORTS, P.READ_PUBLIC_FEED})
 
+_OPERATE = _VIEW | {P.CONTROL, P.TAG, P.APPROVE_PLAN, P.WHAT_IF, P.SET_MODE, P.ACK_ALARMS}
+
 PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
     {
         # 62351-8 VIEWER: "view" right only. No simulations either: WHAT_IF costs solver time and
@@ -87,7 +94,10 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
         # them in advisory mode), what-if studies before switching, and FDIR mode (the operator
         # suspends automation on a feeder with crews on site). No settings, no model changes.
         # Acknowledging alarms is the operator's: it says someone in the control room owns them.
-        Role.OPERATOR: _VIEW | {P.CONTROL, P.TAG, P.APPROVE_PLAN, P.WHAT_IF, P.SET_MODE, P.ACK_ALARMS},
+        Role.OPERATOR: _OPERATE,
+        # Project role: the shift supervisor is an operator who may also remove a tag someone else
+        # holds (the holder is gone; the supervisor confirmed the work is clear, per procedure).
+        Role.SUPERVISOR: _OPERATE | {P.OVERRIDE_TAG},
         # 62351-8 ENGINEER: view + configuration/data sets. Operational settings, the grid model,
         # what-if studies and FDIR mode (a configuration choice per feeder). Deliberately no
         # CONTROL/TAG/APPROVE_PLAN: engineers do not switch the live grid (separation of duties).

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from actors.cores.control import Tag
@@ -28,11 +29,11 @@ from actors.cores.powerflow import PowerFlowResult
 from actors.eventbus import durable_events_after
 from actors.feeder_actor import FeederState
 from actors.fleet import EventBusClient, Fleet
-from graph_schema.errors import BadInput, DmsError, NotFound
+from graph_schema.errors import BadInput, DmsError, NotFound, StoreUnavailable
 from graph_schema.model import Feeder
 from graph_schema.store import FeederSummary, GraphStore
 from security.audit import AuditAction, AuditLog
-from security.roles import Permission, authorize
+from security.roles import Permission, allowed, authorize, feeder_in_scope
 from security.tokens import Principal
 
 log = logging.getLogger(__name__)
@@ -153,27 +154,84 @@ class Caller:
 class ControlService:
     """Select-before-operate and tags on behalf of an authenticated caller: authorizes on the
     device's feeder (feeder-scoped tokens), calls the feeder actor, and audits every step with
-    who/what/where/outcome. An operate is called once: the fleet never retries it."""
+    who/what/where/outcome. An operate is called once: the fleet never retries it.
 
-    def __init__(self, grid: GridService, audit: Callable[[], AuditLog | None] = lambda: None) -> None:
+    Nothing acts unaudited (#17.14): a select is refused ``STORE_UNAVAILABLE`` when the store does
+    not answer a health check within ``store_timeout_s`` (and a selection whose audit entry cannot
+    be written is cancelled); an operate is audited (``CONTROL_OPERATE REQUESTED``) BEFORE the
+    actor is called and refused ``STORE_UNAVAILABLE`` when that entry cannot be written. Entries
+    written after the fact (results, refusals) that the store does not take are kept in memory and
+    retried with backoff until stored (:meth:`status`)."""
+
+    def __init__(self, grid: GridService, audit: Callable[[], AuditLog | None] = lambda: None, *,
+                 store_timeout_s: float = 2.0) -> None:
         self.grid = grid
         self._audit = audit
+        self.store_timeout_s = store_timeout_s
         self._selection_feeder: dict[str, tuple[str, float]] = {}  # selection id -> (feeder, expires monotonic)
+        self._unaudited: list[tuple[AuditAction, Caller, str, str, dict[str, Any]]] = []
+        self._audit_retry: asyncio.Task[None] | None = None
 
     def bind_audit(self, audit: Callable[[], AuditLog | None]) -> None:
         """Use the server's one :class:`AuditLog` (one writer keeps the hash chain unforked)."""
         self._audit = audit
 
-    async def _record(self, action: AuditAction, caller: Caller, target: str, outcome: str,
-                      detail: dict[str, Any]) -> None:
+    async def _record_now(self, action: AuditAction, caller: Caller, target: str, outcome: str,
+                          detail: dict[str, Any]) -> None:
+        """Write one audit entry within ``store_timeout_s``; :class:`StoreUnavailable` otherwise."""
         audit = self._audit()
         if audit is None:
             return
         try:
-            await audit.record(action, actor=caller.sub, roles=caller.roles, target=target, source=caller.source,
-                               outcome=outcome, detail=detail)
-        except Exception:
-            log.exception("audit record %s for %s could not be written", action, target)
+            await asyncio.wait_for(audit.record(action, actor=caller.sub, roles=caller.roles, target=target,
+                                                source=caller.source, outcome=outcome, detail=detail),
+                                   self.store_timeout_s)
+        except TimeoutError:
+            raise StoreUnavailable(f"the audit log did not take the {action} entry within {self.store_timeout_s:g} s"
+                                   f"; check that the graph store is running") from None
+        except DmsError as exc:
+            raise StoreUnavailable(f"the audit log did not take the {action} entry ({exc.message})") from None
+
+    async def _record(self, action: AuditAction, caller: Caller, target: str, outcome: str,
+                      detail: dict[str, Any]) -> None:
+        """Write an audit entry after the fact: now, or kept and retried until stored. Never raises."""
+        try:
+            await self._record_now(action, caller, target, outcome, detail)
+        except Exception as exc:
+            log.error("audit entry %s %s for %s not stored yet (%s); kept and retried until it is", action, outcome,
+                      target, exc)
+            self._unaudited.append((action, caller, target, outcome,
+                                    {**detail, "at": datetime.now(UTC).isoformat(timespec="milliseconds")}))
+            if self._audit_retry is None or self._audit_retry.done():
+                self._audit_retry = asyncio.get_running_loop().create_task(self._retry_audit(), name="audit-retry")
+
+    async def _retry_audit(self) -> None:
+        delay = 0.5
+        while self._unaudited:
+            await asyncio.sleep(delay)
+            while self._unaudited:
+                entry = self._unaudited[0]
+                try:
+                    await self._record_now(*entry)
+                except Exception:
+                    delay = min(delay * 2, 10.0)
+                    break
+                self._unaudited.pop(0)
+                delay = 0.5
+        log.warning("audit entries kept during a store outage are stored now")
+
+    def status(self) -> dict[str, int]:
+        """Audit entries not stored yet (a store outage): for health and metrics."""
+        return {"unaudited": len(self._unaudited)}
+
+    async def _store_ready(self, action: AuditAction, caller: Caller, target: str, detail: dict[str, Any]) -> None:
+        """Refuse ``STORE_UNAVAILABLE`` (and audit the refusal, later if need be) unless the store answers."""
+        try:
+            await self.grid.store.ping(self.store_timeout_s)
+        except DmsError as exc:
+            await self._record(action, caller, target, "REFUSED", {**detail, "code": "STORE_UNAVAILABLE"})
+            raise StoreUnavailable(f"the graph store does not answer ({exc.message}); a control cannot be recorded, "
+                                   f"so none is accepted. Try again once /readyz is 200") from None
 
     def _remember(self, selection_id: str, feeder_id: str, ttl_s: float) -> None:
         now = time.monotonic()
@@ -202,13 +260,19 @@ class ControlService:
         authorize(caller.principal, Permission.CONTROL, feeder_id=fid)
         target = f"{fid}/{device_id}"
         detail: dict[str, Any] = {"action": action, "value": value}
+        await self._store_ready(AuditAction.CONTROL_SELECT, caller, target, detail)
         try:
             sel: dict[str, Any] = await self.grid.fleet.call(fid, "select", device_id, action, value, caller.sub)
         except DmsError as exc:
             await self._record(AuditAction.CONTROL_SELECT, caller, target, "REFUSED", {**detail, "code": exc.code})
             raise
+        try:
+            await self._record_now(AuditAction.CONTROL_SELECT, caller, target, "ACCEPTED", detail)
+        except DmsError:
+            with contextlib.suppress(DmsError):  # an unaudited selection is not handed out
+                await self.grid.fleet.call(fid, "cancel", sel["id"], caller.sub)
+            raise
         self._remember(sel["id"], fid, select_timeout_s)
-        await self._record(AuditAction.CONTROL_SELECT, caller, target, "ACCEPTED", detail)
         return {**sel, "feeder_id": fid}
 
     async def operate(self, caller: Caller, selection_id: str, device_id: str, action: str, value: float | None,
@@ -217,15 +281,24 @@ class ControlService:
         authorize(caller.principal, Permission.CONTROL, feeder_id=fid)
         target = f"{fid}/{device_id}"
         detail: dict[str, Any] = {"action": action, "value": value}
+        try:  # audited before anything can reach the field; refused when it cannot be
+            await self._record_now(AuditAction.CONTROL_OPERATE, caller, target, "REQUESTED", detail)
+        except DmsError as exc:
+            await self._record(AuditAction.CONTROL_OPERATE, caller, target, "REFUSED",
+                               {**detail, "code": exc.code})
+            raise StoreUnavailable(f"{action} of {device_id} was refused and nothing was sent: {exc.message}. The "
+                                   f"selection stays until it expires; operate again once the store answers") from None
         try:
             result: dict[str, Any] = await self.grid.fleet.call(fid, "operate", selection_id, device_id, action,
                                                                  value, caller.sub)
         except DmsError as exc:
-            await self._record(AuditAction.CONTROL_OPERATE, caller, target, "REFUSED", {**detail, "code": exc.code})
+            # An actor lost mid-operate may have reached the field: not a refusal. Its restarted actor
+            # reconciles the intent record with the field (CONFIRMED_AFTER_RESTART / NOT_CONFIRMED).
+            outcome = "UNKNOWN" if exc.code == "ACTOR_UNAVAILABLE" else "REFUSED"
+            await self._record(AuditAction.CONTROL_RESULT, caller, target, outcome, {**detail, "code": exc.code})
             raise
         finally:
             self._selection_feeder.pop(selection_id, None)
-        await self._record(AuditAction.CONTROL_OPERATE, caller, target, "SENT", detail)
         await self._record(AuditAction.CONTROL_RESULT, caller, target, result["status"],
                            {**detail, "code": result.get("code"), "message": result.get("message")})
         return {**result, "feeder_id": fid}
@@ -258,15 +331,36 @@ class ControlService:
         return fid, tag
 
     async def remove_tag(self, caller: Caller, tag_id: str) -> tuple[str, Tag]:
-        for fid in self.grid.fleet.feeder_ids:
-            tags: list[Tag] = await self.grid.fleet.call(fid, "tags")
-            if any(t.id == tag_id for t in tags):
-                authorize(caller.principal, Permission.TAG, feeder_id=fid)
-                tag: Tag = await self.grid.fleet.call(fid, "remove_tag", tag_id, caller.sub)
-                await self._record(AuditAction.TAG_REMOVE, caller, f"{fid}/{tag.device_id}", "ACCEPTED",
-                                   {"tag_id": tag_id, "kind": str(tag.kind)})
+        """Remove a tag: its holder, or a SUPERVISOR (OVERRIDE_TAG). The caller is authorized before
+        any lookup, only feeders in its scope are searched (a tag elsewhere is NOT_FOUND: no hint that
+        it exists), and every refusal is audited."""
+        try:
+            authorize(caller.principal, Permission.TAG)
+        except DmsError as exc:
+            await self._record(AuditAction.TAG_REMOVE, caller, "", "REFUSED", {"tag_id": tag_id, "code": exc.code})
+            raise
+        principal = caller.principal
+        assert principal is not None  # authorize refused an anonymous caller
+        target = ""
+        try:
+            for fid in self.grid.fleet.feeder_ids:
+                if not feeder_in_scope(principal, fid):
+                    continue
+                tags: list[Tag] = await self.grid.fleet.call(fid, "tags")
+                found = next((t for t in tags if t.id == tag_id), None)
+                if found is None:
+                    continue
+                target = f"{fid}/{found.device_id}"
+                override = allowed(principal, Permission.OVERRIDE_TAG, feeder_id=fid)
+                tag: Tag = await self.grid.fleet.call(fid, "remove_tag", tag_id, caller.sub, override)
+                await self._record(AuditAction.TAG_REMOVE, caller, target, "ACCEPTED",
+                                   {"tag_id": tag_id, "kind": str(tag.kind), "set_by": tag.set_by,
+                                    "override": tag.set_by != caller.sub})
                 return fid, tag
-        raise NotFound(f"tag {tag_id!r} not found (already removed?); query tags for their ids", element_id=tag_id)
+            raise NotFound(f"tag {tag_id!r} not found (already removed?); query tags for their ids", element_id=tag_id)
+        except DmsError as exc:
+            await self._record(AuditAction.TAG_REMOVE, caller, target, "REFUSED", {"tag_id": tag_id, "code": exc.code})
+            raise
 
 
 class NoSelectionError(DmsError):

@@ -59,9 +59,11 @@ __all__ = [
     "Selection",
     "SelectionExpired",
     "Tag",
+    "TagHeldByOther",
     "TagKind",
     "check_interlocks",
     "expected_state",
+    "reconciled_status",
 ]
 
 
@@ -157,8 +159,21 @@ class DeviceTagged(ControlError):
         listed = "; ".join(f"{t.kind} set by {t.set_by} ({t.reason})" for t in self.tags)
         super().__init__(
             f"device {device_id!r} carries blocking tag(s): {listed}; it cannot be operated until the "
-            f"tag holder removes them",
+            f"tag holder (or a SUPERVISOR) removes them",
             element_id=device_id,
+        )
+
+
+class TagHeldByOther(ControlError):
+    """Only the tag's holder, or a caller with the ``OVERRIDE_TAG`` permission, removes a tag."""
+
+    code = "TAG_HELD_BY_OTHER"
+
+    def __init__(self, tag: Tag) -> None:
+        super().__init__(
+            f"tag {tag.id!r} ({tag.kind}) on {tag.device_id!r} is held by {tag.set_by}; only its holder or a "
+            f"SUPERVISOR (permission OVERRIDE_TAG, after confirming the work is clear) may remove it",
+            element_id=tag.device_id,
         )
 
 
@@ -547,14 +562,18 @@ class ControlCore:
                 self._revoked[sel.id] = (sel.expires_at, device_id)
         return tag
 
-    def remove_tag(self, tag_id: str, removed_by: str) -> Tag:
-        """Remove a tag; ``removed_by`` is for the caller's audit record (procedures decide who may)."""
+    def remove_tag(self, tag_id: str, removed_by: str, *, may_override: bool = False) -> Tag:
+        """Remove a tag. Lockout-tagout rule (OSHA 1910.269(d)(2)(v)): the holder (``set_by``) removes
+        their own tag; anyone else only with ``may_override`` (the SUPERVISOR's ``OVERRIDE_TAG``),
+        otherwise :class:`TagHeldByOther`."""
         tag = self._tags.get(tag_id)
         if tag is None:
             raise NotFound(f"tag {tag_id!r} not found (already removed?); list the device's tags for "
                            f"their ids", element_id=tag_id)
         if not removed_by.strip():
             raise BadAction(tag.device_id, "removing a tag needs the name of who removes it")
+        if removed_by != tag.set_by and not may_override:
+            raise TagHeldByOther(tag)
         del self._tags[tag_id]
         return tag
 
@@ -663,6 +682,30 @@ class ControlCore:
         )
         if reason is not None:
             raise Interlock(device_id, reason)
+
+
+def reconciled_status(action: ControlAction | str, value: float | None, reported: float | bool | None,
+                      reported_tap_pos: float | None = None) -> tuple[str, str]:
+    """(status, reason) of a control intent found without an outcome after a restart, judged by
+    what the field reports now: ``CONFIRMED_AFTER_RESTART`` when the device is where the control
+    wanted it, ``NOT_CONFIRMED`` otherwise (or when telemetry cannot tell). ``reported`` is the
+    device's ``is_open`` status (switches, capacitor banks); ``reported_tap_pos`` a tap position."""
+    try:
+        act = ControlAction(action)
+    except ValueError:
+        return "NOT_CONFIRMED", f"unknown action {action!r}"
+    want_open = expected_state(act)
+    if want_open is not None:
+        if reported is None:
+            return "NOT_CONFIRMED", "no status telemetry to verify it; verify the device position"
+        if bool(reported) == want_open:
+            return "CONFIRMED_AFTER_RESTART", f"the field reports it {'open' if want_open else 'closed'}"
+        return "NOT_CONFIRMED", f"the field reports it {'open' if reported else 'closed'}, not as intended"
+    if act is ControlAction.SET and reported_tap_pos is not None and value is not None:
+        if float(reported_tap_pos) == float(value):
+            return "CONFIRMED_AFTER_RESTART", f"the field reports tap position {reported_tap_pos:g}"
+        return "NOT_CONFIRMED", f"the field reports tap position {reported_tap_pos:g}, not {value:g}"
+    return "NOT_CONFIRMED", "telemetry cannot tell whether it took effect; verify the device"
 
 
 def _same_value(a: float | None, b: float | None) -> bool:

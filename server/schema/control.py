@@ -4,8 +4,12 @@ One consistent rule for outcomes:
 
 * A **refusal** - nothing was sent to the field - is a GraphQL error with ``extensions.code``:
   ``FORBIDDEN`` (role or feeder scope), ``NOT_FOUND``, ``BAD_INPUT``, ``SELECTED_BY_OTHER``,
-  ``SELECTION_EXPIRED``, ``PARAMETERS_DIFFER``, ``DEVICE_TAGGED``, ``INTERLOCK``, ``NO_SELECTION``.
-  The selection is void after a refused operate (select again).
+  ``SELECTION_EXPIRED``, ``PARAMETERS_DIFFER``, ``DEVICE_TAGGED``, ``INTERLOCK``, ``NO_SELECTION``,
+  ``STORE_UNAVAILABLE`` (the graph store does not answer within a couple of seconds, so the step
+  could not be recorded: a control is never sent without its audit entry and its intent record),
+  ``TAG_HELD_BY_OTHER`` (only a tag's holder, or a SUPERVISOR, removes it).
+  The selection is void after a refused operate (select again), except after ``STORE_UNAVAILABLE``
+  from the audit log: it stays until it expires.
 * Once the command was **attempted**, ``operateControl`` answers a ``ControlResult`` (no error):
   ``status`` ``CONFIRMED`` (telemetry shows the expected position), ``ACCEPTED`` (a set point the
   device took; it has no telemetry to confirm it), ``NOT_CONFIRMED`` (sent, not confirmed within
@@ -122,7 +126,8 @@ class ControlMutation:
                                              None if feeder_id is None else str(feeder_id))
         return Tag.of(fid, tag)
 
-    @strawberry.mutation(permission_classes=[requires(Permission.TAG)], description="Remove a safety tag")
+    @strawberry.mutation(permission_classes=[requires(Permission.TAG)],
+                         description="Remove a safety tag: its holder, or a SUPERVISOR (TAG_HELD_BY_OTHER otherwise)")
     async def remove_tag(self, info: Info, tag_id: strawberry.ID) -> Tag:
         fid, tag = await info.context["services"].control.remove_tag(caller(info), str(tag_id))
         return Tag.of(fid, tag)

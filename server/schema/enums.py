@@ -76,7 +76,9 @@ class ControlStatus(StrEnum):
     ACCEPTED = "ACCEPTED"  # a set point the device took; no telemetry to confirm it
     NOT_CONFIRMED = "NOT_CONFIRMED"  # sent; telemetry did not follow within the confirm timeout
     FAILED = "FAILED"  # the write failed (DEVICE_UNREACHABLE) or nothing could be sent
-    REFUSED = "REFUSED"  # refused before sending (selection, tag, interlock...)
+    REFUSED = "REFUSED"  # refused before sending (selection, tag, interlock, STORE_UNAVAILABLE...)
+    PENDING = "PENDING"  # control history only: the intent is recorded, its outcome not yet
+    CONFIRMED_AFTER_RESTART = "CONFIRMED_AFTER_RESTART"  # history: interrupted by a restart, field shows it done
 
 
 @strawberry.enum(description="What an alarm is about (alarms are deduplicated per element and kind)")

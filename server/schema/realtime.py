@@ -208,7 +208,7 @@ class ControlRecord:
     code: str | None
     message: str | None
     requested_at: datetime
-    completed_at: datetime
+    completed_at: datetime | None  # None while the intent is PENDING
 
     @classmethod
     def of(cls, r: dict[str, Any]) -> ControlRecord:
@@ -218,7 +218,7 @@ class ControlRecord:
                    device_id=strawberry.ID(r["device_id"]), action=ControlAction(r["action"]), value=r.get("value"),
                    operator=r["operator"], status=status, code=r.get("code"), message=r.get("message"),
                    requested_at=datetime.fromisoformat(r["requested_at"]),
-                   completed_at=datetime.fromisoformat(r["completed_at"]))
+                   completed_at=datetime.fromisoformat(r["completed_at"]) if r.get("completed_at") else None)
 
 
 def _feeders_in_scope(info: Info, feeder_id: str | None) -> list[str]:

@@ -517,3 +517,47 @@ def test_actor_side_errors_have_codes_and_remedies() -> None:
     e2 = NotConfirmed("sw_b2", "OPEN", 5)
     assert e2.code == "NOT_CONFIRMED" and "Verify the device position" in str(e2)
     assert isinstance(e1, DmsError) and isinstance(e2, DmsError)
+
+
+# -- tags: who may remove them (#17.11) -------------------------------------------------------------
+
+
+def test_only_the_holder_or_an_override_removes_a_tag(core: ControlCore) -> None:
+    from actors.cores.control import TagHeldByOther
+
+    t = core.set_tag("sw_b2", TagKind.DO_NOT_OPERATE, "crew on line", "carol")
+    with pytest.raises(TagHeldByOther, match=r"held by carol; only its holder or a SUPERVISOR") as e:
+        core.remove_tag(t.id, "mallory")
+    assert e.value.code == "TAG_HELD_BY_OTHER"
+    assert core.tags() == [t]  # still in force
+    assert core.remove_tag(t.id, "sam", may_override=True) == t
+    t2 = core.set_tag("sw_b2", TagKind.HOLD, "work", "carol")
+    assert core.remove_tag(t2.id, "carol") == t2
+
+
+def test_device_tagged_message_names_who_may_remove(core: ControlCore) -> None:
+    core.set_tag("sw_b2", TagKind.DO_NOT_OPERATE, "crew on line", "carol")
+    with pytest.raises(DeviceTagged, match=r"tag holder \(or a SUPERVISOR\) removes"):
+        sel(core)
+
+
+# -- intents found without an outcome after a restart (#17.15) --------------------------------------
+
+
+@pytest.mark.parametrize(("action", "value", "status_open", "tap", "want"), [
+    ("CLOSE", None, False, None, "CONFIRMED_AFTER_RESTART"),
+    ("CLOSE", None, True, None, "NOT_CONFIRMED"),
+    ("OPEN", None, True, None, "CONFIRMED_AFTER_RESTART"),
+    ("OPEN", None, None, None, "NOT_CONFIRMED"),  # no status telemetry: cannot tell
+    ("SET", 3.0, None, 3.0, "CONFIRMED_AFTER_RESTART"),
+    ("SET", 3.0, None, 2.0, "NOT_CONFIRMED"),
+    ("RAISE", None, None, 4.0, "NOT_CONFIRMED"),  # the target is unknown after the fact
+    ("SET", 0.5, None, None, "NOT_CONFIRMED"),  # a DER set point: no telemetry confirms it
+    ("JUMP", None, True, None, "NOT_CONFIRMED"),
+])
+def test_reconciled_status(action: str, value: float | None, status_open: bool | None, tap: float | None,
+                           want: str) -> None:
+    from actors.cores.control import reconciled_status
+
+    status, reason = reconciled_status(action, value, status_open, tap)
+    assert status == want and reason
