@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.applications import AppRegistry, FeederPorts, TelemetryChange
-from actors.cores.control import ControlAction, ControlCore, Tag
+from actors.cores.control import ControlAction, ControlCore, Tag, expected_state
 from actors.cores.events import Alarm, EventKind, Scalar, Severity
 from actors.cores.powerflow import PowerFlowModel, PowerFlowResult
 from actors.cores.topology import TopologyGraph, TopologyResult
@@ -193,7 +193,12 @@ class FeederActor:
             confirm_timeout_s=self._opts.confirm_timeout_s)
         await self.control.load_tags()
         if first_load:
-            self._reconciler = asyncio.create_task(self._reconcile_intents(), name=f"reconcile {self.feeder_id}")
+            intents: list[dict[str, Any]] | None = None
+            with contextlib.suppress(DmsError):  # read now, before the field is attached; else retried
+                intents = await self.control.pending_intents()
+            self._expect_intents(intents or [])
+            self._reconciler = asyncio.create_task(self._reconcile_intents(intents),
+                                                   name=f"reconcile {self.feeder_id}")
         await self._resolve()
         await self._start_apps()
         log.info("feeder %s loaded: %d buses, %d switches", self.feeder_id, len(feeder.buses), len(feeder.switches))
@@ -377,14 +382,23 @@ class FeederActor:
             delay = min(delay * 2, 10.0)
         log.info("feeder %s: switch states stored again", self.feeder_id)
 
-    async def _reconcile_intents(self) -> None:
+    def _expect_intents(self, intents: list[dict[str, Any]]) -> None:
+        """A switch a killed actor was moving is expected to move: its first scan after the restart
+        is not a trip (and so no fault for FDIR) until the intent is reconciled."""
+        assert self.ingest is not None
+        for row in intents:
+            want = expected_state(str(row.get("action")))
+            if want is not None and str(row.get("device_id")) in self._switch_states:
+                self.ingest.expect(str(row["device_id"]), want, by=str(row.get("operator") or ""))
+
+    async def _reconcile_intents(self, intents: list[dict[str, Any]] | None = None) -> None:
         """After a restart: every control intent a killed actor left PENDING gets its outcome from
         what the field reports after its first scan (recorded, with an event)."""
         delay = 0.5
-        while True:
+        while intents is None:
             try:
                 intents = await self._control().pending_intents()
-                break
+                self._expect_intents(intents)
             except DmsError as exc:
                 log.warning("feeder %s: pending control intents not readable yet (%s)", self.feeder_id, exc.message)
                 await asyncio.sleep(delay)
@@ -394,7 +408,12 @@ class FeederActor:
                         self.feeder_id, len(intents))
         while intents:
             self._pending_intents = len(intents)
-            intents = await self._control().reconcile(intents)
+            left = await self._control().reconcile(intents)
+            done = {str(r.get("device_id")) for r in intents} - {str(r.get("device_id")) for r in left}
+            for device_id in done:
+                if self.ingest is not None:
+                    self.ingest.release(device_id)
+            intents = left
             if intents:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wait_state_changed(), 1.0)

@@ -44,6 +44,8 @@ class Metrics:
         )
         self.feeder_up = Gauge("dms_feeder_actor_up", "1 when the feeder actor answers", ["feeder"],
                                registry=self.registry)
+        self.audit_unstored = Gauge("dms_audit_entries_unstored", "Control audit entries kept by the API until "
+                                    "the graph store takes them", registry=self.registry)
         self.actors = ActorCollector()
         self.registry.register(self.actors)
         # The newest audit chain head anchored outside the store (security.audit).
@@ -79,7 +81,17 @@ class ActorCollector:
                                        "longer than the bound", labels=["feeder", "app"])
         app_max = GaugeMetricFamily("dms_app_max_step_seconds", "Longest step of a hosted application",
                                     labels=["feeder", "app"])
+        unrecorded = GaugeMetricFamily("dms_control_outcomes_unrecorded", "Control outcomes kept in the actor "
+                                       "until the graph store takes them", labels=["feeder"])
+        intents = GaugeMetricFamily("dms_control_intents_pending", "Control intents of a killed actor not yet "
+                                    "reconciled with the field", labels=["feeder"])
+        unpersisted = GaugeMetricFamily("dms_switch_states_unpersisted", "Switch positions seen in the field and "
+                                        "not yet stored", labels=["feeder"])
         for fid, snap in sorted(self.snapshot.items()):
+            ctl = snap.get("control", {})
+            unrecorded.add_metric([fid], float(ctl.get("unrecorded", 0)))
+            intents.add_metric([fid], float(ctl.get("pending_intents", 0)))
+            unpersisted.add_metric([fid], float(len(ctl.get("unpersisted_switches", ()))))
             for app, h in sorted(snap.get("apps", {}).items()):
                 app_up.add_metric([fid, app, str(h.get("state"))], 1.0 if h.get("state") == "RUNNING" else 0.0)
                 app_failures.add_metric([fid, app], float(h.get("failures", 0)))
@@ -93,7 +105,8 @@ class ActorCollector:
                 solve.add_metric([fid], float(snap["solve_s"]))
             for outcome, n in sorted(snap.get("fdir", {}).items()):
                 plans.add_metric([fid, outcome], float(n))
-        yield from (values, points, solve, plans, app_up, app_failures, app_restarts, app_slow, app_max)
+        yield from (values, points, solve, plans, app_up, app_failures, app_restarts, app_slow, app_max, unrecorded,
+                    intents, unpersisted)
 
 
 METRICS = Metrics()
@@ -130,6 +143,9 @@ async def refresh_from_runtime(runtime: Any) -> None:
             except Exception:  # a scrape must answer even when one actor is busy
                 continue
     METRICS.actors.snapshot = snapshot
+    control = getattr(runtime, "control", None)
+    if control is not None:
+        METRICS.audit_unstored.set(control.status().get("unaudited", 0))
 
 
 def render() -> bytes:
