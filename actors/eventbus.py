@@ -21,6 +21,7 @@ from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from actors.cores.events import Event, EventKind, EventLog, EventsPage
+from graph_schema.aio import cancel_and_wait
 
 if TYPE_CHECKING:
     from actors.feeder_actor import StoreAddress
@@ -164,9 +165,7 @@ class EventBus:
     async def close(self) -> None:
         if self._persister is not None:
             await self.flush(5.0)
-            self._persister.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._persister
+            await cancel_and_wait(self._persister)
             self._persister = None
         if self._store is not None:
             await self._store.close()

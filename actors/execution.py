@@ -45,6 +45,7 @@ from actors.cores.events import EventKind, Severity
 from actors.field_binding import FieldBinding
 from actors.ingest import Ingest
 from actors.outbox import EventOutbox
+from graph_schema.aio import cancel_and_wait
 from graph_schema.errors import BadInput, DmsError, StoreUnavailable
 from graph_schema.model import Capacitor, Der, Quantity, Switch, Transformer
 from graph_schema.store import GraphStore
@@ -243,9 +244,7 @@ class ControlRecorder:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
 
 # -- the room --------------------------------------------------------------------------------------

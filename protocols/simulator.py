@@ -44,6 +44,7 @@ from pymodbus.server import ModbusTcpServer
 
 from actors.cores.powerflow import PowerFlowModel, PowerFlowResult
 from actors.cores.topology import TopologyGraph
+from graph_schema.aio import cancel_and_wait
 from graph_schema.errors import BadInput, NotFound
 from graph_schema.model import DerKind, Feeder, Quantity, SwitchKind
 from protocols.certs import CertPair, fingerprint, trusted_fingerprints
@@ -341,9 +342,7 @@ class FieldSimulator:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         for h in self._timers:
             h.cancel()

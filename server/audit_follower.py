@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from actors.cores.events import Event, EventKind
+from graph_schema.aio import cancel_and_wait
 from security.audit import AuditAction, AuditLog
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,7 @@ class AuditFollower:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     def poke(self) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from graph_schema.aio import cancel_and_wait
 from security.audit import AuditAction, AuditLog
 from security.errors import Unauthenticated
 from security.tokens import Principal, TokenValidator
@@ -124,9 +125,7 @@ class AuditThrottle:
 
     async def aclose(self) -> None:
         if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            await cancel_and_wait(self._flusher)
             self._flusher = None
         await self.flush()
 

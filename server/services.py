@@ -29,6 +29,7 @@ from actors.cores.powerflow import PowerFlowResult
 from actors.eventbus import durable_events_after
 from actors.feeder_actor import FeederState
 from actors.fleet import EventBusClient, Fleet
+from graph_schema.aio import cancel_and_wait
 from graph_schema.errors import BadInput, DmsError, NotFound, StoreUnavailable
 from graph_schema.model import Feeder
 from graph_schema.store import FeederSummary, GraphStore
@@ -480,9 +481,7 @@ class EventHub:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:
