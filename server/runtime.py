@@ -157,6 +157,8 @@ def actor_options(settings: Settings) -> ActorOptions:
         fdir_mode=settings.fdir_mode,
         fdir_modes=settings.fdir_modes,
         fdir_settle_s=settings.fdir_settle_s,
+        historian_uri=settings.historian_root,
+        historian_flush_s=settings.historian_flush_s,
     )
 
 

@@ -141,6 +141,14 @@ class Settings:
     # local key under <data_dir>/audit, made on first use (security.audit.AuditKey).
     audit_key: Secret = field(default_factory=lambda: Secret(""))
 
+    # Historian: the Parquet data set's root (a folder, or s3://bucket/prefix with credentials from
+    # the environment; unset: <data_dir>/historian), how often actors write, how long data is kept,
+    # and the utility's time zone (daily buckets follow it, daylight-saving days included).
+    historian_uri: str | None = None
+    historian_flush_s: float = 10.0
+    historian_retention_days: int = 400
+    timezone: str = "UTC"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every ``DMS_*`` variable; ``overrides`` (e.g. from CLI flags) win over the environment.
@@ -187,6 +195,10 @@ class Settings:
             "fdir_modes": _fdir_modes(r.list("DMS_FDIR_MODES")),
             "fdir_settle_s": r.float("DMS_FDIR_SETTLE_S", 2.0, minimum=0.0),
             "audit_key": r.secret("DMS_AUDIT_KEY"),
+            "historian_uri": r.str("DMS_HISTORIAN_URI", None),
+            "historian_flush_s": r.float("DMS_HISTORIAN_FLUSH_S", 10.0, minimum=0.05),
+            "historian_retention_days": r.int("DMS_HISTORIAN_RETENTION_DAYS", 400, minimum=1),
+            "timezone": _timezone("DMS_TIMEZONE", r.str("DMS_TIMEZONE", "UTC") or "UTC"),
         }
         if values["log_level"] not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(
@@ -207,6 +219,20 @@ class Settings:
     @property
     def embedded_store(self) -> bool:
         return self.neo4j_uri is None
+
+    @property
+    def historian_root(self) -> str:
+        return self.historian_uri or str((self.data_dir / "historian").absolute())
+
+
+def _timezone(name: str, value: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not an IANA time zone; use e.g. UTC or Europe/Berlin") from None
+    return value
 
 
 _FDIR_MODES = ("AUTOMATIC", "ADVISORY", "OFF")

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 from actors.apps.fdir_app import FdirApp
+from actors.apps.historian_app import HistorianApp
 
-DEFAULT_APPS = (FdirApp,)
+DEFAULT_APPS = (FdirApp, HistorianApp)
 
-__all__ = ["DEFAULT_APPS", "FdirApp"]
+__all__ = ["DEFAULT_APPS", "FdirApp", "HistorianApp"]

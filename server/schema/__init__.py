@@ -31,13 +31,14 @@ from server.schema.audit import AuditQuery
 from server.schema.control import ControlMutation
 from server.schema.fdir import FdirMutation, FdirQuery
 from server.schema.feeder import FeederQuery
+from server.schema.history import HistoryQuery
 from server.schema.outages import OutageQuery, OutageSubscription
 from server.schema.realtime import RealtimeMutation, RealtimeQuery, RealtimeSubscription
 from server.settings import Settings
 
 
 @strawberry.type
-class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery):
+class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery):
     pass
 
 

@@ -1,0 +1,186 @@
+"""The historian as a hosted application: the feeder's measurements and solves, kept as time series.
+
+Telemetry and re-solves reach it synchronously; it only appends rows to a bounded buffer (no disk
+I/O on the scan path). Every ``historian_flush_s`` seconds, or as soon as ``flush_rows`` rows are
+waiting, a background task hands the buffer to a worker thread that writes one Parquet part per
+partition (:mod:`graph_schema.historian.writer`), so the scan never waits on the disk or the object
+store. A crash loses at most the unflushed buffer; a write that fails (sink down) puts its rows back
+in front of the buffer, which drops its oldest rows beyond its bound and counts them.
+
+``recent`` serves the rows not written yet, so a trend reaches "now" without reading tiny files.
+pyarrow is imported when the application starts with a root; DuckDB is never imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from actors.applications import FeederPorts, TelemetryChange
+from actors.arbiter import Priority
+
+log = logging.getLogger(__name__)
+HISTORIAN = "historian"
+
+
+class HistorianApp:
+    name = HISTORIAN
+    priority = Priority.OPTIMISER  # it never operates a device
+    api = frozenset({"recent", "recent_solves", "flush", "counters"})
+    read_only = frozenset({"recent", "recent_solves", "counters"})
+
+    def __init__(self, root: str | None = None, flush_s: float = 10.0, *, flush_rows: int = 50_000,
+                 max_rows: int = 500_000) -> None:
+        self._root = root
+        self._flush_s = flush_s
+        self._flush_rows = flush_rows
+        self._max_rows = max_rows
+        self._ports: FeederPorts | None = None
+        self._writer: Any = None  # graph_schema.historian.writer.HistorianWriter
+        self._points: dict[str, tuple[str, str]] = {}  # point id -> (element id, quantity)
+        self._customers: dict[str, int] = {}  # bus id -> customers of its loads
+        self._full = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._in_flight: list[tuple[str, tuple[Any, ...]]] = []  # the batch being written
+        self.failed_flushes = 0
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_options(cls, opts: Any) -> HistorianApp:
+        return cls(getattr(opts, "historian_uri", None), getattr(opts, "historian_flush_s", 10.0))
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, ports: FeederPorts) -> None:
+        self._ports = ports
+        model = ports.model()
+        self._points = {p.id: (p.element_id, str(p.quantity)) for p in model.measurement_points}
+        for ld in model.loads:
+            self._customers[ld.bus_id] = self._customers.get(ld.bus_id, 0) + ld.customers
+        from graph_schema.historian.writer import HistorianWriter  # pyarrow: only once the app runs
+
+        # without a root the rows stay in memory only (a short window for ``recent``)
+        self._writer = HistorianWriter(self._root or ".", ports.feeder_id,
+                                       max_rows=self._max_rows if self._root else 10_000)
+        if self._root:
+            ports.spawn(self._flusher(), "historian flush")
+        with contextlib.suppress(Exception):  # the state solved before the app started
+            self.on_state(ports.state())
+
+    async def close(self) -> None:
+        if self._writer is not None and self._root:
+            try:
+                await asyncio.wait_for(self.flush(), 10.0)
+            except Exception as exc:
+                log.warning("feeder %s: historian's last flush failed (%s); %d rows lost",
+                            self._ports.feeder_id if self._ports else "?", exc, len(self._writer))
+
+    # -- host callbacks (cheap: buffer appends only) ---------------------------------------------
+
+    def on_telemetry(self, change: TelemetryChange) -> None:
+        writer, ports = self._writer, self._ports
+        if writer is None or ports is None:
+            return
+        values = ports.values()
+        for pid in change.point_ids:
+            pv = values.get(pid)
+            if pv is None:
+                continue
+            element, quantity = self._points.get(pid, ("", ""))
+            v = pv.value
+            value = None if v is None else float(v)
+            writer.append("measurement", (pid, element, quantity, value, str(pv.quality), pv.source_ts,
+                                          pv.received_ts))
+        if len(writer) >= self._flush_rows:
+            self._full.set()
+
+    def on_state(self, state: Any) -> None:
+        if self._writer is None or self._ports is None or state is None:
+            return
+        pf = state.power_flow
+        out = sum(self._customers.get(b, 0) for b in state.topology.deenergized_bus_ids)
+        self._writer.append("solve", (self._ports.now(), pf.losses_mw, pf.min_vm_pu, pf.min_vm_bus_id,
+                                      pf.max_vm_pu, pf.max_vm_bus_id, pf.max_line_loading_percent,
+                                      pf.p_source_mw, out, bool(pf.converged)))
+
+    def status(self) -> Mapping[str, Any]:
+        return self.counters()
+
+    # -- flushing --------------------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self._flush_s)
+            self._full.clear()
+            try:
+                await self.flush()
+            except Exception:
+                pass  # counted and logged in flush; the rows wait in the buffer for the next try
+
+    async def flush(self) -> int:
+        """Write the buffered rows now (in a worker thread). Returns the rows written."""
+        writer = self._writer
+        if writer is None or not self._root:
+            return 0
+        async with self._flush_lock:
+            batch = writer.take()
+            if not batch:
+                return 0
+            self._in_flight = batch
+            try:
+                await asyncio.to_thread(writer.write, batch)
+            except Exception as exc:
+                writer.requeue(batch)
+                self.failed_flushes += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("feeder %s: historian write failed (%s); %d rows buffered, %d dropped so far",
+                            writer.feeder_id, self.last_error, len(writer), writer.dropped)
+                raise
+            finally:
+                self._in_flight = []
+            return len(batch)
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def _unflushed(self) -> list[tuple[str, tuple[Any, ...]]]:
+        if self._writer is None:
+            return []
+        return [*self._in_flight, *self._writer.rows()]
+
+    def recent(self, point_ids: Sequence[str], since: datetime | None = None) -> dict[str, Any]:
+        """The measurement rows not written yet for ``point_ids`` (received at or after ``since``):
+        ``{"rows": [(point_id, received_ts, value, quality)], "oldest": received_ts of the oldest
+        unflushed measurement row or None}``. Everything received before ``oldest`` is in the data set
+        (or lost), so a caller reads the files for ``received_ts < oldest`` and merges these rows."""
+        wanted = set(point_ids)
+        rows: list[tuple[str, datetime, float | None, str]] = []
+        oldest: datetime | None = None
+        for kind, row in self._unflushed():
+            if kind != "measurement":
+                continue
+            ts = row[6]
+            if oldest is None or ts < oldest:
+                oldest = ts
+            if row[0] in wanted and (since is None or ts >= since):
+                v = row[3]
+                rows.append((row[0], ts, None if v is None or math.isnan(v) else v, row[4]))
+        return {"rows": rows, "oldest": oldest}
+
+    def recent_solves(self, since: datetime | None = None) -> dict[str, Any]:
+        """The solve rows not written yet (tuples in the ``solve`` column order) and the oldest one's time."""
+        rows = [row for kind, row in self._unflushed() if kind == "solve" and (since is None or row[0] >= since)]
+        oldest = min((r[0] for k, r in self._unflushed() if k == "solve"), default=None)
+        return {"rows": rows, "oldest": oldest}
+
+    def counters(self) -> dict[str, Any]:
+        w = self._writer
+        return {"root": self._root, "buffered": len(w) if w is not None else 0,
+                "dropped": w.dropped if w is not None else 0, "written_rows": w.written_rows if w is not None else 0,
+                "written_files": w.written_files if w is not None else 0, "failed_flushes": self.failed_flushes,
+                "last_error": self.last_error}

@@ -1,0 +1,262 @@
+"""Writing the historian's data set (pyarrow): a bounded row buffer, whole-part writes, compaction
+and retention. Runs in the feeder actors (one writer per feeder, each writing its own partitions),
+and in maintenance jobs; never imports DuckDB.
+
+- :meth:`HistorianWriter.append` is cheap (a deque append) and never touches the disk, so it may run
+  on the scan path. The buffer is bounded: when it is full (the sink is down), the oldest rows are
+  dropped and counted in :attr:`HistorianWriter.dropped`.
+- :meth:`HistorianWriter.write` (blocking: run it in a worker thread) writes one part per partition
+  touched by the batch: under a temporary name, then renamed (local folders), or as one whole
+  object (S3), so a reader never sees half a part and a crash loses at most the batch in flight.
+- :func:`compact_day` merges a closed day's parts into ``compacted.parquet`` (write new, then swap,
+  then delete the parts it lists; idempotent and safe to interrupt at any point).
+- :func:`apply_retention` drops whole ``date=`` partitions older than the retention.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from graph_schema.historian import (
+    COLUMNS,
+    COMPACTED_NAME,
+    KINDS,
+    PARTITION_TIME,
+    SOURCES_KEY,
+    Kind,
+    check_feeder_id,
+    is_data_file,
+    kind_dir,
+    parse_partition,
+    partition_dir,
+)
+
+log = logging.getLogger(__name__)
+
+_TYPES = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_(),
+          "timestamp": pa.timestamp("us", tz="UTC")}
+SCHEMAS: dict[Kind, pa.Schema] = {k: pa.schema([(n, _TYPES[t]) for n, t in cols]) for k, cols in COLUMNS.items()}
+_PART_TIME_INDEX = {k: [n for n, _ in COLUMNS[k]].index(PARTITION_TIME[k]) for k in KINDS}
+
+
+def open_root(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and base path of a historian root: a local folder or ``s3://bucket/prefix``
+    (``?endpoint_override=host:port&scheme=http`` for a loopback S3 API; credentials from the
+    environment, as the AWS SDK reads them)."""
+    if "://" in uri and not uri.startswith("file://"):
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, path.rstrip("/")
+    path = urlsplit(uri).path if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def _is_local(fs: pafs.FileSystem) -> bool:
+    return isinstance(fs, pafs.LocalFileSystem)
+
+
+def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """Write ``table`` to ``path`` whole: locally to a temporary name in the same folder, then renamed
+    over ``path`` (atomic on POSIX); on an object store as one object (a PUT is atomic)."""
+    folder, name = path.rsplit("/", 1)
+    fs.create_dir(folder, recursive=True)
+    if not _is_local(fs):
+        pq.write_table(table, path, filesystem=fs, compression="zstd")
+        return
+    tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def to_table(kind: Kind, rows: Sequence[tuple[Any, ...]]) -> pa.Table:
+    schema = SCHEMAS[kind]
+    cols = list(zip(*rows, strict=True)) if rows else [() for _ in schema]
+    return pa.Table.from_arrays([pa.array(list(c), type=f.type) for c, f in zip(cols, schema, strict=True)],
+                                schema=schema)
+
+
+def _day_of(ts: datetime) -> date:
+    return (ts if ts.tzinfo is None else ts.astimezone(UTC)).date()
+
+
+class HistorianWriter:
+    """The buffered writer of one feeder's partitions (rows are tuples in :data:`COLUMNS` order)."""
+
+    def __init__(self, root: str, feeder_id: str, *, max_rows: int = 500_000) -> None:
+        self.root = root
+        self.feeder_id = check_feeder_id(feeder_id)
+        self.max_rows = max_rows
+        self._fs, self._base = open_root(root)
+        self._buf: deque[tuple[Kind, tuple[Any, ...]]] = deque()
+        self.dropped = 0  # rows dropped because the buffer was full (the sink was down)
+        self.written_rows = 0
+        self.written_files = 0
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def append(self, kind: Kind, row: tuple[Any, ...]) -> None:
+        """Buffer one row (cheap; no I/O). Drops the oldest row when the buffer is full."""
+        if len(self._buf) >= self.max_rows:
+            self._buf.popleft()
+            self.dropped += 1
+        self._buf.append((kind, row))
+
+    def rows(self) -> Iterable[tuple[Kind, tuple[Any, ...]]]:
+        """The buffered rows, oldest first (a view: do not keep it across appends)."""
+        return self._buf
+
+    def take(self) -> list[tuple[Kind, tuple[Any, ...]]]:
+        """Hand over the buffered rows (to :meth:`write`); the buffer starts empty."""
+        batch, self._buf = list(self._buf), deque()
+        return batch
+
+    def requeue(self, batch: Sequence[tuple[Kind, tuple[Any, ...]]]) -> None:
+        """Put a batch that could not be written back in front of the buffer (older rows dropped
+        first when that overflows the bound)."""
+        merged = deque(batch)
+        merged.extend(self._buf)
+        over = len(merged) - self.max_rows
+        for _ in range(max(over, 0)):
+            merged.popleft()
+        self.dropped += max(over, 0)
+        self._buf = merged
+
+    def write(self, batch: Sequence[tuple[Kind, tuple[Any, ...]]]) -> list[str]:
+        """Write a batch: one part per (kind, day). Blocking; raises when the sink fails (nothing
+        half-written stays visible). Returns the paths written."""
+        groups: dict[tuple[Kind, date], list[tuple[Any, ...]]] = {}
+        for kind, row in batch:
+            groups.setdefault((kind, _day_of(row[_PART_TIME_INDEX[kind]])), []).append(row)
+        written: list[str] = []
+        stamp = datetime.now(UTC).strftime("%H%M%S%f")
+        for (kind, day), rows in sorted(groups.items()):
+            path = f"{partition_dir(self._base, kind, self.feeder_id, day)}/{stamp}-{uuid.uuid4().hex[:10]}.parquet"
+            write_table(self._fs, path, to_table(kind, rows))
+            written.append(path)
+            self.written_rows += len(rows)
+            self.written_files += 1
+        return written
+
+
+# -- maintenance -----------------------------------------------------------------------------------
+
+def _list(fs: pafs.FileSystem, folder: str) -> list[pafs.FileInfo]:
+    return list(fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)))
+
+
+def compacted_sources(fs: pafs.FileSystem, path: str) -> list[str]:
+    """The part names a compacted file replaced (its ``dms.sources`` metadata)."""
+    with fs.open_input_file(path) as fh:
+        meta = pq.read_metadata(fh).metadata or {}
+    raw = meta.get(SOURCES_KEY)
+    return list(json.loads(raw)) if raw else []
+
+
+def compact_day(root: str, kind: Kind, feeder_id: str, day: date) -> bool:
+    """Merge one feeder-day's parts into ``compacted.parquet``. Returns whether anything changed.
+
+    Steps: (1) parts listed by an existing compacted file are deleted (an interrupted run);
+    (2) the compacted file and the remaining parts are read (a corrupt part is renamed
+    ``_corrupt-<name>`` with a warning, so it no longer counts as data), sorted by time and written
+    under a temporary name, renamed over ``compacted.parquet`` with the merged parts' names in its
+    metadata; (3) those parts are deleted. Interrupted anywhere, the data set stays readable and
+    without duplicates (readers ignore parts listed by the compacted file), and the next run
+    finishes the job; run again after it finished, it changes nothing.
+    """
+    fs, base = open_root(root)
+    folder = partition_dir(base, kind, feeder_id, day)
+    target = f"{folder}/{COMPACTED_NAME}"
+    infos = {i.base_name: i for i in _list(fs, folder) if i.type == pafs.FileType.File}
+    changed = False
+    if COMPACTED_NAME in infos:
+        for name in compacted_sources(fs, target):
+            if name in infos:
+                fs.delete_file(f"{folder}/{name}")
+                del infos[name]
+                changed = True
+    parts = sorted(n for n in infos if is_data_file(n) and n != COMPACTED_NAME)
+    if not parts:
+        return changed
+    tables: list[pa.Table] = []
+    if COMPACTED_NAME in infos:
+        tables.append(_read(fs, target))
+    merged: list[str] = []
+    for name in parts:
+        try:
+            tables.append(_read(fs, f"{folder}/{name}"))
+            merged.append(name)
+        except (OSError, pa.ArrowException) as exc:
+            log.warning("historian: part %s/%s is corrupt (%s); renamed _corrupt-%s and left out of compaction",
+                        folder, name, exc, name)
+            fs.move(f"{folder}/{name}", f"{folder}/_corrupt-{name}")
+    if not merged:
+        return True
+    table = pa.concat_tables([t.cast(SCHEMAS[kind]) for t in tables]).sort_by(PARTITION_TIME[kind])
+    table = table.replace_schema_metadata({SOURCES_KEY: json.dumps(merged).encode()})
+    write_table(fs, target, table)
+    for name in merged:
+        fs.delete_file(f"{folder}/{name}")
+    return True
+
+
+def _read(fs: pafs.FileSystem, path: str) -> pa.Table:
+    with fs.open_input_file(path) as fh:
+        return pq.read_table(fh)
+
+
+def partitions(root: str, kinds: Sequence[Kind] = KINDS) -> list[tuple[Kind, str, date, str]]:
+    """Every (kind, feeder id, date, folder) of the data set."""
+    fs, base = open_root(root)
+    out: list[tuple[Kind, str, date, str]] = []
+    for kind in kinds:
+        for feeder in _list(fs, kind_dir(base, kind)):
+            if feeder.type != pafs.FileType.Directory:
+                continue
+            for day in _list(fs, feeder.path):
+                parsed = parse_partition(day.path) if day.type == pafs.FileType.Directory else None
+                if parsed is not None:
+                    out.append((parsed[0], parsed[1], parsed[2], day.path))
+    return out
+
+
+def compact(root: str, *, before: date, kinds: Sequence[Kind] = KINDS) -> int:
+    """Compact every feeder-day older than ``before`` (closed days). Returns the days changed."""
+    return sum(compact_day(root, kind, feeder, day) for kind, feeder, day, _ in partitions(root, kinds)
+               if day < before)
+
+
+def apply_retention(root: str, *, keep_days: int, today: date | None = None) -> int:
+    """Delete whole partitions older than ``keep_days`` days before ``today`` (UTC). Returns how
+    many were deleted."""
+    if keep_days < 1:
+        raise ValueError(f"keep_days {keep_days} must be at least 1")
+    cutoff = (today or datetime.now(UTC).date()) - timedelta(days=keep_days)
+    fs, _ = open_root(root)
+    dropped = 0
+    for _, _, day, folder in partitions(root):
+        if day < cutoff:
+            fs.delete_dir(folder)
+            dropped += 1
+    return dropped
