@@ -54,6 +54,14 @@ class HistoryService:
             for p in model.measurement_points:
                 if p.id in wanted:
                     where[p.id] = summary.id
+            elements: set[str] | None = None
+            for pid in wanted - where.keys():  # a point map's point: <feeder>/<element>/<KIND>
+                feeder, _, rest = pid.partition("/")
+                if feeder == summary.id and rest.count("/") == 1:
+                    if elements is None:
+                        elements = {str(getattr(e, "id", "")) for e in model.elements()}
+                    if rest.split("/")[0] in elements:
+                        where[pid] = summary.id
         unknown = [p for p in point_ids if p not in where]
         if unknown:
             raise BadInput(f"unknown point ids: {', '.join(sorted(unknown)[:10])}; query feeder.measurementPoints "

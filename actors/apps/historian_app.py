@@ -1,7 +1,8 @@
 """The historian as a hosted application: the feeder's measurements and solves, kept as time series.
 
 Telemetry and re-solves reach it synchronously; it only appends rows to a bounded buffer (no disk
-I/O on the scan path). Every ``historian_flush_s`` seconds, or as soon as ``flush_rows`` rows are
+I/O on the scan path), by exception: a value is kept when it or its quality changed, or once per
+``heartbeat_s`` while it stays the same. Every ``historian_flush_s`` seconds, or as soon as ``flush_rows`` rows are
 waiting, a background task hands the buffer to a worker thread that writes one Parquet part per
 partition (:mod:`graph_schema.historian.writer`), so the scan never waits on the disk or the object
 store. A crash loses at most the unflushed buffer; a write that fails (sink down) puts its rows back
@@ -18,7 +19,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from actors.applications import FeederPorts, TelemetryChange
@@ -35,8 +36,10 @@ class HistorianApp:
     read_only = frozenset({"recent", "recent_solves", "counters"})
 
     def __init__(self, root: str | None = None, flush_s: float = 10.0, *, flush_rows: int = 50_000,
-                 max_rows: int = 500_000) -> None:
+                 max_rows: int = 500_000, heartbeat_s: float = 60.0) -> None:
         self._root = root
+        self._heartbeat = timedelta(seconds=heartbeat_s)
+        self._last: dict[str, tuple[Any, str, datetime]] = {}  # point id -> last stored (value, quality, ts)
         self._flush_s = flush_s
         self._flush_rows = flush_rows
         self._max_rows = max_rows
@@ -91,13 +94,24 @@ class HistorianApp:
             pv = values.get(pid)
             if pv is None:
                 continue
-            element, quantity = self._points.get(pid, ("", ""))
+            quality, ts = str(pv.quality), pv.received_ts
+            last = self._last.get(pid)
+            if last is not None and last[0] == pv.value and last[1] == quality and ts - last[2] < self._heartbeat:
+                continue  # report by exception: unchanged values are kept once per heartbeat
+            self._last[pid] = (pv.value, quality, ts)
+            element, quantity = self._points.get(pid) or self._meta(pid)
             v = pv.value
-            value = None if v is None else float(v)
-            writer.append("measurement", (pid, element, quantity, value, str(pv.quality), pv.source_ts,
-                                          pv.received_ts))
+            writer.append("measurement", (pid, element, quantity, None if v is None else float(v), quality,
+                                          pv.source_ts, ts))
         if len(writer) >= self._flush_rows:
             self._full.set()
+
+    def _meta(self, pid: str) -> tuple[str, str]:
+        """Element and quantity of a point map's point (``<feeder>/<element>/<KIND>``)."""
+        parts = pid.rsplit("/", 2)
+        meta = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+        self._points[pid] = meta
+        return meta
 
     def on_state(self, state: Any) -> None:
         if self._writer is None or self._ports is None or state is None:

@@ -370,3 +370,30 @@ def test_settings_read_the_historian_variables(tmp_path: Path) -> None:
     assert Settings.from_env({"DMS_HISTORIAN_URI": "s3://b/h"}).historian_root == "s3://b/h"
     with pytest.raises(ConfigError, match="DMS_TIMEZONE"):
         Settings.from_env({"DMS_TIMEZONE": "Mars/Olympus"})
+
+
+def test_the_actor_process_never_imports_duckdb() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, actors.feeder_actor, actors.apps.historian_app, graph_schema.historian.writer; "
+            "print('duckdb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
+
+
+async def test_app_keeps_values_by_exception_with_a_heartbeat() -> None:
+    from actors.applications import TelemetryChange
+    from actors.apps.historian_app import HistorianApp
+
+    ports = _Ports()
+    app = HistorianApp(None, heartbeat_s=60)  # no root: rows stay in memory (``recent`` only)
+    await app.start(ports)  # type: ignore[arg-type]
+    for s, v, q in [(0, 1.0, "GOOD"), (1, 1.0, "GOOD"), (2, 1.0, "STALE"), (3, 2.0, "STALE"), (70, 2.0, "STALE")]:
+        ports.vals["f1/bus7/VM_PU"] = _PV("f1/bus7/VM_PU", v, q, None, T0 + timedelta(seconds=s))
+        app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=("f1/bus7/VM_PU",)))
+    rows = app.recent(["f1/bus7/VM_PU"], None)["rows"]
+    assert [(r[1] - T0).seconds for r in rows] == [0, 2, 3, 70]  # changes, then the heartbeat
+    assert app._writer.rows()[0][1][1:3] == ("bus7", "VM_PU")  # element and quantity from the point id
+    assert await app.flush() == 0 and app.counters()["written_files"] == 0
+    await app.close()
