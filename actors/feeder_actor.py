@@ -93,6 +93,7 @@ class ActorOptions:
     store_timeout_s: float = 2.0  # a control intent/outcome or a switch state the store does not take in time
     historian_uri: str | None = None  # the historian's root (folder or s3://); None: kept in memory only
     historian_flush_s: float = 10.0  # the historian writes its buffered rows this often
+    historian_retention_days: int | None = None  # the historian drops the feeder's older days; None: keeps all
 
 
 ALARM_EVENT_KINDS = frozenset({

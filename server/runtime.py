@@ -159,6 +159,7 @@ def actor_options(settings: Settings) -> ActorOptions:
         fdir_settle_s=settings.fdir_settle_s,
         historian_uri=settings.historian_root,
         historian_flush_s=settings.historian_flush_s,
+        historian_retention_days=settings.historian_retention_days,
     )
 
 
