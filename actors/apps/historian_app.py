@@ -32,12 +32,17 @@ HISTORIAN = "historian"
 class HistorianApp:
     name = HISTORIAN
     priority = Priority.OPTIMISER  # it never operates a device
-    api = frozenset({"recent", "recent_solves", "flush", "counters"})
+    api = frozenset({"recent", "recent_solves", "flush", "counters", "maintain"})
     read_only = frozenset({"recent", "recent_solves", "counters"})
 
     def __init__(self, root: str | None = None, flush_s: float = 10.0, *, flush_rows: int = 50_000,
-                 max_rows: int = 500_000, heartbeat_s: float = 60.0) -> None:
+                 max_rows: int = 500_000, heartbeat_s: float = 60.0, retention_days: int | None = None,
+                 maintain_every_s: float = 3600.0) -> None:
         self._root = root
+        self._retention_days = retention_days
+        self._maintain_every_s = maintain_every_s
+        self.compacted_days = 0
+        self.dropped_days = 0
         self._heartbeat = timedelta(seconds=heartbeat_s)
         self._last: dict[str, tuple[Any, str, datetime]] = {}  # point id -> last stored (value, quality, ts)
         self._flush_s = flush_s
@@ -55,7 +60,8 @@ class HistorianApp:
 
     @classmethod
     def from_options(cls, opts: Any) -> HistorianApp:
-        return cls(getattr(opts, "historian_uri", None), getattr(opts, "historian_flush_s", 10.0))
+        return cls(getattr(opts, "historian_uri", None), getattr(opts, "historian_flush_s", 10.0),
+                   retention_days=getattr(opts, "historian_retention_days", None))
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -72,6 +78,7 @@ class HistorianApp:
                                        max_rows=self._max_rows if self._root else 10_000)
         if self._root:
             ports.spawn(self._flusher(), "historian flush")
+            ports.spawn(self._maintainer(), "historian maintenance")
         with contextlib.suppress(Exception):  # the state solved before the app started
             self.on_state(ports.state())
 
@@ -137,6 +144,32 @@ class HistorianApp:
             except Exception:
                 pass  # counted and logged in flush; the rows wait in the buffer for the next try
 
+    async def _maintainer(self) -> None:
+        while True:
+            try:
+                await self.maintain()
+            except Exception as exc:  # the sink may be down: try again next time
+                log.warning("feeder %s: historian maintenance failed: %s", self._ports.feeder_id if self._ports
+                            else "?", exc)
+            await asyncio.sleep(self._maintain_every_s)
+
+    async def maintain(self) -> dict[str, int]:
+        """Compact this feeder's closed (UTC) days and drop its days beyond the retention, in a worker
+        thread. Each actor looks after its own partitions, so the work scales with the actors."""
+        if not self._root or self._ports is None:
+            return {"compacted_days": 0, "dropped_days": 0}
+        from graph_schema.historian.writer import apply_retention, compact
+
+        root, fid, today = self._root, self._ports.feeder_id, self._ports.now().date()
+        dropped = 0
+        if self._retention_days:
+            dropped = await asyncio.to_thread(apply_retention, root, keep_days=self._retention_days, today=today,
+                                              feeder_id=fid)
+        compacted = await asyncio.to_thread(compact, root, before=today, feeder_id=fid)
+        self.compacted_days += compacted
+        self.dropped_days += dropped
+        return {"compacted_days": compacted, "dropped_days": dropped}
+
     async def flush(self) -> int:
         """Write the buffered rows now (in a worker thread). Returns the rows written."""
         writer = self._writer
@@ -197,4 +230,5 @@ class HistorianApp:
         return {"root": self._root, "buffered": len(w) if w is not None else 0,
                 "dropped": w.dropped if w is not None else 0, "written_rows": w.written_rows if w is not None else 0,
                 "written_files": w.written_files if w is not None else 0, "failed_flushes": self.failed_flushes,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "compacted_days": self.compacted_days,
+                "dropped_days": self.dropped_days}

@@ -226,13 +226,15 @@ def _read(fs: pafs.FileSystem, path: str) -> pa.Table:
         return pq.read_table(fh)
 
 
-def partitions(root: str, kinds: Sequence[Kind] = KINDS) -> list[tuple[Kind, str, date, str]]:
-    """Every (kind, feeder id, date, folder) of the data set."""
+def partitions(root: str, kinds: Sequence[Kind] = KINDS, feeder_id: str | None = None
+               ) -> list[tuple[Kind, str, date, str]]:
+    """Every (kind, feeder id, date, folder) of the data set (of one feeder when ``feeder_id`` is given)."""
     fs, base = open_root(root)
     out: list[tuple[Kind, str, date, str]] = []
     for kind in kinds:
         for feeder in _list(fs, kind_dir(base, kind)):
-            if feeder.type != pafs.FileType.Directory:
+            if feeder.type != pafs.FileType.Directory or (feeder_id is not None and
+                                                          feeder.base_name != f"feeder={feeder_id}"):
                 continue
             for day in _list(fs, feeder.path):
                 parsed = parse_partition(day.path) if day.type == pafs.FileType.Directory else None
@@ -241,13 +243,13 @@ def partitions(root: str, kinds: Sequence[Kind] = KINDS) -> list[tuple[Kind, str
     return out
 
 
-def compact(root: str, *, before: date, kinds: Sequence[Kind] = KINDS) -> int:
+def compact(root: str, *, before: date, kinds: Sequence[Kind] = KINDS, feeder_id: str | None = None) -> int:
     """Compact every feeder-day older than ``before`` (closed days). Returns the days changed."""
-    return sum(compact_day(root, kind, feeder, day) for kind, feeder, day, _ in partitions(root, kinds)
+    return sum(compact_day(root, kind, feeder, day) for kind, feeder, day, _ in partitions(root, kinds, feeder_id)
                if day < before)
 
 
-def apply_retention(root: str, *, keep_days: int, today: date | None = None) -> int:
+def apply_retention(root: str, *, keep_days: int, today: date | None = None, feeder_id: str | None = None) -> int:
     """Delete whole partitions older than ``keep_days`` days before ``today`` (UTC). Returns how
     many were deleted."""
     if keep_days < 1:
@@ -255,7 +257,7 @@ def apply_retention(root: str, *, keep_days: int, today: date | None = None) -> 
     cutoff = (today or datetime.now(UTC).date()) - timedelta(days=keep_days)
     fs, _ = open_root(root)
     dropped = 0
-    for _, _, day, folder in partitions(root):
+    for _, _, day, folder in partitions(root, KINDS, feeder_id):
         if day < cutoff:
             fs.delete_dir(folder)
             dropped += 1

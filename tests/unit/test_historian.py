@@ -397,3 +397,29 @@ async def test_app_keeps_values_by_exception_with_a_heartbeat() -> None:
     assert app._writer.rows()[0][1][1:3] == ("bus7", "VM_PU")  # element and quantity from the point id
     assert await app.flush() == 0 and app.counters()["written_files"] == 0
     await app.close()
+
+
+async def test_app_maintains_only_its_own_partitions(tmp_path: Path) -> None:
+    from actors.apps.historian_app import HistorianApp
+
+    root = str(tmp_path)
+    today = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    for feeder in ("f1", "f2"):
+        for days_ago in (0, 1, 1, 5):
+            await asyncio.to_thread(_write, root, [_m("p", today - timedelta(days=days_ago), 1.0)], feeder)
+    ports = _Ports()
+    app = HistorianApp(root, flush_s=3600, retention_days=3, maintain_every_s=3600)
+    await app.start(ports)  # type: ignore[arg-type]
+    try:
+        await _until(lambda: app.counters()["compacted_days"] == 1)
+        assert await app.maintain() == {"compacted_days": 0, "dropped_days": 0}  # idempotent
+    finally:
+        for t in ports.tasks:
+            t.cancel()
+        await asyncio.gather(*ports.tasks, return_exceptions=True)
+    f1 = tmp_path / "v1/kind=measurement/feeder=f1"
+    f2 = tmp_path / "v1/kind=measurement/feeder=f2"
+    day = lambda n: f"date={(today - timedelta(days=n)).date().isoformat()}"  # noqa: E731
+    assert sorted(os.listdir(f1)) == sorted([day(0), day(1)]) and app.counters()["dropped_days"] == 1
+    assert os.listdir(f1 / day(1)) == [COMPACTED_NAME] and len(_parts(str(f1 / day(0)))) == 1
+    assert len(os.listdir(f2)) == 3 and len(_parts(str(f2 / day(1)))) == 2  # another feeder's: untouched
