@@ -1,0 +1,205 @@
+"""Historian benchmark: ingest beside the scan, trend queries over 60 days, bytes per point-day.
+
+Run: ``.venv/bin/python bench/historian.py [--seconds 5] [--days 60] [--points 100]``.
+
+It prints:
+1. machine info;
+2. the scan path of one feeder (``actors.ingest.Ingest.apply`` on every analog point of case33bw,
+   each value changing every scan, as fast as the event loop allows) with and without the
+   historian application (``on_telemetry`` appends, flushes to Parquet in a worker thread every
+   second), interleaved in one run: scans/s each, the ratio (aim >= 0.95), and values/s the
+   historian took in;
+3. a 24-hour, 5-minute-bucket trend of 10 points over ``--days`` days of generated history
+   (``--points`` points, one sample a minute each, compacted one file per feeder-day), through
+   ``HistorianReader.history`` (DuckDB): median and p99 (aim < 200 ms);
+4. the data set's size per point-day on disk.
+
+What it does not measure: the actor under Ray with the field simulator (protocol decoding, the
+event bus); see bench/telemetry.py for that path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def machine() -> str:
+    import duckdb
+    import psutil
+    import pyarrow
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
+            f"(affinity {len(os.sched_getaffinity(0))}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"Python {platform.python_version()}, pyarrow {pyarrow.__version__}, duckdb {duckdb.__version__}")
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class _Ports:
+    feeder_id = "bench"
+    app_name = "historian"
+
+    def __init__(self, model: Any, ingest: Any) -> None:
+        self._model, self._ingest = model, ingest
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def model(self) -> Any:
+        return self._model
+
+    def state(self) -> Any:
+        raise RuntimeError("no state in the bench")
+
+    def values(self) -> Any:
+        return dict(self._ingest.values)
+
+    def spawn(self, coro: Any, name: str = "") -> asyncio.Task[Any]:
+        t = asyncio.create_task(coro, name=name)
+        self.tasks.append(t)
+        return t
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+async def scan_rates(seconds: float, root: str) -> tuple[float, float, float, int]:
+    from actors.applications import TelemetryChange
+    from actors.apps.historian_app import HistorianApp
+    from actors.cores.topology import TopologyGraph
+    from actors.ingest import Ingest
+    from graph_schema.importers import case33bw
+    from protocols.base import PointValue, Quality
+    from protocols.pointmap import generate_point_map
+
+    feeder = case33bw()
+    ingest = Ingest(feeder, TopologyGraph(feeder))
+    pm = generate_point_map(feeder)
+    ingest.bind({p.point_id: p for p in pm.points})
+    analogs = [p for p in pm.points if str(p.quantity) not in ("STATUS", "FAULT") and str(p.direction) != "COMMAND"]
+    by_device: dict[str, list[Any]] = {}
+    for p in analogs:
+        by_device.setdefault(p.device_id, []).append(p)
+    states = {s.id: s.is_open for s in feeder.switches}
+    ports = _Ports(feeder, ingest)
+    app = HistorianApp(root, flush_s=1.0, heartbeat_s=60)
+    await app.start(ports)  # type: ignore[arg-type]
+    n = 0
+
+    async def run(with_app: bool, dur: float) -> int:
+        nonlocal n
+        scans = 0
+        end = time.perf_counter() + dur
+        while time.perf_counter() < end:
+            now = datetime.now(UTC)
+            n += 1
+            for dev, pts in by_device.items():
+                values = [PointValue(p.point_id, 1.0 + (n % 97) * 1e-4, Quality.GOOD, now, now) for p in pts]
+                ingest.apply(dev, values, states)
+                if with_app:
+                    app.on_telemetry(TelemetryChange(device_id=dev, point_ids=tuple(v.point_id for v in values)))
+            scans += 1
+            await asyncio.sleep(0)
+        return scans
+
+    without = with_ = 0
+    rows0 = 0
+    slices = 6
+    for _ in range(slices):  # interleaved, so drift hits both alike
+        without += await run(False, seconds / slices / 2)
+        before = app.counters()["written_rows"] + app.counters()["buffered"]
+        with_ += await run(True, seconds / slices / 2)
+        rows0 += app.counters()["written_rows"] + app.counters()["buffered"] - before
+    await app.flush()
+    for t in ports.tasks:
+        t.cancel()
+    await asyncio.gather(*ports.tasks, return_exceptions=True)
+    half = seconds / 2
+    return without / half, with_ / half, rows0 / half, len(analogs)
+
+
+def generate(root: str, days: int, points: int, end_day: datetime) -> tuple[int, int]:
+    """``points`` points, one sample a minute, ``days`` days, one compacted file per day."""
+    import numpy as np
+    import pyarrow as pa
+
+    from graph_schema.historian import COMPACTED_NAME, partition_dir
+    from graph_schema.historian.writer import SCHEMAS, open_root, write_table
+
+    fs, base = open_root(root)
+    ids = [f"bench/bus{i}/VM_PU" for i in range(points)]
+    minutes = 1440
+    rng = np.random.default_rng(1)
+    rows = 0
+    for d in range(days):
+        day = end_day - timedelta(days=days - d)
+        t = np.datetime64(day.replace(tzinfo=None), "us") + np.arange(minutes) * np.timedelta64(60, "s")
+        ts = np.tile(t, points)
+        pid = np.repeat(np.array(ids, dtype=object), minutes)
+        hour = (np.arange(minutes) / 60.0)
+        daily = 1.0 - 0.03 * np.sin((hour - 6) / 24 * 2 * np.pi)
+        value = (np.tile(daily, points) + rng.normal(0, 0.002, points * minutes)).astype("float64")
+        n = points * minutes
+        element = np.repeat(np.array([i.split("/")[1] for i in ids], dtype=object), minutes)
+        utc_ts = pa.array(ts, pa.timestamp("us", tz="UTC"))
+        table = pa.table({
+            "point_id": pa.array(pid, pa.string()), "element_id": pa.array(element, pa.string()),
+            "quantity": pa.array(["VM_PU"] * n, pa.string()), "value": value,
+            "quality": pa.array(["GOOD"] * n, pa.string()), "source_ts": utc_ts, "received_ts": utc_ts,
+        }, schema=SCHEMAS["measurement"])
+        write_table(fs, f"{partition_dir(base, 'measurement', 'bench', day.date())}/{COMPACTED_NAME}", table)
+        rows += table.num_rows
+    size = sum(f.stat().st_size for f in Path(base).rglob("*.parquet"))
+    return rows, size
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--days", type=int, default=60)
+    ap.add_argument("--points", type=int, default=100)
+    ap.add_argument("--queries", type=int, default=40)
+    a = ap.parse_args()
+    print("machine:", machine())
+    with tempfile.TemporaryDirectory() as tmp:
+        without, with_, vps, n = asyncio.run(scan_rates(a.seconds, os.path.join(tmp, "ingest")))
+        print(f"scan path, {n} analog points, every value changing: {without:,.0f} scans/s without the historian, "
+              f"{with_:,.0f} with it (ratio {with_ / without:.3f}, aim >= 0.95); historian took {vps:,.0f} values/s")
+        root = os.path.join(tmp, "history")
+        end_day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        t0 = time.perf_counter()
+        rows, size = generate(root, a.days, a.points, end_day)
+        took = time.perf_counter() - t0
+        print(f"generated {a.days} days x {a.points} points x 1/min = {rows:,} rows in {took:.1f} s; "
+              f"{size / 2**20:.1f} MiB: {size / (a.days * a.points) / 1024:.1f} KiB per point-day "
+              f"({size / rows:.2f} bytes per sample)")
+        from graph_schema.historian.query import HistorianReader
+
+        ids = [f"bench/bus{i}/VM_PU" for i in range(10)]
+        times = []
+        for q in range(a.queries):
+            end = end_day - timedelta(days=q % (a.days - 1), hours=q % 24)
+            reader = HistorianReader(root)
+            t = time.perf_counter()
+            h = reader.history(ids, end - timedelta(hours=24), end, 300, feeder_ids=["bench"])
+            times.append(time.perf_counter() - t)
+            assert all(len(b) == 288 for b in h.values()), {k: len(v) for k, v in h.items()}
+        print(f"24 h x 5-min trend of 10 points over {a.days} days: median {statistics.median(times) * 1000:.1f} ms, "
+              f"p99 {pct(times, 0.99) * 1000:.1f} ms over {a.queries} queries (aim < 200 ms)")
+
+
+if __name__ == "__main__":
+    main()
