@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -53,13 +53,30 @@ _PART_TIME_INDEX = {k: [n for n, _ in COLUMNS[k]].index(PARTITION_TIME[k]) for k
 
 def open_root(uri: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and base path of a historian root: a local folder or ``s3://bucket/prefix``
-    (``?endpoint_override=host:port&scheme=http`` for a loopback S3 API; credentials from the
-    environment, as the AWS SDK reads them)."""
+    (``?endpoint_override=host:port&scheme=http&region=...&connect_timeout_s=3&request_timeout_s=10``;
+    credentials from the environment, as the AWS SDK reads them)."""
+    if uri.startswith("s3://"):
+        return _s3(uri)
     if "://" in uri and not uri.startswith("file://"):
         fs, path = pafs.FileSystem.from_uri(uri)
         return fs, path.rstrip("/")
     path = urlsplit(uri).path if uri.startswith("file://") else uri
     return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def _s3(uri: str) -> tuple[pafs.FileSystem, str]:
+    """An S3 root with bounded timeouts and retries, so a sink that is down fails a flush in seconds
+    (the rows stay buffered) rather than holding the writer thread for minutes."""
+    parts = urlsplit(uri)
+    q = dict(parse_qsl(parts.query))
+    known = {"endpoint_override", "scheme", "region", "connect_timeout_s", "request_timeout_s"}
+    if set(q) - known:
+        raise ValueError(f"historian URI {uri!r}: unknown option(s) {sorted(set(q) - known)}; known: {sorted(known)}")
+    fs = pafs.S3FileSystem(endpoint_override=q.get("endpoint_override"), scheme=q.get("scheme", "https"),
+                           region=q.get("region"), connect_timeout=float(q.get("connect_timeout_s", 3)),
+                           request_timeout=float(q.get("request_timeout_s", 10)),
+                           retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=2))
+    return fs, f"{parts.netloc}{parts.path}".rstrip("/")
 
 
 def _is_local(fs: pafs.FileSystem) -> bool:
