@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,20 @@ from graph_schema.historian import (
 from graph_schema.historian.writer import compacted_sources, open_root
 
 log = logging.getLogger(__name__)
+
+
+_DB: duckdb.DuckDBPyConnection | None = None
+_DB_LOCK = threading.Lock()
+
+
+def _cursor() -> duckdb.DuckDBPyConnection:
+    """A cursor on one in-memory DuckDB per process (opening a database costs ~40 ms; a cursor is
+    cheap, and each is its own connection, safe to use from its own thread)."""
+    global _DB
+    with _DB_LOCK:
+        if _DB is None:
+            _DB = duckdb.connect()
+        return _DB.cursor()
 
 
 def _us(ts: datetime) -> int:
@@ -119,7 +134,7 @@ class HistorianReader:
             self.opened = list(files)
             if not files:
                 return []
-            con = duckdb.connect()
+            con = _cursor()
             try:
                 con.execute("SET TimeZone='UTC'")
                 for name, table in (extra or {}).items():
@@ -147,7 +162,7 @@ class HistorianReader:
         bad = []
         for f in files:
             try:
-                with duckdb.connect() as con:
+                with _cursor() as con:
                     con.execute("SELECT * FROM read_parquet(?)", [f]).fetchall()
             except duckdb.Error:
                 bad.append(f)
@@ -163,6 +178,16 @@ class HistorianReader:
                 log.warning("historian: skipping unreadable file %s: %s", f, exc)
                 self.skipped.append(f)
         return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
+
+    @staticmethod
+    def _bucket_sql(edges: list[datetime], bucket_s: int) -> tuple[str, dict[str, pa.Table]]:
+        """How a row's time ``t`` finds its bucket ``i``: arithmetic for fixed buckets, a range join
+        on the edges for calendar days (23- and 25-hour days included)."""
+        us = [_us(x) for x in edges]
+        if bucket_s % 86_400:
+            return f", LATERAL (SELECT CAST((t - {us[0]}) // {bucket_s * 1_000_000} AS BIGINT) AS i) AS b", {}
+        edge_table = pa.table({"i": list(range(len(us) - 1)), "lo": us[:-1], "hi": us[1:]})
+        return "JOIN edges AS e ON s.t >= e.lo AND s.t < e.hi", {"edges": edge_table}
 
     # -- measurement trends ----------------------------------------------------------------------
 
@@ -194,16 +219,15 @@ class HistorianReader:
                                        good_fraction=1.0 if q == "GOOD" else 0.0, last_ts=ts))
             return out
         edges = bucket_edges(s, e, bucket_s, self.tz)
-        us = [_us(x) for x in edges]
-        edge_table = pa.table({"i": list(range(len(us) - 1)), "lo": us[:-1], "hi": us[1:]})
+        bucket_of, extra = self._bucket_sql(edges, bucket_s)
         rows = self._run("measurement", files, lambda src: (
-            "SELECT point_id, e.i, avg(value), min(value), max(value), "
+            "SELECT point_id, i, avg(value), min(value), max(value), "
             "arg_max(value, t) FILTER (WHERE value IS NOT NULL AND NOT isnan(value)), "
             "max(t) FILTER (WHERE value IS NOT NULL AND NOT isnan(value)), count(*), "
             "avg(CASE WHEN quality = 'GOOD' THEN 1.0 ELSE 0.0 END) "
             f"FROM (SELECT point_id, value, quality, epoch_us(received_ts) AS t FROM {src} WHERE {where}) AS s "
-            "JOIN edges AS e ON s.t >= e.lo AND s.t < e.hi GROUP BY point_id, e.i ORDER BY point_id, e.i"),
-            params, extra={"edges": edge_table})
+            f"{bucket_of} GROUP BY point_id, i ORDER BY point_id, i"),
+            params, extra=extra)
         for pid, i, avg, mn, mx, last, last_t, n, good in rows:
             out[pid].append(Bucket(start=edges[i], end=edges[i + 1], avg=_f(avg), min=_f(mn), max=_f(mx),
                                    last=_f(last), count=int(n), good_fraction=float(good),
@@ -234,14 +258,13 @@ class HistorianReader:
                                 converged_fraction=1.0 if conv else 0.0)
                     for t, lo, mn, mx, ld, p, c, conv in rows]
         edges = bucket_edges(s, e, bucket_s, self.tz)
-        us = [_us(x) for x in edges]
-        edge_table = pa.table({"i": list(range(len(us) - 1)), "lo": us[:-1], "hi": us[1:]})
+        bucket_of, extra = self._bucket_sql(edges, bucket_s)
         rows = self._run("solve", files, lambda src: (
-            "SELECT e.i, avg(losses_mw), min(min_vm_pu), max(max_vm_pu), max(max_line_loading_percent), "
+            "SELECT i, avg(losses_mw), min(min_vm_pu), max(max_vm_pu), max(max_line_loading_percent), "
             "avg(p_source_mw), max(customers_out), count(*), avg(CASE WHEN converged THEN 1.0 ELSE 0.0 END) "
             f"FROM (SELECT *, epoch_us(ts) AS t FROM {src} WHERE {where}) AS s "
-            "JOIN edges AS e ON s.t >= e.lo AND s.t < e.hi GROUP BY e.i ORDER BY e.i"),
-            params, extra={"edges": edge_table})
+            f"{bucket_of} GROUP BY i ORDER BY i"),
+            params, extra=extra)
         return [SolveBucket(start=edges[i], end=edges[i + 1], losses_mw=_f(lo), min_vm_pu=_f(mn), max_vm_pu=_f(mx),
                             max_line_loading_percent=_f(ld), p_source_mw=_f(p),
                             customers_out=None if c is None else int(c), count=int(n), converged_fraction=float(cv))
