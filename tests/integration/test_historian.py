@@ -84,7 +84,7 @@ async def test_field_values_reach_parquet_and_history_over_http(runtime: Any, fi
         assert any(b["pMw"] is not None and b["pMw"] > 0 for b in rows)
 
 
-async def test_history_bad_input(runtime: Any, gql: Any) -> None:
+async def test_history_bad_input(runtime: Any, gql: Any, mint: Any) -> None:
     now = datetime.now(UTC)
     point = f"{F}/bus18/VM_PU"
     cases = [
@@ -97,6 +97,13 @@ async def test_history_bad_input(runtime: Any, gql: Any) -> None:
         r = await gql(HISTORY, variables)
         assert r["errors"][0]["extensions"]["code"] == "BAD_INPUT", r
         assert message in r["errors"][0]["message"]
+    # a token scoped to another feeder does not learn that the point exists
+    scoped = mint("VIEWER", feeders=["cigre-mv"])
+    hour = {"s": (now - timedelta(hours=1)).isoformat(), "e": now.isoformat(), "b": 60}
+    r = await gql(HISTORY, {"p": [point], **hour}, token=scoped)
+    assert r["errors"][0]["extensions"]["code"] == "BAD_INPUT" and "unknown point ids" in r["errors"][0]["message"]
+    r = await gql(FEEDER_HISTORY, {"f": F, **hour}, token=scoped)
+    assert r["errors"][0]["extensions"]["code"] == "FORBIDDEN", r
     r = await gql(HISTORY, {"p": [point], "s": now.isoformat(), "e": now.isoformat()}, role=None)
     assert r["errors"][0]["extensions"]["code"] in {"UNAUTHENTICATED", "FORBIDDEN"}
 
