@@ -52,6 +52,7 @@ class TelemetryChange:
     # switch id -> who commanded it ("" when the control room did not say), for the changes in
     # ``switch_changes`` that an operate of ours made; a change not in it was not commanded (a trip)
     commanded_by: Mapping[str, str] = field(default_factory=dict)
+    values: tuple[Any, ...] = ()  # the batch itself (protocols.base.PointValue), as the device sent it
 
 
 class FeederPorts(Protocol):
@@ -65,7 +66,7 @@ class FeederPorts(Protocol):
     def topology_graph(self) -> TopologyGraph: ...
     def state(self) -> Any: ...  # actors.feeder_actor.FeederState
     def switch_states(self) -> dict[str, bool]: ...
-    def values(self) -> Mapping[str, Any]: ...  # point id -> protocols.base.PointValue
+    def values(self) -> Mapping[str, Any]: ...  # point id -> protocols.base.PointValue (a read-only live view)
     def field_flags(self) -> FieldFlags: ...
     def clear_reclosed(self) -> None: ...
     async def solve(self, *, switch_states: Mapping[str, bool] | None = None,

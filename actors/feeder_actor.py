@@ -29,6 +29,7 @@ import time
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from actors.applications import AppRegistry, FeederPorts, TelemetryChange
@@ -324,7 +325,7 @@ class FeederActor:
         self.apps.on_telemetry(TelemetryChange(
             device_id=device_id, point_ids=tuple(pv.point_id for pv in values), switch_changes=result.switch_changes,
             indications_changed=result.indications_changed, fault_cleared=result.fault_cleared,
-            commanded_by=result.commanded))
+            commanded_by=result.commanded, values=tuple(values)))
         if result.state_changed:
             changed, self._telemetry_changed = self._telemetry_changed, asyncio.Event()
             changed.set()
@@ -583,7 +584,8 @@ class _HostPorts:
         return dict(self._host._switch_states)
 
     def values(self) -> Mapping[str, Any]:
-        return dict(self._host.ingest.values) if self._host.ingest is not None else {}
+        """A read-only live view (no copy per call: applications read it on the scan path)."""
+        return MappingProxyType(self._host.ingest.values) if self._host.ingest is not None else MappingProxyType({})
 
     def field_flags(self) -> FieldFlags:
         assert self._host.ingest is not None

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
@@ -195,7 +196,11 @@ class ControlService:
 
     async def _record(self, action: AuditAction, caller: Caller, target: str, outcome: str,
                       detail: dict[str, Any]) -> None:
-        """Write an audit entry after the fact: now, or kept and retried until stored. Never raises."""
+        """Write an audit entry after the fact: now, or kept and retried until stored. Never raises.
+
+        The entry carries an ``entry_id``: a try that timed out may still have been stored, and a
+        retry first looks for it among the newest entries, so an outage never doubles an entry."""
+        detail = {**detail, "entry_id": uuid.uuid4().hex}
         try:
             await self._record_now(action, caller, target, outcome, detail)
         except Exception as exc:
@@ -213,13 +218,21 @@ class ControlService:
             while self._unaudited:
                 entry = self._unaudited[0]
                 try:
-                    await self._record_now(*entry)
+                    if not await self._already_stored(str(entry[4].get("entry_id", ""))):
+                        await self._record_now(*entry)
                 except Exception:
                     delay = min(delay * 2, 10.0)
                     break
                 self._unaudited.pop(0)
                 delay = 0.5
         log.warning("audit entries kept during a store outage are stored now")
+
+    async def _already_stored(self, entry_id: str) -> bool:
+        audit = self._audit()
+        if audit is None or not entry_id:
+            return False
+        newest = await asyncio.wait_for(audit.page(limit=200, newest_first=True), self.store_timeout_s)
+        return any(entry_id in e.detail for e in newest)
 
     def status(self) -> dict[str, int]:
         """Audit entries not stored yet (a store outage): for health and metrics."""

@@ -96,11 +96,8 @@ class HistorianApp:
         writer, ports = self._writer, self._ports
         if writer is None or ports is None:
             return
-        values = ports.values()
-        for pid in change.point_ids:
-            pv = values.get(pid)
-            if pv is None:
-                continue
+        for pv in change.values:
+            pid = pv.point_id
             quality, ts = str(pv.quality), pv.received_ts
             last = self._last.get(pid)
             if last is not None and last[0] == pv.value and last[1] == quality and ts - last[2] < self._heartbeat:

@@ -190,7 +190,8 @@ async def test_s3_round_trip_on_loopback(monkeypatch: Any) -> None:
     await app.start(ports)  # type: ignore[arg-type]
     for i in range(3):
         ports.vals["f1/b/VM_PU"] = PV("f1/b/VM_PU", float(i), "GOOD", None, t0 + timedelta(seconds=i))
-        app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=("f1/b/VM_PU",)))
+        pv = ports.vals["f1/b/VM_PU"]
+        app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=(pv.point_id,), values=(pv,)))
     started = time.monotonic()
     try:
         await app.flush()

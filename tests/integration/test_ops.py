@@ -75,8 +75,8 @@ async def test_metrics_expose_http_graphql_and_actor_series(http, gql):
     assert 'dms_feeder_actor_restarts{feeder="cigre-mv"}' in text
     assert 'dms_solver_last_seconds{feeder="case33bw"}' in text
     assert 'dms_telemetry_values_total{feeder="case33bw"}' in text
-    assert 'dms_app_up{feeder="case33bw",app="fdir",state="RUNNING"} 1.0' in text  # hosted applications
-    assert 'dms_app_slow_steps_total{feeder="case33bw",app="fdir"}' in text
+    assert 'dms_app_up{app="fdir",feeder="case33bw",state="RUNNING"} 1.0' in text  # hosted applications
+    assert 'dms_app_slow_steps_total{app="fdir",feeder="case33bw"}' in text
     assert 'dms_control_outcomes_unrecorded{feeder="case33bw"} 0.0' in text  # records before the field
     assert "dms_audit_entries_unstored 0.0" in text
     assert "dms_graphql_subscriptions_active" in text or "# HELP dms_graphql_subscriptions_active" in text

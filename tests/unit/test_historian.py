@@ -323,7 +323,8 @@ async def test_app_buffers_on_the_scan_path_and_flushes_off_it(tmp_path: Path) -
     try:
         for i in range(3):
             ports.vals["p1"] = _PV("p1", float(i), "GOOD", None, T0 + timedelta(seconds=i))
-            app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=("p1",)))
+            pv = ports.vals["p1"]
+            app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=(pv.point_id,), values=(pv,)))
         assert not os.listdir(tmp_path)  # no I/O on the scan path
         rec = app.recent(["p1"], None)
         assert [r[2] for r in rec["rows"]] == [0.0, 1.0, 2.0] and rec["oldest"] == T0
@@ -352,7 +353,8 @@ async def test_app_keeps_rows_when_the_sink_is_down(tmp_path: Path) -> None:
     await asyncio.gather(*ports.tasks, return_exceptions=True)
     for i in range(3):
         ports.vals["p1"] = _PV("p1", float(i), "GOOD", None, T0 + timedelta(seconds=i))
-        app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=("p1",)))
+        pv = ports.vals["p1"]
+        app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=(pv.point_id,), values=(pv,)))
     with pytest.raises(OSError):
         await app.flush()
     c = app.counters()
@@ -391,7 +393,8 @@ async def test_app_keeps_values_by_exception_with_a_heartbeat() -> None:
     await app.start(ports)  # type: ignore[arg-type]
     for s, v, q in [(0, 1.0, "GOOD"), (1, 1.0, "GOOD"), (2, 1.0, "STALE"), (3, 2.0, "STALE"), (70, 2.0, "STALE")]:
         ports.vals["f1/bus7/VM_PU"] = _PV("f1/bus7/VM_PU", v, q, None, T0 + timedelta(seconds=s))
-        app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=("f1/bus7/VM_PU",)))
+        pv = ports.vals["f1/bus7/VM_PU"]
+        app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=(pv.point_id,), values=(pv,)))
     rows = app.recent(["f1/bus7/VM_PU"], None)["rows"]
     assert [(r[1] - T0).seconds for r in rows] == [0, 2, 3, 70]  # changes, then the heartbeat
     assert app._writer.rows()[0][1][1:3] == ("bus7", "VM_PU")  # element and quantity from the point id
