@@ -28,6 +28,7 @@ import math
 import random
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -308,6 +309,9 @@ class FieldSimulator:
         self._silent: set[str] = set()
         self._garbled: dict[str, str] = {}  # Modbus device id -> frame fault (FRAME_FAULTS)
         self._stuck: set[str] = set()  # "<feeder>/<switch>"
+        # Every command a protocol server handed over, by command point id (accepted or not): what
+        # tests assert on to prove that nothing was sent, instead of waiting to see nothing move.
+        self.commands_received: Counter[str] = Counter()
         self._forced: dict[str, float | bool] = {}
         self._value_hook: ValueHook | None = None
         self._wake = asyncio.Event()
@@ -666,6 +670,7 @@ class FieldSimulator:
     # -- commands ---------------------------------------------------------------------------------
     def _command(self, p: PointMapping, value: float | bool) -> bool:
         """Apply a command from a protocol server. False: refuse (illegal value)."""
+        self.commands_received[p.point_id] += 1
         fid, _ = self._points[p.point_id]
         fs = self._sims[fid]
         k, e = p.quantity, p.element_id

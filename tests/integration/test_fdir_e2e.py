@@ -23,6 +23,11 @@ OUTAGE_Q = """query O($id: ID!) { outage(id: $id) { id status cause customersOut
   steps { action customersLost customersRestored } } }"""
 
 
+
+def _commands(sim, feeder: str) -> int:
+    """Commands the field simulator received for ``feeder``'s devices."""
+    return sum(n for pid, n in sim.commands_received.items() if pid.startswith(f"{feeder}/"))
+
 async def wait_for(fn, timeout_s: float, step: float = 0.25) -> Any:
     deadline = time.monotonic() + timeout_s
     last = None
@@ -122,8 +127,10 @@ async def test_automatic_fdir_on_case33bw_isolates_restores_and_returns_to_norma
         # Fault repaired: a return-to-normal plan is offered, never executed on its own.
         sim.clear("case33bw")
         pending = await wait_for(lambda: _pending(gql, "case33bw", "RETURN_TO_NORMAL"), 20)
-        await asyncio.sleep(1.0)
+        sent = _commands(sim, "case33bw")
+        # offered, not executed: the plan waits and nothing was sent to the field since it was made
         assert (await fdir(gql, "case33bw"))["pendingPlan"]["id"] == pending["id"]
+        assert _commands(sim, "case33bw") == sent
         await approve(gql, "case33bw", pending["id"])
         rtn = await completed_after(gql, "case33bw", outcome["id"])
         assert rtn["kind"] == "RETURN_TO_NORMAL" and rtn["state"] == "COMPLETED", rtn
@@ -202,8 +209,10 @@ async def test_advisory_fdir_on_cigre_mv_waits_for_one_approval(gql, runtime, gr
         assert tripped, "a breaker must trip for a permanent fault"
         pending = await wait_for(lambda: _pending(gql, "cigre-mv", "FAULT"), 30)
         assert pending["state"] == "PENDING_APPROVAL"
-        await asyncio.sleep(1.0)  # advisory: nothing moves without the operator
-        assert sim.switch_is_open("cigre-mv", tripped)
+        sent = _commands(sim, "cigre-mv")
+        # advisory: nothing moves without the operator (the plan waits; no command reached the field)
+        assert (await fdir(gql, "cigre-mv"))["pendingPlan"]["id"] == pending["id"]
+        assert _commands(sim, "cigre-mv") == sent and sim.switch_is_open("cigre-mv", tripped)
         bad = await gql('mutation { approvePlan(feederId: "cigre-mv", planId: "nope") { id } }', role="OPERATOR")
         assert bad["errors"][0]["extensions"]["code"] == "NOT_FOUND"
         forbidden = await gql('mutation A($p: ID!) { approvePlan(feederId: "cigre-mv", planId: $p) { id } }',
