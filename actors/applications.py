@@ -22,14 +22,14 @@ import inspect
 import logging
 import time
 import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from actors.arbiter import Priority
 from actors.cores.control import ControlAction
-from actors.cores.events import EventKind, Scalar, Severity
+from actors.cores.events import Event, EventKind, Scalar, Severity
 from actors.cores.powerflow import PowerFlowResult
 from actors.cores.topology import TopologyGraph
 from actors.ingest import FieldFlags
@@ -87,6 +87,11 @@ class Application(Protocol):
 
     ``api`` names the methods the API may call (``FeederActor.app_call``); ``read_only`` those of
     them that only read (retried once after an actor restart, like any read).
+
+    Optional: ``on_events(events: Sequence[Event]) -> None`` (not part of the protocol: applications
+    without it are skipped): the feeder's events once published, with the bus's ``seq``, in
+    publication order. Cheap and synchronous like ``on_telemetry``; it only observes (an event it
+    emits from there comes back in a later batch, so an application must not echo every event).
     """
 
     name: str
@@ -222,6 +227,15 @@ class AppRegistry:
     def on_state(self, state: Any) -> None:
         for name, app in list(self._apps.items()):
             self._guard(name, "on_state", lambda a=app: a.on_state(state))
+
+    def on_events(self, events: Sequence[Event]) -> None:
+        """Published events to the applications that define ``on_events`` (others are skipped)."""
+        if not events:
+            return
+        for name, app in list(self._apps.items()):
+            fn = getattr(app, "on_events", None)
+            if fn is not None:
+                self._guard(name, "on_events", lambda f=fn: f(events))
 
     async def call(self, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
         """An API call to an application's method named in its ``api``."""

@@ -138,6 +138,7 @@ class FeederActor:
                                   opcua_publishing_interval_ms=o.opcua_publishing_interval_ms,
                                   backoff_max_s=o.backoff_max_s)
         self.apps = AppRegistry(feeder_id, self._ports_for, block_bound_s=o.app_block_bound_s)
+        self.outbox.watch(self.apps.on_events)  # applications observe the published events
         self._app_classes = tuple(apps) if apps is not None else None
         self.ingest: Ingest | None = None
         self.control: ControlRoom | None = None

@@ -6,6 +6,10 @@ that raises or clears an alarm updates the book with its number, so an alarm's i
 its event is published (ISA-18.2: an alarm stays active until it clears; acknowledging it does not
 clear it). The book and the last cleared alarms live in memory: a restarted actor raises its alarms
 again from a fresh field scan.
+
+Observers (:meth:`EventOutbox.watch`, e.g. the applications through ``AppRegistry.on_events``) get
+every flushed batch with the bus's numbers, synchronously after the publish; one that raises is
+logged and the others still get the batch.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -54,6 +58,11 @@ class EventOutbox:
         self._pending: list[tuple[Event, str]] = []  # (event, "raise"|"clear"|"")
         self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self._watchers: list[Callable[[Sequence[Event]], None]] = []
+
+    def watch(self, callback: Callable[[Sequence[Event]], None]) -> None:
+        """Call ``callback(events)`` with each published batch (numbered); it must be cheap."""
+        self._watchers.append(callback)
 
     def event(self, kind: EventKind, element_id: str | None, message: str, *, severity: Severity = Severity.INFO,
               data: Mapping[str, Scalar] | None = None, durable: bool = False, alarm: str = "") -> None:
@@ -89,8 +98,10 @@ class EventOutbox:
             except Exception:
                 log.exception("feeder %s: %d events could not reach the event bus", self.feeder_id, len(batch))
                 seqs = [0] * len(batch)
+            published: list[Event] = []
             for (ev, alarm), seq in zip(batch, seqs, strict=True):
                 ev = replace(ev, seq=seq)
+                published.append(ev)
                 if alarm == "raise":
                     self._alarms.raise_(ev)
                 elif alarm == "clear":
@@ -98,6 +109,11 @@ class EventOutbox:
                     old = self._alarms.get(key)
                     if self._alarms.clear(key) and old is not None:
                         self._cleared.append(old)
+            for watcher in self._watchers:
+                try:
+                    watcher(published)
+                except Exception:
+                    log.exception("feeder %s: an event watcher failed on %d events", self.feeder_id, len(published))
         return len(self._alarms)
 
     async def close(self, timeout_s: float) -> None:

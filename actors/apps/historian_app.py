@@ -1,8 +1,9 @@
-"""The historian as a hosted application: the feeder's measurements and solves, kept as time series.
+"""The historian as a hosted application: the feeder's measurements, solves and events, kept as time series.
 
-Telemetry and re-solves reach it synchronously; it only appends rows to a bounded buffer (no disk
-I/O on the scan path), by exception: a value is kept when it or its quality changed, or once per
-``heartbeat_s`` while it stays the same. Every ``historian_flush_s`` seconds, or as soon as ``flush_rows`` rows are
+Telemetry, re-solves and the feeder's published events (``on_events``; MEASUREMENT events left
+out) reach it synchronously; it only appends rows to a bounded buffer (no disk I/O on the scan
+path), by exception: a value is kept when it or its quality changed, or once per ``heartbeat_s``
+while it stays the same. Every ``historian_flush_s`` seconds, or as soon as ``flush_rows`` rows are
 waiting, a background task hands the buffer to a worker thread that writes one Parquet part per
 partition (:mod:`graph_schema.historian.writer`), so the scan never waits on the disk or the object
 store. A crash loses at most the unflushed buffer; a write that fails (sink down) puts its rows back
@@ -24,6 +25,7 @@ from typing import Any
 
 from actors.applications import FeederPorts, TelemetryChange
 from actors.arbiter import Priority
+from actors.cores.events import EventKind
 
 log = logging.getLogger(__name__)
 HISTORIAN = "historian"
@@ -125,6 +127,19 @@ class HistorianApp:
         self._writer.append("solve", (self._ports.now(), pf.losses_mw, pf.min_vm_pu, pf.min_vm_bus_id,
                                       pf.max_vm_pu, pf.max_vm_bus_id, pf.max_line_loading_percent,
                                       pf.p_source_mw, out, bool(pf.converged)))
+
+    def on_events(self, events: Sequence[Any]) -> None:
+        """The feeder's published events (``actors.cores.events.Event``, numbered) as ``event`` rows;
+        MEASUREMENT events are left out (the values are already ``measurement`` rows)."""
+        writer = self._writer
+        if writer is None:
+            return
+        for ev in events:
+            if ev.kind == EventKind.MEASUREMENT:
+                continue
+            writer.append("event", (ev.at, ev.seq, str(ev.kind), ev.element_id, str(ev.severity), ev.message))
+        if len(writer) >= self._flush_rows:
+            self._full.set()
 
     def status(self) -> Mapping[str, Any]:
         return self.counters()

@@ -88,6 +88,18 @@ class SolveBucket:
     converged_fraction: float
 
 
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One ``event`` row of the data set (``seq`` is the bus's number; 0 when the bus was down)."""
+
+    ts: datetime
+    seq: int
+    kind: str
+    element_id: str | None
+    severity: str
+    message: str
+
+
 class HistorianReader:
     def __init__(self, root: str, *, tz: str = "UTC") -> None:
         self.root = root
@@ -127,8 +139,10 @@ class HistorianReader:
         return list(self._fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)))
 
     def _run(self, kind: Kind, files: list[str], sql: Callable[[str], str], params: list[Any],
-             extra: dict[str, pa.Table] | None = None) -> list[tuple[Any, ...]]:
-        """Run ``sql(source)`` over ``files``, skipping the ones that cannot be read."""
+             extra: dict[str, pa.Table] | None = None, *, hive: bool = True) -> list[tuple[Any, ...]]:
+        """Run ``sql(source)`` over ``files``, skipping the ones that cannot be read. ``hive=False``
+        reads the files' own columns only (the ``event`` rows' ``kind`` column shares its name with
+        the ``kind=`` partition key, which would otherwise win)."""
         files = list(files)
         while True:
             self.opened = list(files)
@@ -140,7 +154,7 @@ class HistorianReader:
                 for name, table in (extra or {}).items():
                     con.register(name, table)
                 if self._local:
-                    source = "read_parquet($files)"
+                    source = "read_parquet($files)" if hive else "read_parquet($files, hive_partitioning = false)"
                     args: list[Any] = [files, *params]
                     rows = con.execute(sql(source).replace("$files", "?"), args).fetchall()
                 else:
@@ -269,3 +283,25 @@ class HistorianReader:
                             max_line_loading_percent=_f(ld), p_source_mw=_f(p),
                             customers_out=None if c is None else int(c), count=int(n), converged_fraction=float(cv))
                 for i, lo, mn, mx, ld, p, c, n, cv in rows]
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def events_history(self, feeder_id: str, start: datetime, end: datetime,
+                       kinds: Sequence[str] | None = None) -> list[EventRow]:
+        """The feeder's events in ``[start, end)`` (of ``kinds`` when given), oldest first, at most
+        :data:`~graph_schema.historian.MAX_RAW_ROWS` (else BAD_INPUT)."""
+        s, e = check_range(start, end, None)
+        self.skipped = []
+        files = self.files("event", s, e, [feeder_id])
+        where = "epoch_us(ts) >= ? AND epoch_us(ts) < ?"
+        params: list[Any] = [_us(s), _us(e)]
+        if kinds is not None:
+            where += " AND kind = ANY(?)"
+            params.append([str(k) for k in kinds])
+        rows = self._run("event", files, lambda src: (
+            f"SELECT epoch_us(ts) AS t, seq, kind, element_id, severity, message FROM {src} WHERE {where} "
+            f"ORDER BY t, seq LIMIT {MAX_RAW_ROWS + 1}"), params, hive=False)
+        if len(rows) > MAX_RAW_ROWS:
+            raise BadInput(f"more than {MAX_RAW_ROWS} events in the range; give a shorter range or fewer kinds")
+        return [EventRow(ts=_dt(t), seq=int(q), kind=k, element_id=el, severity=sv, message=m)
+                for t, q, k, el, sv, m in rows]

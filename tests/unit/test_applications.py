@@ -401,3 +401,69 @@ async def test_a_failure_during_close_does_not_stop_the_others(make_registry: Ca
     assert fb.instances[0].closed
     assert "close broke" in caplog.text
     assert {s["state"] for s in reg.status().values()} == {"STOPPED"}
+
+
+class EventsApp(FakeApp):
+    """An application that observes the feeder's published events; ``fail_events`` makes it raise."""
+
+    def __init__(self, name: str, journal: list[str], *, fail_events: bool = False) -> None:
+        super().__init__(name, journal)
+        self.fail_events = fail_events
+        self.events: list[Any] = []
+
+    def on_events(self, events: Any) -> None:
+        if self.fail_events:
+            raise RuntimeError(f"{self.name} chokes on events")
+        self.events.extend(events)
+
+
+async def test_published_events_reach_the_applications_that_observe_them(
+        make_registry: Callable[..., AppRegistry], caplog: pytest.LogCaptureFixture) -> None:
+    from actors.cores.events import EventKind
+    from actors.outbox import EventOutbox, LocalEventSink
+
+    journal: list[str] = []
+    reg = make_registry()
+    watchers = [EventsApp("w1", journal), EventsApp("bad", journal, fail_events=True), EventsApp("w2", journal)]
+    for app in watchers:
+        reg.register(app.name, lambda a=app: a)  # type: ignore[misc]
+    plain = Factory("plain", journal)  # no on_events: skipped, not failed
+    reg.register("plain", plain)
+    await reg.start()
+    outbox = EventOutbox(FEEDER, LocalEventSink())
+    outbox.watch(reg.on_events)
+    outbox.event(EventKind.ALARM, "sw1", "tripped")
+    outbox.event(EventKind.TOPOLOGY_CHANGE, None, "switches changed")
+    with caplog.at_level(logging.ERROR, logger=LOGGER):
+        await outbox.flush()
+    try:
+        for app in (watchers[0], watchers[2]):
+            assert [(e.seq, e.kind, e.element_id) for e in app.events] == [
+                (1, EventKind.ALARM, "sw1"), (2, EventKind.TOPOLOGY_CHANGE, None)]  # with the bus's numbers
+        s = reg.status()
+        assert s["bad"]["state"] == "FAILED" and s["bad"]["error"] == "on_events: RuntimeError: bad chokes on events"
+        assert s["plain"]["state"] == "RUNNING" and s["plain"]["failures"] == 0
+        assert s["w1"]["failures"] == s["w2"]["failures"] == 0
+        reg.on_events([])  # nothing published: nobody called
+        assert len(watchers[0].events) == 2
+    finally:
+        await outbox.close(1.0)
+
+
+async def test_a_failing_event_watcher_does_not_stop_the_outbox(caplog: pytest.LogCaptureFixture) -> None:
+    from actors.cores.events import EventKind
+    from actors.outbox import EventOutbox, LocalEventSink
+
+    seen: list[int] = []
+
+    def bad(events: Any) -> None:
+        raise RuntimeError("watcher down")
+
+    outbox = EventOutbox(FEEDER, LocalEventSink())
+    outbox.watch(bad)
+    outbox.watch(lambda evs: seen.extend(e.seq for e in evs))
+    outbox.event(EventKind.ALARM, "sw1", "tripped", alarm="raise")
+    with caplog.at_level(logging.ERROR, logger="actors.outbox"):
+        assert await outbox.flush() == 1  # the alarm book is updated all the same
+    assert seen == [1] and "watcher down" in caplog.text
+    await outbox.close(1.0)

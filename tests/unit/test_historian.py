@@ -465,3 +465,41 @@ while True:
     h = r.history(["p"], datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC), 86_400)
     assert r.skipped == [] and len(r.opened) >= 3
     assert h["p"][0].count == 20000 * len(r.opened)  # whole parts only
+
+
+async def test_app_keeps_published_events_but_not_measurement_events(tmp_path: Path) -> None:
+    from actors.apps.historian_app import HistorianApp
+    from actors.cores.events import Event, EventKind, Severity
+
+    ports = _Ports()
+    app = HistorianApp(str(tmp_path), flush_s=3600)
+    await app.start(ports)  # type: ignore[arg-type]
+    for t in ports.tasks:
+        t.cancel()
+    await asyncio.gather(*ports.tasks, return_exceptions=True)
+    app.on_events([
+        Event(seq=7, kind=EventKind.ALARM, feeder_id="f1", element_id="sw1", severity=Severity.ALARM,
+              message="sw1 tripped", at=T0),
+        Event(seq=8, kind=EventKind.MEASUREMENT, feeder_id="f1", element_id="bus1", severity=Severity.INFO,
+              message="value", at=T0 + timedelta(seconds=1)),
+        Event(seq=9, kind=EventKind.TOPOLOGY_CHANGE, feeder_id="f1", element_id=None, severity=Severity.INFO,
+              message="switches changed: sw1", at=T0 + timedelta(hours=23, minutes=59, seconds=59, milliseconds=500)),
+        Event(seq=10, kind=EventKind.ALARM_CLEARED, feeder_id="f1", element_id="sw1", severity=Severity.INFO,
+              message="sw1 closed", at=T0 + timedelta(days=1)),  # the next UTC day
+    ])
+    assert await app.flush() == 3
+    day = tmp_path / "v1" / "kind=event" / "feeder=f1"
+    assert sorted(p.name for p in day.iterdir()) == [f"date={T0.date()}", f"date={(T0 + timedelta(days=1)).date()}"]
+    r = HistorianReader(str(tmp_path))
+    rows = r.events_history("f1", T0, T0 + timedelta(days=2))
+    assert [(e.seq, e.kind, e.element_id, e.severity, e.message) for e in rows] == [
+        (7, "ALARM", "sw1", "ALARM", "sw1 tripped"), (9, "TOPOLOGY_CHANGE", None, "INFO", "switches changed: sw1"),
+        (10, "ALARM_CLEARED", "sw1", "INFO", "sw1 closed")]
+    assert rows[0].ts == T0
+    assert [e.seq for e in r.events_history("f1", T0, T0 + timedelta(days=2), kinds=["ALARM", "ALARM_CLEARED"])] \
+        == [7, 10]
+    assert [e.seq for e in r.events_history("f1", T0, T0 + timedelta(days=1))] == [7, 9]  # half-open range
+    assert [e.seq for e in r.events_history("f1", T0, T0 + timedelta(minutes=30))] == [7]
+    assert len(r.opened) == 1  # one UTC day's file only
+    assert r.events_history("other", T0, T0 + timedelta(days=1)) == []
+    await app.close()
