@@ -292,6 +292,7 @@ async def simulator_session(
         allow_nosecurity=allow_nosecurity,
         speed=speed,
         tick_s=tick_s,
+        ami_inbox=data_dir / "ami" / "inbox",  # smart-meter interval files for server.ami_ingest
     )
     admin = SimAdminServer(sim, data_dir)
     await sim.start()

@@ -276,6 +276,7 @@ class FieldSimulator:
         noise: float = 0.01,
         seed: int = 0,
         switches_per_rtu: int = 8,
+        ami_inbox: str | Path | None = None,
     ) -> None:
         if not feeders:
             raise BadInput("the field simulator needs at least one feeder")
@@ -320,6 +321,12 @@ class FieldSimulator:
         self._bg: set[asyncio.Task[Any]] = set()
         self._started = False
         self.solves = 0
+        # Smart meters: 15-minute interval files in ``ami_inbox`` (protocols.ami_sim), when given.
+        self.ami: Any = None
+        if ami_inbox is not None:
+            from protocols.ami_sim import AmiRecorder
+
+            self.ami = AmiRecorder(ami_inbox, self._feeders_in, seed=seed)
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def __aenter__(self) -> FieldSimulator:
@@ -567,7 +574,8 @@ class FieldSimulator:
         return loads, ders
 
     def _solve(self, fs: _FeederSim) -> None:
-        loads, ders = self._profile_inputs(fs, self.sim_time())
+        now = self.sim_time()
+        loads, ders = self._profile_inputs(fs, now)
         res = fs.model.solve(
             switch_states=dict(fs.switch_open),
             load_p_mw=loads,
@@ -584,6 +592,12 @@ class FieldSimulator:
         else:
             log.warning("simulator: power flow of %s did not converge (%s)", fs.feeder.id, res.reason)
             fs.energized = fs.graph.process(dict(fs.switch_open)).energized_bus_ids
+        if self.ami is not None:
+            try:
+                self.ami.observe(fs.feeder.id, now, {k: v * fs.load_scale for k, v in loads.items()},
+                                 {ld.id: ld.bus_id in fs.energized for ld in fs.feeder.loads})
+            except OSError as exc:
+                log.warning("simulator: AMI interval file of %s not written: %s", fs.feeder.id, exc)
 
     def _feeder_values(self, fs: _FeederSim) -> dict[str, float | bool]:
         res = fs.last_result

@@ -14,6 +14,10 @@ Deny by default: a role grants exactly what the table lists; an unknown role gra
 GraphQL root field must name its permission with :func:`requires` (checked by
 :func:`assert_every_field_guarded`).
 
+Customer scope: a CUSTOMER token may carry a ``customer_account`` claim (``Principal.customer_account``);
+``energyUsage`` answers such a token for the meters of that account only
+(:func:`graph_schema.historian.ami.meters_of_account`) and FORBIDDEN for any other meter.
+
 Feeder scope: a principal whose token carries ``feeders`` may act only on those feeders.
 :func:`authorize` enforces it when the caller names the feeder concerned. A resolver that returns a
 list across feeders must filter it with :func:`feeder_in_scope`, and one that acts on a device must

@@ -113,6 +113,9 @@ class Principal:
     feeders: frozenset[str] | None  # None: all feeders
     token_id: str
     expires_at: datetime
+    # The ``customer_account`` claim: the account a CUSTOMER token acts for (its meters' energy
+    # usage, graph_schema.historian.ami.meters_of_account). None: the token names no account.
+    customer_account: str | None = None
 
 
 # --- local signing key -------------------------------------------------------------------------
@@ -233,11 +236,13 @@ def mint_token(
     audience: str,
     feeders: list[str] | None = None,
     now: float | datetime | None = None,
+    customer_account: str | None = None,
 ) -> str:
     """Mint an ES256 bearer token for the local identity.
 
     Claims: ``iss aud sub iat nbf exp jti roles`` and, when given, ``feeders`` (the only feeders the
-    identity may act on). Role names must be :class:`Role` values.
+    identity may act on) and ``customer_account`` (the customer account a CUSTOMER token acts for).
+    Role names must be :class:`Role` values.
     """
     names = [role] if isinstance(role, str) else list(role)
     roles: list[str] = []
@@ -268,6 +273,8 @@ def mint_token(
     }
     if feeders is not None:
         claims["feeders"] = sorted({str(f) for f in feeders})
+    if customer_account is not None:
+        claims["customer_account"] = str(customer_account)
     return key.sign(claims)
 
 
@@ -539,6 +546,9 @@ class TokenValidator:
             expires_at = datetime.fromtimestamp(float(claims["exp"]), UTC)
         except (OverflowError, ValueError, OSError):
             raise _refuse(Refusal.INVALID_CLAIM, "exp out of range") from None
+        account = claims.get("customer_account")
+        if account is not None and (not isinstance(account, str) or not account):
+            raise _refuse(Refusal.INVALID_CLAIM, "customer_account")
         jti = claims.get("jti")
         return Principal(
             sub=sub,
@@ -546,6 +556,7 @@ class TokenValidator:
             feeders=feeders,
             token_id=jti if isinstance(jti, str) and jti else "",
             expires_at=expires_at,
+            customer_account=account,
         )
 
     # -- keys --

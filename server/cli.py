@@ -117,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--feeder", action="append", default=None, help="demo feeder id (default: all)")
     sm.add_argument("--speed", type=float, default=1.0)
 
+    h = sub.add_parser("history", help="historian tools")
+    hsub = h.add_subparsers(dest="history_command", required=True)
+    hb = hsub.add_parser("backfill", help="fill the historian with N days of plausible past data")
+    common(hb)
+    hb.add_argument("--days", type=int, default=60, help="days of 15-minute history up to now (default 60)")
+    hb.add_argument("--feeder", action="append", help="demo feeder id (repeatable; default: all demo feeders)")
+    hb.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+
     a = sub.add_parser("audit", help="audit log tools")
     asub = a.add_subparsers(dest="audit_command", required=True)
     v = asub.add_parser("verify", help="verify the audit hash chain")
@@ -287,6 +295,9 @@ async def _serve(settings: Settings, sock: socket.socket, *, demo: bool, speed: 
     runtime = await start_runtime(settings, demo_feeders=demo)
     sim_handle = None
     try:
+        if demo:  # first start: fill an empty historian in the background (seconds; see README)
+            feeders = [await runtime.grid.model(fid) for fid in runtime.fleet.feeder_ids]
+            runtime.extras["ami_ingest"].backfill_if_empty(feeders)  # type: ignore[attr-defined]
         if demo and simulator:
             from server.field import start_field
 
@@ -494,6 +505,27 @@ async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _history_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from graph_schema.historian.backfill import backfill
+    from graph_schema.importers import DEMO_FEEDERS
+
+    ids = args.feeder or list(DEMO_FEEDERS)
+    unknown = [f for f in ids if f not in DEMO_FEEDERS]
+    if unknown:
+        raise ConfigError(f"unknown demo feeder(s) {', '.join(unknown)}; known: {', '.join(DEMO_FEEDERS)}")
+    if args.days < 1:
+        raise ConfigError(f"--days {args.days} must be at least 1")
+    t0 = time.monotonic()
+    stats = backfill(settings.historian_root, [DEMO_FEEDERS[f]() for f in ids], days=args.days,
+                     tz=settings.timezone, seed=args.seed)
+    print(f"historian {settings.historian_root}: {stats.days} days {stats.start:%Y-%m-%d %H:%M} .. "
+          f"{stats.end:%Y-%m-%d %H:%M} UTC, {stats.rows} rows in {stats.files} files "
+          f"({time.monotonic() - t0:.1f} s)")
+    return 0
+
+
 def _run(coro: Any) -> int:
     """Run a coroutine; SIGTERM is handled like Ctrl-C so everything shuts down cleanly."""
 
@@ -546,6 +578,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_sim(settings, args))
         if args.command == "simulate":
             return _run(_simulate(settings, args))
+        if args.command == "history":
+            return _history_backfill(settings, args)
         if args.command == "audit":
             return _run(_audit_verify(settings))
     except DmsError as exc:

@@ -112,6 +112,43 @@ class HistoryService:
             raise BadInput(f"more than {MAX_RAW_ROWS} raw samples in the range; give bucketS or a shorter range")
         return [(pid, where[pid], out.get(pid, [])) for pid in ids]
 
+    async def energy_usage(self, meter_id: str, start: datetime, end: datetime, bucket_s: int | None,
+                           principal: Any) -> list[Any]:
+        """A meter's kWh per bucket. Who may ask: a principal with READ_GRID for any meter on a
+        feeder in its scope; a CUSTOMER token for the meters of its ``customer_account`` only
+        (any other meter, known or not, is FORBIDDEN: it says nothing of other customers' meters).
+        A malformed or unknown meter id is BAD_INPUT for the others."""
+        from graph_schema.historian.ami import meter_map, meters_of_account, parse_meter_id
+        from security.errors import Forbidden, Unauthenticated
+        from security.roles import Permission, Role, feeder_in_scope, permissions_of
+
+        s, e = check_range(start, end, bucket_s)
+        if bucket_s is not None:
+            bucket_edges(s, e, bucket_s, self.tz)  # the bucket limit before any work
+        if principal is None:
+            raise Unauthenticated("missing", "authentication required; send a bearer token")
+        operator = Permission.READ_GRID in permissions_of(principal.roles)
+        if not operator:
+            account = principal.customer_account
+            if Role.CUSTOMER not in principal.roles or not account or meter_id not in meters_of_account(account):
+                raise Forbidden("this meter is not one of your account's meters; ask with a token whose "
+                                "customer_account claim owns it")
+        parsed = parse_meter_id(meter_id)
+        if parsed is None:
+            raise BadInput(f"{meter_id!r} is not a meter id; meter ids are <feeder>/<load>/m<k>", element_id=meter_id)
+        feeder_id = parsed[0]
+        if operator and not feeder_in_scope(principal, feeder_id):
+            raise Forbidden("this meter's feeder is outside the scope of your token; ask for a token that includes it")
+        try:
+            model = await self.grid.model(feeder_id)
+        except DmsError:
+            model = None
+        if model is None or meter_id not in meter_map([model]):
+            raise BadInput(f"unknown meter id {meter_id!r}; meters are <feeder>/<load>/m<k> for the loads of the "
+                           f"feeder's model", element_id=meter_id)
+        reader = self._reader()
+        return list(await asyncio.to_thread(reader.energy_usage, meter_id, feeder_id, s, e, bucket_s))
+
     async def feeder_history(self, feeder_id: str, start: datetime, end: datetime, bucket_s: int | None) -> list[Any]:
         from graph_schema.historian.query import SolveBucket
 

@@ -62,6 +62,10 @@ class Runtime:
         self.outages = OutageService(self.store)
 
     async def stop(self) -> None:
+        ami = self.extras.pop("ami_ingest", None)
+        if ami is not None:
+            with contextlib.suppress(Exception):
+                await ami.stop()  # type: ignore[attr-defined]
         if self.audit_follower is not None:
             await self.audit_follower.stop()
         self.audit.flush_anchor()  # the newest audit entries are anchored outside the store too
@@ -211,6 +215,9 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
         follower = AuditFollower(hub, store, lambda: rt.audit, [cls.name for cls in DEFAULT_APPS])
         await follower.start()
         rt.audit_follower = follower
+        from server.ami_ingest import start_ami_ingest
+
+        rt.extras["ami_ingest"] = start_ami_ingest(settings, grid)  # smart-meter files -> historian
         return rt
     except BaseException:
         if follower is not None:

@@ -2,7 +2,7 @@
 
 Layout (version 1; a contract that analysts read with DuckDB, pandas or Spark directly)::
 
-    <root>/v1/kind=<measurement|solve|event|meter>/feeder=<feeder id>/date=<YYYY-MM-DD>/<part>.parquet
+    <root>/v1/kind=<measurement|solve|event|meter|weather>/feeder=<feeder id>/date=<YYYY-MM-DD>/<part>.parquet
 
 ``date`` is the UTC calendar date of the row's partition time (:data:`PARTITION_TIME`). Every
 timestamp is UTC (Parquet ``TIMESTAMP(MICROS, isAdjustedToUTC=true)``). A part is written whole,
@@ -23,7 +23,13 @@ Columns (units in the names where they have one, pandapower style):
   ``p_source_mw``, ``customers_out`` (customers on de-energised buses), ``converged``.
 - ``event``: ``ts``, ``seq``, ``kind``, ``element_id``, ``severity``, ``message``.
 - ``meter`` (AMI intervals): ``meter_id``, ``load_id``, ``interval_start``, ``interval_end``,
-  ``kwh`` (energy delivered in the interval).
+  ``kwh`` (energy delivered in the interval). A meter's last-gasp / restore flags are ``event`` rows
+  (``kind`` ``METER_LAST_GASP`` / ``METER_RESTORE``, ``element_id`` the meter id). An interval
+  delivered twice (a file sent again) may be stored twice: readers count it once
+  (:meth:`graph_schema.historian.query.HistorianReader.energy_usage`).
+- ``weather`` (added within v1; the site's weather beside the load): ``ts``, ``temperature_c``
+  (air temperature, degC), ``ghi_w_m2`` (global horizontal irradiance, W/m2). Site-wide series are
+  stored under the reserved feeder id ``_site`` (``kind=weather/feeder=_site``).
 
 This module imports only the standard library: the writer (:mod:`graph_schema.historian.writer`,
 pyarrow) runs in the feeder actors, the query module (:mod:`graph_schema.historian.query`, DuckDB)
@@ -43,8 +49,9 @@ from zoneinfo import ZoneInfo
 from graph_schema.errors import BadInput
 
 LAYOUT_VERSION = "v1"
-Kind = Literal["measurement", "solve", "event", "meter"]
-KINDS: tuple[Kind, ...] = ("measurement", "solve", "event", "meter")
+Kind = Literal["measurement", "solve", "event", "meter", "weather"]
+KINDS: tuple[Kind, ...] = ("measurement", "solve", "event", "meter", "weather")
+SITE = "_site"  # the feeder id of site-wide series (weather)
 COMPACTED_NAME = "compacted.parquet"
 SOURCES_KEY = b"dms.sources"
 
@@ -60,10 +67,11 @@ COLUMNS: dict[Kind, tuple[tuple[str, str], ...]] = {
               ("severity", "string"), ("message", "string")),
     "meter": (("meter_id", "string"), ("load_id", "string"), ("interval_start", "timestamp"),
               ("interval_end", "timestamp"), ("kwh", "float64")),
+    "weather": (("ts", "timestamp"), ("temperature_c", "float64"), ("ghi_w_m2", "float64")),
 }
 # The column whose UTC date chooses a row's partition.
 PARTITION_TIME: dict[Kind, str] = {"measurement": "received_ts", "solve": "ts", "event": "ts",
-                                   "meter": "interval_start"}
+                                   "meter": "interval_start", "weather": "ts"}
 
 # Query limits (a request over them is BAD_INPUT, with the remedy in the message).
 MAX_RANGE_DAYS = 400

@@ -5,6 +5,12 @@ of days (``bucketS`` 86400, ...) is calendar days in the utility's time zone (``
 so a daylight-saving day is a 23- or 25-hour bucket. ``bucketS: null`` returns raw samples (each as
 a one-sample bucket), at most 100,000; more, more than 10,000 buckets, a range over 400 days,
 ``start >= end`` or an unknown point id is ``BAD_INPUT``.
+
+``energyUsage`` is a smart meter's kWh per bucket (raw 15-minute intervals when ``bucketS`` is
+null). It names READ_PUBLIC_FEED, the least an identity holds, and authorises per meter in the
+service: READ_GRID sees any meter on the feeders of its scope; a CUSTOMER token only the meters of
+the account in its ``customer_account`` claim (any other meter is FORBIDDEN); no token is
+UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -52,6 +58,14 @@ class FeederHistoryBucket:
     converged_fraction: float
 
 
+@strawberry.type
+class EnergyBucket:
+    start: datetime
+    end: datetime
+    kwh: float = strawberry.field(description="Energy delivered in the bucket (kWh)")
+    intervals: int = strawberry.field(description="15-minute readings in the bucket")
+
+
 def _bucket(b: Bucket) -> HistoryBucket:
     return HistoryBucket(start=b.start, end=b.end, avg=b.avg, min=b.min, max=b.max, last=b.last, count=b.count,
                          good_fraction=b.good_fraction)
@@ -82,3 +96,9 @@ class HistoryQuery:
                                     max_vm_pu=b.max_vm_pu, max_line_loading_percent=b.max_line_loading_percent,
                                     p_mw=b.p_source_mw, customers_out=b.customers_out, count=b.count,
                                     converged_fraction=b.converged_fraction) for b in rows]
+
+    @strawberry.field(permission_classes=[requires(Permission.READ_PUBLIC_FEED)])
+    async def energy_usage(self, info: Info, meter_id: strawberry.ID, start: datetime, end: datetime,
+                           bucket_s: int | None = None) -> list[EnergyBucket]:
+        rows = await _service(info).energy_usage(str(meter_id), start, end, bucket_s, info.context.get("principal"))
+        return [EnergyBucket(start=b.start, end=b.end, kwh=b.kwh, intervals=b.intervals) for b in rows]
