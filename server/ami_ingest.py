@@ -181,6 +181,11 @@ class AmiIngester:
 
         self._bg = asyncio.create_task(asyncio.to_thread(work), name="historian-backfill")
 
+    async def wait_backfill(self) -> None:
+        """Until the background backfill (if any) has finished."""
+        if self._bg is not None:
+            await asyncio.shield(self._bg)
+
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
@@ -188,7 +193,8 @@ class AmiIngester:
             self._task = None
         if self._bg is not None:
             with contextlib.suppress(Exception):
-                await self._bg  # the thread checks the stop flag between feeder-days
+                await self._bg  # the thread checks the stop flag between feeder-days (rerun
+            # `dms history backfill` to complete an interrupted one: it rewrites the same parts)
             self._bg = None
 
 

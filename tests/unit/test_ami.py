@@ -151,3 +151,35 @@ def test_ingest_keeps_good_rows_names_bad_ones_and_is_idempotent(tmp_path: Path,
     events = duckdb.sql(f"SELECT kind, element_id FROM read_parquet('{root}/v1/kind=event/**/*.parquet', "
                         "hive_partitioning=false) GROUP BY ALL").fetchall()
     assert events == [("METER_LAST_GASP", "f1/load1/m0")]
+
+
+async def test_ingester_task_ingests_and_backfills_an_empty_historian_then_stops(tmp_path: Path) -> None:
+    from graph_schema.historian.backfill import historian_is_empty
+    from server.ami_ingest import AmiIngester, ami_dirs
+
+    meters = meter_map([_feeder()])
+
+    async def get_meters() -> dict:  # type: ignore[type-arg]
+        return meters
+
+    root = str(tmp_path / "hist")
+    inbox, done, _ = ami_dirs(tmp_path)
+    inbox.mkdir(parents=True)
+    (inbox / "a.csv").write_text(format_intervals([("f1/load1/m0", T0, T0 + Q, 1.0, [])]))
+    ing = AmiIngester(tmp_path, root, get_meters, poll_s=3600)
+    [res] = await ing.run_once()
+    assert res.rows_kept == 1 and (done / "a.csv").exists()
+    assert not historian_is_empty(root)  # meter rows from before today: no backfill over them
+    ing.backfill_if_empty([_feeder()], days=1)
+    await ing.stop()  # waits for the background backfill (or stops it between feeder-days)
+    assert _parts(root) == 0
+    fresh = AmiIngester(tmp_path, str(tmp_path / "fresh"), get_meters, poll_s=3600)
+    assert historian_is_empty(fresh.root)
+    fresh.backfill_if_empty([_feeder()], days=1)
+    await fresh.wait_backfill()
+    await fresh.stop()
+    assert _parts(fresh.root) in (3, 6)  # weather, solve, meter over the UTC date(s) the day touches
+
+
+def _parts(root: str) -> int:
+    return len(list(Path(root).rglob("backfill.parquet")))
