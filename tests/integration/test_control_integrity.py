@@ -25,6 +25,9 @@ from graph_schema.errors import DmsError
 from tests.integration.conftest import bound_field
 from tests.integration.test_realtime import CANCEL, OPERATE, SELECT, codes, operate_once, wait_for
 
+# "Promptly": the store timeout is 2 s and the refusal used to come after 20-60 s; a loaded 2-core
+# CI machine adds seconds, so the bound proves the fix without timing the machine.
+PROMPT_S = 15.0
 F = "case33bw"
 SW = "sw17"  # a sectionalizer on a Modbus RTU
 STATUS = f"{F}/{SW}/STATUS"
@@ -152,17 +155,17 @@ async def test_select_and_operate_during_a_store_outage_are_refused_promptly(gql
         started = time.monotonic()
         r = await gql(SELECT, {"d": "sw25", "a": "OPEN", "f": F}, token=mint("OPERATOR", sub="op-other"))
         assert codes(r) == ["STORE_UNAVAILABLE"], r
-        assert time.monotonic() - started < 3.5
+        assert time.monotonic() - started < PROMPT_S
         started = time.monotonic()
         r = await gql(OPERATE, {"s": sel["id"], "d": SW, "a": "OPEN", "f": F}, token=token)
         assert codes(r) == ["STORE_UNAVAILABLE"], r
-        assert time.monotonic() - started < 5.0
+        assert time.monotonic() - started < PROMPT_S
         assert not sim.switch_is_open(F, SW)  # nothing was sent
         # The actor refuses too when called directly: no intent record, no command.
         started = time.monotonic()
         with pytest.raises(DmsError) as refused:
             await runtime.fleet.call(F, "select", "sw25", "OPEN", None, "op-direct")
-        assert refused.value.code == "STORE_UNAVAILABLE" and time.monotonic() - started < 3.5
+        assert refused.value.code == "STORE_UNAVAILABLE" and time.monotonic() - started < PROMPT_S
     await wait_for(lambda: runtime_store_answers(runtime), 30)
     # The refusals were audited once the store was back (kept and retried meanwhile).
     await wait_for(lambda: runtime.control.status()["unaudited"] == 0, 30)
@@ -183,7 +186,7 @@ async def test_an_actor_operate_whose_intent_cannot_be_recorded_sends_nothing(ru
         with pytest.raises(DmsError) as refused:
             await runtime.fleet.call(F, "operate", sel["id"], SW, "OPEN", None, "op-intent")
         assert refused.value.code == "STORE_UNAVAILABLE", refused.value
-        assert time.monotonic() - started < 4.0
+        assert time.monotonic() - started < PROMPT_S
         assert not sim.switch_is_open(F, SW)
         assert (await runtime.fleet.call(F, "control_status"))["unrecorded"] >= 1
     # The refusal is recorded once the store is back.
@@ -275,7 +278,10 @@ async def test_a_control_interrupted_by_an_actor_kill_is_reconciled_with_the_fie
     assert row["status"] == "CONFIRMED_AFTER_RESTART" and "interrupted by an actor restart" in row["message"], row
     assert int((await runtime.fleet.call(F, "ping"))["pid"]) != pid
     assert not sim.switch_is_open(F, SW)
-    assert (await runtime.fleet.call(F, "state")).switch_states[SW] is False
+    async def live_closed() -> bool:  # the live state follows the field after its debounced re-solve
+        return (await runtime.fleet.call(F, "state")).switch_states[SW] is False
+
+    await wait_for(live_closed, 20)
     await wait_for(lambda: _stored_closed(runtime), 20)
     entries = [e for e in await audit_entries(runtime, 0) if e.actor == "op-kill"]
     assert [(e.action, e.outcome) for e in entries][-2:] == [("CONTROL_OPERATE", "REQUESTED"),

@@ -65,7 +65,8 @@ async def test_healthz_answers_while_hostile_queries_are_in_flight(http, mint):
     responses = task.result()
     assert all(r.status_code == 200 for r in responses)
     assert [codes(r.json()) for r in responses[1:]] == [["QUERY_TOO_COMPLEX"]] * 3
-    assert waits and max(waits) < 1.0, waits
+    # Generous for a loaded 2-core CI machine; a document validated on the loop held it 12 s.
+    assert waits and max(waits) < 5.0, waits
 
 
 # -- #18.14: broken JSON is a 400 with the usual shape, or close 4400 -------------------------------
