@@ -78,13 +78,15 @@ class Permission(StrEnum):
     MANAGE_ROLES = "MANAGE_ROLES"  # assign roles / feeder scopes to identities
     READ_PUBLIC_FEED = "READ_PUBLIC_FEED"  # the public outage feed (no personal data)
     DEMAND_RESPONSE_ENROLL = "DEMAND_RESPONSE_ENROLL"  # a customer enrols in demand response
+    READ_ENERGY_USAGE = "READ_ENERGY_USAGE"  # smart-meter intervals (a customer: only its own meters)
 
 
 P = Permission
 
 # What every role that watches the grid may read. The public feed is a strict subset of
 # READ_OUTAGES, so whoever sees internal outages may see the public view of them too.
-_VIEW = frozenset({P.READ_GRID, P.READ_OUTAGES, P.READ_ALARMS, P.READ_REPORTS, P.READ_PUBLIC_FEED})
+_VIEW = frozenset({P.READ_GRID, P.READ_OUTAGES, P.READ_ALARMS, P.READ_REPORTS, P.READ_PUBLIC_FEED,
+                   P.READ_ENERGY_USAGE})
 
 _OPERATE = _VIEW | {P.CONTROL, P.TAG, P.APPROVE_PLAN, P.WHAT_IF, P.SET_MODE, P.ACK_ALARMS}
 
@@ -117,8 +119,9 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
         Role.SECAUD: frozenset({P.READ_AUDIT}),
         # 62351-8 RBACMNT: manages role assignments only.
         Role.RBACMNT: frozenset({P.MANAGE_ROLES}),
-        # Project role for customer apps: the public outage feed and demand-response enrolment.
-        Role.CUSTOMER: frozenset({P.READ_PUBLIC_FEED, P.DEMAND_RESPONSE_ENROLL}),
+        # Project role for customer apps: the public outage feed, demand-response enrolment and the
+        # energy use of the customer's own meters (the service checks the token's account per meter).
+        Role.CUSTOMER: frozenset({P.READ_PUBLIC_FEED, P.DEMAND_RESPONSE_ENROLL, P.READ_ENERGY_USAGE}),
     }
 )
 

@@ -97,7 +97,7 @@ class HistoryQuery:
                                     p_mw=b.p_source_mw, customers_out=b.customers_out, count=b.count,
                                     converged_fraction=b.converged_fraction) for b in rows]
 
-    @strawberry.field(permission_classes=[requires(Permission.READ_PUBLIC_FEED)])
+    @strawberry.field(permission_classes=[requires(Permission.READ_ENERGY_USAGE)])
     async def energy_usage(self, info: Info, meter_id: strawberry.ID, start: datetime, end: datetime,
                            bucket_s: int | None = None) -> list[EnergyBucket]:
         rows = await _service(info).energy_usage(str(meter_id), start, end, bucket_s, info.context.get("principal"))
