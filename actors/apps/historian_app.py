@@ -1,13 +1,15 @@
 """The historian as a hosted application: the feeder's measurements, solves and events, kept as time series.
 
 Telemetry, re-solves and the feeder's published events (``on_events``; MEASUREMENT events left
-out) reach it synchronously; it only appends rows to a bounded buffer (no disk I/O on the scan
-path), by exception: a value is kept when it or its quality changed, or once per ``heartbeat_s``
-while it stays the same. Every ``historian_flush_s`` seconds, or as soon as ``flush_rows`` rows are
-waiting, a background task hands the buffer to a worker thread that writes one Parquet part per
-partition (:mod:`graph_schema.historian.writer`), so the scan never waits on the disk or the object
-store. A crash loses at most the unflushed buffer; a write that fails (sink down) puts its rows back
-in front of the buffer, which drops its oldest rows beyond its bound and counts them.
+out) reach it synchronously; it only appends to bounded buffers (no disk I/O on the scan path;
+a telemetry batch is kept by reference, nothing is done per value there). Values are kept by
+exception when the writing thread turns batches into columns: a value is kept when it or its
+quality changed, or once per ``heartbeat_s`` window while it stays the same. Every
+``historian_flush_s`` seconds, or as soon as ``flush_rows`` rows are waiting, a background task
+hands the buffers to a worker thread that writes one Parquet part per partition
+(:mod:`graph_schema.historian.writer`), so the scan never waits on the disk or the object store.
+A crash loses at most the unflushed buffers; a write that fails (sink down) puts its rows back in
+front of the buffers, which drop their oldest rows beyond their bound and count them.
 
 ``recent`` serves the rows not written yet, so a trend reaches "now" without reading tiny files.
 pyarrow is imported when the application starts with a root; DuckDB is never imported here.
@@ -20,7 +22,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from actors.applications import FeederPorts, TelemetryChange
@@ -45,8 +47,9 @@ class HistorianApp:
         self._maintain_every_s = maintain_every_s
         self.compacted_days = 0
         self.dropped_days = 0
-        self._heartbeat = timedelta(seconds=heartbeat_s)
-        self._last: dict[str, tuple[Any, str, datetime]] = {}  # point id -> last stored (value, quality, ts)
+        self._heartbeat_s = heartbeat_s
+        self._telemetry: Any = None  # graph_schema.historian.telemetry.TelemetryBuffer
+        self._in_flight_values: list[Any] = []  # the telemetry batches being written
         self._flush_s = flush_s
         self._flush_rows = flush_rows
         self._max_rows = max_rows
@@ -73,11 +76,13 @@ class HistorianApp:
         self._points = {p.id: (p.element_id, str(p.quantity)) for p in model.measurement_points}
         for ld in model.loads:
             self._customers[ld.bus_id] = self._customers.get(ld.bus_id, 0) + ld.customers
-        from graph_schema.historian.writer import HistorianWriter  # pyarrow: only once the app runs
+        from graph_schema.historian.telemetry import TelemetryBuffer  # pyarrow: only once the app runs
+        from graph_schema.historian.writer import HistorianWriter
 
         # without a root the rows stay in memory only (a short window for ``recent``)
-        self._writer = HistorianWriter(self._root or ".", ports.feeder_id,
-                                       max_rows=self._max_rows if self._root else 10_000)
+        bound = self._max_rows if self._root else 10_000
+        self._writer = HistorianWriter(self._root or ".", ports.feeder_id, max_rows=bound)
+        self._telemetry = TelemetryBuffer(self._points, heartbeat_s=self._heartbeat_s, max_values=bound)
         if self._root:
             ports.spawn(self._flusher(), "historian flush")
             ports.spawn(self._maintainer(), "historian maintenance")
@@ -95,29 +100,14 @@ class HistorianApp:
     # -- host callbacks (cheap: buffer appends only) ---------------------------------------------
 
     def on_telemetry(self, change: TelemetryChange) -> None:
-        writer, ports = self._writer, self._ports
-        if writer is None or ports is None:
+        """Keep the batch by reference: nothing per value on the scan path (the writing thread turns
+        batches into columns and keeps values by exception; :mod:`graph_schema.historian.telemetry`)."""
+        buf = self._telemetry
+        if buf is None:
             return
-        for pv in change.values:
-            pid = pv.point_id
-            quality, ts = str(pv.quality), pv.received_ts
-            last = self._last.get(pid)
-            if last is not None and last[0] == pv.value and last[1] == quality and ts - last[2] < self._heartbeat:
-                continue  # report by exception: unchanged values are kept once per heartbeat
-            self._last[pid] = (pv.value, quality, ts)
-            element, quantity = self._points.get(pid) or self._meta(pid)
-            v = pv.value
-            writer.append("measurement", (pid, element, quantity, None if v is None else float(v), quality,
-                                          pv.source_ts, ts))
-        if len(writer) >= self._flush_rows:
+        buf.add(change.values)
+        if len(buf) >= self._flush_rows:
             self._full.set()
-
-    def _meta(self, pid: str) -> tuple[str, str]:
-        """Element and quantity of a point map's point (``<feeder>/<element>/<KIND>``)."""
-        parts = pid.rsplit("/", 2)
-        meta = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
-        self._points[pid] = meta
-        return meta
 
     def on_state(self, state: Any) -> None:
         if self._writer is None or self._ports is None or state is None:
@@ -184,26 +174,37 @@ class HistorianApp:
 
     async def flush(self) -> int:
         """Write the buffered rows now (in a worker thread). Returns the rows written."""
-        writer = self._writer
-        if writer is None or not self._root:
+        writer, buf = self._writer, self._telemetry
+        if writer is None or buf is None or not self._root:
             return 0
         async with self._flush_lock:
-            batch = writer.take()
-            if not batch:
+            batch, values = writer.take(), buf.take()
+            if not batch and not values:
                 return 0
-            self._in_flight = batch
+            self._in_flight, self._in_flight_values = batch, values
+            done = {"values": False}
+
+            def write() -> int:
+                table, state = buf.to_table(values)
+                writer.write_arrow("measurement", table)
+                buf.state.update(state)
+                done["values"] = True
+                writer.write(batch)
+                return table.num_rows + len(batch)
+
             try:
-                await asyncio.to_thread(writer.write, batch)
+                return await asyncio.to_thread(write)
             except Exception as exc:
                 writer.requeue(batch)
+                if not done["values"]:
+                    buf.requeue(values)
                 self.failed_flushes += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("feeder %s: historian write failed (%s); %d rows buffered, %d dropped so far",
-                            writer.feeder_id, self.last_error, len(writer), writer.dropped)
+                            writer.feeder_id, self.last_error, len(writer) + len(buf), writer.dropped + buf.dropped)
                 raise
             finally:
-                self._in_flight = []
-            return len(batch)
+                self._in_flight, self._in_flight_values = [], []
 
     # -- API -------------------------------------------------------------------------------------
 
@@ -217,18 +218,23 @@ class HistorianApp:
         ``{"rows": [(point_id, received_ts, value, quality)], "oldest": received_ts of the oldest
         unflushed measurement row or None}``. Everything received before ``oldest`` is in the data set
         (or lost), so a caller reads the files for ``received_ts < oldest`` and merges these rows."""
-        wanted = set(point_ids)
-        rows: list[tuple[str, datetime, float | None, str]] = []
-        oldest: datetime | None = None
-        for kind, row in self._unflushed():
-            if kind != "measurement":
-                continue
-            ts = row[6]
-            if oldest is None or ts < oldest:
-                oldest = ts
-            if row[0] in wanted and (since is None or ts >= since):
-                v = row[3]
-                rows.append((row[0], ts, None if v is None or math.isnan(v) else v, row[4]))
+        buf = self._telemetry
+        if buf is None:
+            return {"rows": [], "oldest": None}
+        table, _ = buf.to_table([*self._in_flight_values, *buf.batches()])
+        if table.num_rows == 0:
+            return {"rows": [], "oldest": None}
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        oldest = pc.min(table["received_ts"]).as_py()
+        mask = pc.is_in(table["point_id"], value_set=pa.array(list(point_ids), pa.string()))
+        if since is not None:
+            mask = pc.and_(mask, pc.greater_equal(table["received_ts"], pa.scalar(since, table["received_ts"].type)))
+        wanted = table.filter(mask).sort_by([("point_id", "ascending"), ("received_ts", "ascending")])
+        rows = [(p, ts, None if v is None or math.isnan(v) else v, q) for p, ts, v, q in zip(
+            wanted["point_id"].to_pylist(), wanted["received_ts"].to_pylist(), wanted["value"].to_pylist(),
+            wanted["quality"].to_pylist(), strict=True)]
         return {"rows": rows, "oldest": oldest}
 
     def recent_solves(self, since: datetime | None = None) -> dict[str, Any]:
@@ -238,9 +244,12 @@ class HistorianApp:
         return {"rows": rows, "oldest": oldest}
 
     def counters(self) -> dict[str, Any]:
-        w = self._writer
-        return {"root": self._root, "buffered": len(w) if w is not None else 0,
-                "dropped": w.dropped if w is not None else 0, "written_rows": w.written_rows if w is not None else 0,
-                "written_files": w.written_files if w is not None else 0, "failed_flushes": self.failed_flushes,
-                "last_error": self.last_error, "compacted_days": self.compacted_days,
-                "dropped_days": self.dropped_days}
+        w, buf = self._writer, self._telemetry
+        if w is None or buf is None:
+            return {"root": self._root, "buffered": 0, "dropped": 0, "written_rows": 0, "written_files": 0,
+                    "write_cpu_s": 0.0, "failed_flushes": self.failed_flushes, "last_error": self.last_error,
+                    "compacted_days": self.compacted_days, "dropped_days": self.dropped_days}
+        return {"root": self._root, "buffered": len(w) + len(buf), "dropped": w.dropped + buf.dropped,
+                "written_rows": w.written_rows, "written_files": w.written_files, "write_cpu_s": w.write_cpu_s,
+                "failed_flushes": self.failed_flushes, "last_error": self.last_error,
+                "compacted_days": self.compacted_days, "dropped_days": self.dropped_days}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow as pa
+import pyarrow.compute
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -42,6 +44,7 @@ from graph_schema.historian import (
     parse_partition,
     partition_dir,
 )
+from graph_schema.historian.timestamps import DAY_US, EPOCH, epoch_us, utc_day
 
 log = logging.getLogger(__name__)
 
@@ -115,26 +118,17 @@ def to_table(kind: Kind, rows: Sequence[tuple[Any, ...]]) -> pa.Table:
     return pa.Table.from_arrays([_column(c, f.type) for c, f in zip(cols, schema, strict=True)], schema=schema)
 
 
-def _epoch_us(ts: datetime | None) -> int | None:
-    if ts is None:
-        return None
-    return round((ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)).timestamp() * 1e6)
-
-
 def _column(values: Sequence[Any], typ: pa.DataType) -> pa.Array:
     if pa.types.is_timestamp(typ):
         # pyarrow converts aware datetimes ~20x slower than integers (a utcoffset call each); the
         # writer runs beside the scan and shares the GIL with it, so hand it epoch microseconds
-        return pa.array([_epoch_us(v) for v in values], typ)
-    return pa.array(list(values), type=typ)
-
-
-def _day_of(ts: datetime) -> date:
-    return (ts if ts.tzinfo is None else ts.astimezone(UTC)).date()
+        return pa.array([v if v is None or v.__class__ is int else epoch_us(v) for v in values], typ)
+    return pa.array(values if isinstance(values, list) else list(values), type=typ)
 
 
 class HistorianWriter:
-    """The buffered writer of one feeder's partitions (rows are tuples in :data:`COLUMNS` order)."""
+    """The buffered writer of one feeder's partitions (rows are tuples in :data:`COLUMNS` order;
+    a timestamp is an aware datetime or UTC epoch microseconds, see :func:`epoch_us`)."""
 
     def __init__(self, root: str, feeder_id: str, *, max_rows: int = 500_000) -> None:
         self.root = root
@@ -145,6 +139,7 @@ class HistorianWriter:
         self.dropped = 0  # rows dropped because the buffer was full (the sink was down)
         self.written_rows = 0
         self.written_files = 0
+        self.write_cpu_s = 0.0  # CPU time the writing thread spent in write() (shares the GIL with the scan)
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -176,21 +171,63 @@ class HistorianWriter:
         self.dropped += max(over, 0)
         self._buf = merged
 
-    def write(self, batch: Sequence[tuple[Kind, tuple[Any, ...]]]) -> list[str]:
+    def write(self, batch: Sequence[tuple[Kind, tuple[Any, ...]]], *, name: str | None = None) -> list[str]:
         """Write a batch: one part per (kind, day). Blocking; raises when the sink fails (nothing
-        half-written stays visible). Returns the paths written."""
+        half-written stays visible). Returns the paths written.
+
+        ``name`` (optional) names the parts ``<name>.parquet`` instead of a unique name: writing the
+        same batch again under the same name replaces the part (an idempotent load, e.g. one AMI
+        file or a backfill), and a part a compaction already merged stays ignored by readers."""
+        cpu0 = time.thread_time()
+        try:
+            return self._write(batch, name)
+        finally:
+            self.write_cpu_s += time.thread_time() - cpu0
+
+    def _write(self, batch: Sequence[tuple[Kind, tuple[Any, ...]]], name: str | None) -> list[str]:
         groups: dict[tuple[Kind, date], list[tuple[Any, ...]]] = {}
+        last: tuple[Kind, Any, list[tuple[Any, ...]]] | None = None  # rows come in runs of one kind and time
         for kind, row in batch:
-            groups.setdefault((kind, _day_of(row[_PART_TIME_INDEX[kind]])), []).append(row)
+            t = row[_PART_TIME_INDEX[kind]]
+            if last is None or last[0] != kind or last[1] != t:
+                last = (kind, t, groups.setdefault((kind, utc_day(t)), []))
+            last[2].append(row)
         written: list[str] = []
         stamp = datetime.now(UTC).strftime("%H%M%S%f")
         for (kind, day), rows in sorted(groups.items()):
-            path = f"{partition_dir(self._base, kind, self.feeder_id, day)}/{stamp}-{uuid.uuid4().hex[:10]}.parquet"
+            part = f"{name}.parquet" if name is not None else f"{stamp}-{uuid.uuid4().hex[:10]}.parquet"
+            if not is_data_file(part) or "/" in part:
+                raise ValueError(f"part name {name!r} is not a data file name; use letters, digits, - and _")
+            path = f"{partition_dir(self._base, kind, self.feeder_id, day)}/{part}"
             write_table(self._fs, path, to_table(kind, rows))
             written.append(path)
             self.written_rows += len(rows)
             self.written_files += 1
         return written
+
+
+    def write_arrow(self, kind: Kind, table: pa.Table) -> list[str]:
+        """Write rows already in columns (``table`` in the kind's schema): one part per UTC day of
+        the partition time. Blocking, whole parts only, like :meth:`write`."""
+        cpu0 = time.thread_time()
+        try:
+            if table.num_rows == 0:
+                return []
+            day_no = pa.compute.cast(table[PARTITION_TIME[kind]], pa.int64()).to_numpy() // DAY_US
+            written: list[str] = []
+            stamp = datetime.now(UTC).strftime("%H%M%S%f")
+            days = sorted(set(day_no.tolist()))
+            for d in days:
+                part = table if len(days) == 1 else table.filter(pa.array(day_no == d))
+                day = (EPOCH + timedelta(days=d)).date()
+                path = f"{partition_dir(self._base, kind, self.feeder_id, day)}/{stamp}-{uuid.uuid4().hex[:10]}.parquet"
+                write_table(self._fs, path, part)
+                written.append(path)
+                self.written_rows += part.num_rows
+                self.written_files += 1
+            return written
+        finally:
+            self.write_cpu_s += time.thread_time() - cpu0
 
 
 # -- maintenance -----------------------------------------------------------------------------------

@@ -384,7 +384,9 @@ def test_the_actor_process_never_imports_duckdb() -> None:
     assert out.stdout.strip() == "False"
 
 
-async def test_app_keeps_values_by_exception_with_a_heartbeat() -> None:
+async def test_app_keeps_values_by_exception_with_a_heartbeat(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
     from actors.applications import TelemetryChange
     from actors.apps.historian_app import HistorianApp
 
@@ -397,9 +399,24 @@ async def test_app_keeps_values_by_exception_with_a_heartbeat() -> None:
         app.on_telemetry(TelemetryChange(device_id="rtu", point_ids=(pv.point_id,), values=(pv,)))
     rows = app.recent(["f1/bus7/VM_PU"], None)["rows"]
     assert [(r[1] - T0).seconds for r in rows] == [0, 2, 3, 70]  # changes, then the heartbeat
-    assert app._writer.rows()[0][1][1:3] == ("bus7", "VM_PU")  # element and quantity from the point id
     assert await app.flush() == 0 and app.counters()["written_files"] == 0
     await app.close()
+
+    stored = HistorianApp(str(tmp_path), flush_s=3600, heartbeat_s=60)
+    await stored.start(ports)  # type: ignore[arg-type]
+    for t in ports.tasks:
+        t.cancel()
+    await asyncio.gather(*ports.tasks, return_exceptions=True)
+    for s, v in [(0, 1.0), (1, 1.0), (2, 3.0)]:  # the state carries over from one flush to the next
+        pv = _PV("f1/bus7/VM_PU", v, "GOOD", None, T0 + timedelta(seconds=s))
+        stored.on_telemetry(TelemetryChange(device_id="rtu", point_ids=(pv.point_id,), values=(pv,)))
+        await stored.flush()
+    table = await asyncio.to_thread(pq.read_table, str(tmp_path / "v1" / "kind=measurement"))
+    assert table.column("value").to_pylist() == [1.0, 3.0] and stored.counters()["written_files"] == 2
+    # element and quantity from the point map's id
+    assert set(table.column("element_id").to_pylist()) == {"bus7"}
+    assert set(table.column("quantity").to_pylist()) == {"VM_PU"}
+    await stored.close()
 
 
 async def test_app_maintains_only_its_own_partitions(tmp_path: Path) -> None:
