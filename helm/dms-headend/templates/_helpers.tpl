@@ -166,6 +166,12 @@ Cross-field checks. Each failure names the fix. Included once, from configmap.ya
 {{- if and $v.ingress.enabled $v.ingress.tls.enabled (not $v.ingress.tls.secretName) -}}
 {{- fail "ingress.tls.enabled is true but ingress.tls.secretName is empty: set ingress.tls.secretName to a kubernetes.io/tls Secret for ingress.host (cert-manager can create it), or set ingress.tls.enabled=false" -}}
 {{- end -}}
+{{- if and (or $v.historian.s3.existingSecret $v.historian.s3.endpoint) (not (hasPrefix "s3://" $v.historian.uri)) -}}
+{{- fail "historian.s3 is set but historian.uri is not an s3:// URI: set historian.uri=s3://<bucket>/<prefix>, or empty historian.s3.existingSecret and historian.s3.endpoint to keep the historian local" -}}
+{{- end -}}
+{{- if and $v.historian.s3.endpoint (contains "endpoint_override=" $v.historian.uri) -}}
+{{- fail "historian.uri has endpoint_override= and historian.s3.endpoint is set: give the endpoint once, in historian.s3.endpoint (remove endpoint_override and scheme from historian.uri)" -}}
+{{- end -}}
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled is true but metrics.enabled is false: set metrics.enabled=true (so Prometheus may reach /metrics) or metrics.serviceMonitor.enabled=false" -}}
 {{- end -}}
@@ -200,6 +206,39 @@ seccompProfile:
   value: token
 - name: RAY_AUTH_TOKEN_PATH
   value: /etc/dms/ray/token
+{{- end -}}
+
+{{/* The historian's root with historian.s3.endpoint folded in (the historian reads the endpoint
+from the URI: endpoint_override and scheme). */}}
+{{- define "dms-headend.historianUri" -}}
+{{- $h := .Values.historian -}}
+{{- if $h.s3.endpoint -}}
+{{- $e := urlParse $h.s3.endpoint -}}
+{{- printf "%s%sendpoint_override=%s&scheme=%s" $h.uri (ternary "&" "?" (contains "?" $h.uri)) $e.host $e.scheme -}}
+{{- else -}}
+{{- $h.uri -}}
+{{- end -}}
+{{- end -}}
+
+{{/* S3 credentials of the historian (API and Ray worker pods), from an existing Secret. */}}
+{{- define "dms-headend.historianEnv" -}}
+{{- $s3 := .Values.historian.s3 -}}
+{{- if $s3.existingSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.existingSecret }}
+      key: AWS_ACCESS_KEY_ID
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $s3.existingSecret }}
+      key: AWS_SECRET_ACCESS_KEY
+{{- end }}
+{{- if $s3.endpoint }}
+- name: AWS_ENDPOINT_URL
+  value: {{ $s3.endpoint | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* Egress shared by the API and Ray pods: DNS, Neo4j, field networks. */}}

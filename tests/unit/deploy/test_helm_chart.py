@@ -644,6 +644,10 @@ FAILS = [
                  id="replicas-without-audit-key"),
     pytest.param({"replicaCount": 3, "podDisruptionBudget": {"minAvailable": 2}, "audit": {"existingSecret": ""}},
                  "audit.existingSecret is empty with replicaCount 3", id="three-replicas-without-audit-key"),
+    pytest.param({"historian": {"s3": {"existingSecret": "dms-historian-s3"}}}, "set historian.uri=s3://",
+                 id="historian-s3-secret-without-s3-uri"),
+    pytest.param({"historian": {"uri": "s3://bkt/p?endpoint_override=m:9000", "s3": {"endpoint": "http://m:9000"}}},
+                 "give the endpoint once, in historian.s3.endpoint", id="historian-endpoint-twice"),
     pytest.param({"ray": {"enabled": False}}, "set ray.externalAddress", id="no-ray"),
     pytest.param({"ray": {"worker": {"minReplicas": 5, "maxReplicas": 2}}}, "raise maxReplicas",
                  id="ray-min-max"),
@@ -694,3 +698,52 @@ def test_ray_pods_declare_only_ports_the_network_policy_lets_in(minimal) -> None
         assert all(not c.get("ports") for c in group["template"]["spec"]["containers"]), group["groupName"]
     assert head["rayStartParams"]["dashboard-host"] == "127.0.0.1"
     assert head["serviceType"] == "ClusterIP"
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_historian_s3_root_and_credentials_reach_the_api_and_the_ray_workers(chart: Any) -> None:
+    """The actors (Ray workers) write the data set and the API reads it: both get the S3 keys from the
+    existing Secret by secretKeyRef, under the names the S3 client reads; the endpoint lands in
+    DMS_HISTORIAN_URI in the form graph_schema.historian.writer.open_root parses."""
+    values = merge(REQUIRED, {"historian": {"uri": "s3://dms-history/prod?region=eu-west-1", "s3": {
+        "existingSecret": "dms-historian-s3", "endpoint": "http://minio.storage.svc:9000"}}})
+    docs = _docs(_render(chart, values))
+    uri = one(docs, "ConfigMap")["data"]["DMS_HISTORIAN_URI"]
+    assert uri == "s3://dms-history/prod?region=eu-west-1&endpoint_override=minio.storage.svc:9000&scheme=http"
+    (api,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    rc = one(docs, "RayCluster")
+    workers = [c for g in rc["spec"]["workerGroupSpecs"] for c in g["template"]["spec"]["containers"]]
+    assert workers
+    for c in (api, *workers):
+        env = _env(c)
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {"name": "dms-historian-s3", "key": key}}}
+        assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.storage.svc:9000"
+    # The settings take the URI as it is, and the historian's S3 client gets the endpoint from it.
+    from graph_schema.historian.writer import open_root
+    from server.settings import Settings
+
+    assert Settings.from_env({"DMS_HISTORIAN_URI": uri}).historian_root == uri
+    fs, base = open_root(uri)
+    opts = fs.__reduce__()[1][0]
+    assert (opts["endpoint_override"], opts["scheme"], opts["region"], base) == (
+        "minio.storage.svc:9000", "http", "eu-west-1", "dms-history/prod")
+    # On AWS (no endpoint) the URI stays as given: "?" starts the options the chart adds.
+    aws = _docs(_render(chart, merge(REQUIRED, {"historian": {"uri": "s3://dms-history/prod"}})))
+    assert one(aws, "ConfigMap")["data"]["DMS_HISTORIAN_URI"] == "s3://dms-history/prod"
+    minio = _docs(_render(chart, merge(REQUIRED, {"historian": {"uri": "s3://hist", "s3": {"endpoint": "https://s3.lan"}}})))
+    assert one(minio, "ConfigMap")["data"]["DMS_HISTORIAN_URI"] == "s3://hist?endpoint_override=s3.lan&scheme=https"
+
+
+def test_historian_defaults_to_the_data_directory(minimal) -> None:
+    """No historian values: no DMS_HISTORIAN_URI (the server uses <data dir>/historian), no S3 env."""
+    _out, docs = minimal
+    assert "DMS_HISTORIAN_URI" not in one(docs, "ConfigMap")["data"]
+    (api,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    groups = one(docs, "RayCluster")["spec"]["workerGroupSpecs"]
+    workers = [c for g in groups for c in g["template"]["spec"]["containers"]]
+    for c in (api, *workers):
+        assert not [k for k in _env(c) if k.startswith("AWS_")]
