@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -204,6 +205,11 @@ class FeederActor:
                                                    name=f"reconcile {self.feeder_id}")
         await self._resolve()
         await self._start_apps()
+        # The model, the solver's tables and the imported libraries live as long as the actor: move
+        # them out of the collector's reach, so that full collections (triggered by the scan's and the
+        # historian's short-lived objects) do not walk them again and again (measured: the scan kept
+        # 0.78 of its rate with the historian on, 0.86-0.95 with this).
+        gc.freeze()
         log.info("feeder %s loaded: %d buses, %d switches", self.feeder_id, len(feeder.buses), len(feeder.switches))
 
     async def _start_apps(self) -> None:

@@ -21,10 +21,11 @@ Columns (units in the names where they have one, pandapower style):
 - ``solve`` (one row per power flow of the live state): ``ts``, ``losses_mw``, ``min_vm_pu``,
   ``min_vm_bus_id``, ``max_vm_pu``, ``max_vm_bus_id``, ``max_line_loading_percent``,
   ``p_source_mw``, ``customers_out`` (customers on de-energised buses), ``converged``.
-- ``event``: ``ts``, ``seq``, ``kind``, ``element_id``, ``severity``, ``message``.
+- ``event``: ``ts``, ``seq``, ``event_kind``, ``element_id``, ``severity``, ``message`` (not ``kind``:
+  that is the partition key of the folder above).
 - ``meter`` (AMI intervals): ``meter_id``, ``load_id``, ``interval_start``, ``interval_end``,
   ``kwh`` (energy delivered in the interval). A meter's last-gasp / restore flags are ``event`` rows
-  (``kind`` ``METER_LAST_GASP`` / ``METER_RESTORE``, ``element_id`` the meter id). An interval
+  (``event_kind`` ``METER_LAST_GASP`` / ``METER_RESTORE``, ``element_id`` the meter id). An interval
   delivered twice (a file sent again) may be stored twice: readers count it once
   (:meth:`graph_schema.historian.query.HistorianReader.energy_usage`).
 - ``weather`` (added within v1; the site's weather beside the load): ``ts``, ``temperature_c``
@@ -63,7 +64,7 @@ COLUMNS: dict[Kind, tuple[tuple[str, str], ...]] = {
     "solve": (("ts", "timestamp"), ("losses_mw", "float64"), ("min_vm_pu", "float64"), ("min_vm_bus_id", "string"),
               ("max_vm_pu", "float64"), ("max_vm_bus_id", "string"), ("max_line_loading_percent", "float64"),
               ("p_source_mw", "float64"), ("customers_out", "int64"), ("converged", "bool")),
-    "event": (("ts", "timestamp"), ("seq", "int64"), ("kind", "string"), ("element_id", "string"),
+    "event": (("ts", "timestamp"), ("seq", "int64"), ("event_kind", "string"), ("element_id", "string"),
               ("severity", "string"), ("message", "string")),
     "meter": (("meter_id", "string"), ("load_id", "string"), ("interval_start", "timestamp"),
               ("interval_end", "timestamp"), ("kwh", "float64")),

@@ -151,8 +151,7 @@ class HistorianReader:
     def _run(self, kind: Kind, files: list[str], sql: Callable[[str], str], params: list[Any],
              extra: dict[str, pa.Table] | None = None, *, hive: bool = True) -> list[tuple[Any, ...]]:
         """Run ``sql(source)`` over ``files``, skipping the ones that cannot be read. ``hive=False``
-        reads the files' own columns only (the ``event`` rows' ``kind`` column shares its name with
-        the ``kind=`` partition key, which would otherwise win)."""
+        reads the files' own columns only (no partition keys)."""
         files = list(files)
         while True:
             self.opened = list(files)
@@ -306,10 +305,10 @@ class HistorianReader:
         where = "epoch_us(ts) >= ? AND epoch_us(ts) < ?"
         params: list[Any] = [_us(s), _us(e)]
         if kinds is not None:
-            where += " AND kind = ANY(?)"
+            where += " AND event_kind = ANY(?)"
             params.append([str(k) for k in kinds])
         rows = self._run("event", files, lambda src: (
-            f"SELECT epoch_us(ts) AS t, seq, kind, element_id, severity, message FROM {src} WHERE {where} "
+            f"SELECT epoch_us(ts) AS t, seq, event_kind, element_id, severity, message FROM {src} WHERE {where} "
             f"ORDER BY t, seq LIMIT {MAX_RAW_ROWS + 1}"), params, hive=False)
         if len(rows) > MAX_RAW_ROWS:
             raise BadInput(f"more than {MAX_RAW_ROWS} events in the range; give a shorter range or fewer kinds")

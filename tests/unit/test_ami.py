@@ -148,8 +148,8 @@ def test_ingest_keeps_good_rows_names_bad_ones_and_is_idempotent(tmp_path: Path,
     assert [(b.start, b.kwh) for b in raw] == [(T0 + i * Q, 1.0 + i) for i in range(4)]
     import duckdb
 
-    events = duckdb.sql(f"SELECT kind, element_id FROM read_parquet('{root}/v1/kind=event/**/*.parquet', "
-                        "hive_partitioning=false) GROUP BY ALL").fetchall()
+    events = duckdb.sql(f"SELECT event_kind, element_id FROM read_parquet('{root}/v1/kind=event/**/*.parquet', "
+                        "hive_partitioning=true) GROUP BY ALL").fetchall()
     assert events == [("METER_LAST_GASP", "f1/load1/m0")]
 
 
