@@ -11,32 +11,18 @@ naming the defect) is raised; both clear when its frames are good.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import bound_field, release_field
+from tests.integration.test_realtime import wait_for
 
 F = "case33bw"
 RTU = f"{F}/rtu2"  # sw9..sw16
 LOST_POINT = f"{F}/sw9/STATUS"
 OTHER_POINT = f"{F}/sw25/STATUS"  # RTU 4
-
-
-async def wait_for(pred: Callable[[], Any], within_s: float = 15.0, step: float = 0.2) -> Any:
-    deadline = time.monotonic() + within_s
-    last: Any = None
-    while True:
-        last = pred()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(step)
 
 
 async def qualities(runtime: Any) -> dict[str, str]:
