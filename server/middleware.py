@@ -122,6 +122,19 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class _StartTracker:
+    """``send`` that remembers whether the response has started (after that, no error response)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)
+
+
 class InternalErrors:
     """The last line behind the correlation id and the security headers: an exception that escapes
     the application becomes a masked ``500`` with the usual error shape (``INTERNAL`` and the
@@ -135,20 +148,13 @@ class InternalErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _StartTracker(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception:
             cid = str(scope.get("state", {}).get("correlation_id") or uuid.uuid4().hex[:16])
             log.error("internal error %s on %s %s", cid, scope.get("method"), scope.get("path"), exc_info=True)
-            if started:
+            if tracked.started:
                 return  # the response is under way: nothing more can be said to the client
             body = json.dumps({"errors": [{
                 "message": f"internal error; quote correlation id {cid} to your administrator",
@@ -190,7 +196,6 @@ class BodySizeLimit:
                 await _json_error(400, "BAD_INPUT", "invalid Content-Length header")(send)
                 return
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -201,16 +206,11 @@ class BodySizeLimit:
                     raise _BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        tracked = _StartTracker(send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except _BodyTooLarge:
-            if not started:
+            if not tracked.started:
                 await too_big(send)
 
 
