@@ -41,6 +41,7 @@ from types import TracebackType
 import neo4j
 import neo4j.exceptions
 
+from graph_schema.aio import cancel_and_wait
 from graph_schema.errors import ConfigError, StoreUnavailable
 from graph_schema.secret import Secret
 
@@ -368,9 +369,7 @@ class EmbeddedArcadeDB:
         task, self._supervisor = self._supervisor, None
         if task is None or task is asyncio.current_task():
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        await cancel_and_wait(task)
 
     async def _wait_ready(self, offset: int, timeout_s: float) -> None:
         assert self._proc is not None

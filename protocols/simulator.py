@@ -359,10 +359,7 @@ class FieldSimulator:
             h.cancel()
         self._timers.clear()
         for t in list(self._bg):
-            t.cancel()
-        for t in list(self._bg):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            await cancel_and_wait(t)
         for srv in self._modbus_servers:
             with contextlib.suppress(Exception):
                 await srv.shutdown()

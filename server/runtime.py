@@ -229,10 +229,6 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
         raise
 
 
-async def _feeder_ids(store: GraphStore) -> list[str]:
-    return [f.id for f in await store.list_feeders()]
-
-
 def describe_store_failure(exc: StoreUnavailable, settings: Settings) -> str:
     where = settings.neo4j_uri or "the embedded ArcadeDB (DMS_NEO4J_URI unset)"
     return f"graph store unavailable ({where}): {exc.message}"
