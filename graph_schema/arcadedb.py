@@ -365,6 +365,11 @@ class EmbeddedArcadeDB:
             log.warning("ArcadeDB restarted at %s (restart %d); committed data recovered from its log",
                         self.uri, self.restarts)
 
+    async def stop_supervising(self) -> None:
+        """End :meth:`supervise` and leave the server as it is (running or not): an operator's
+        maintenance window, or a test that keeps the store down on purpose."""
+        await self._stop_supervisor()
+
     async def _stop_supervisor(self) -> None:
         task, self._supervisor = self._supervisor, None
         if task is None or task is asyncio.current_task():

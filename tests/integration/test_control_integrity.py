@@ -68,7 +68,9 @@ async def newest_control(runtime, device_id: str) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def store_down(arcadedb) -> AsyncIterator[None]:
     """SIGKILL the store's java (pid file), and at the end bring it back the way the runtime does
-    (its supervisor) and wait until it answers."""
+    (its supervisor) and wait until it answers. A supervisor left by an earlier test is stopped
+    first: it would bring the store back at once and the body would not see it down (seen in CI)."""
+    await arcadedb.stop_supervising()
     pid = int((arcadedb.root / "server.pid").read_text().strip())
     os.kill(pid, signal.SIGKILL)
     await wait_for(lambda: arcadedb._proc is None or arcadedb._proc.poll() is not None, 10)
