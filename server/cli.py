@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--sub", default=None, help="subject (default: the role name in lower case)")
     t.add_argument("--ttl", type=_ttl, default=3600, help="lifetime, e.g. 15m, 1h (default 1h)")
     t.add_argument("--feeders", default=None, help="comma-separated feeder ids this token is limited to")
+    t.add_argument("--customer-account", default=None,
+                   help="the customer account a CUSTOMER token acts for (its meters' energy usage)")
 
     sim = sub.add_parser("sim", help="drive the field simulator of a running demo")
     simsub = sim.add_subparsers(dest="sim_command", required=True)
@@ -460,6 +462,9 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
             roles.append(Role(r.upper()))
         except ValueError:
             raise ConfigError(f"unknown role {r!r}; use one of {', '.join(x.value for x in Role)}") from None
+    if args.customer_account is not None and Role.CUSTOMER not in roles:
+        raise ConfigError("--customer-account goes with --role CUSTOMER (the account whose meters the token "
+                          "may read), e.g. --role CUSTOMER --customer-account ACC-1001")
     key = LocalSigningKey(settings.data_dir)
     token = mint_token(
         key,
@@ -469,6 +474,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
         issuer=settings.auth_issuer,
         audience=settings.auth_audience,
         feeders=[f.strip() for f in args.feeders.split(",") if f.strip()] if args.feeders else None,
+        customer_account=args.customer_account,
     )
     print(token)
     return 0

@@ -148,6 +148,18 @@ async def test_token_command(tmp_path):
     assert ttl.returncode != 0 and "duration" in ttl.stderr
 
 
+async def test_token_command_mints_a_customer_token_for_one_account(tmp_path):
+    import base64
+
+    ok = await adms("token", "--role", "CUSTOMER", "--customer-account", "ACC-1001", "--data-dir", str(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    payload = ok.stdout.strip().split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["customer_account"] == "ACC-1001" and claims["roles"] == ["CUSTOMER"]
+    wrong = await adms("token", "--role", "OPERATOR", "--customer-account", "ACC-1001", "--data-dir", str(tmp_path))
+    assert wrong.returncode != 0 and "--role CUSTOMER" in wrong.stderr
+
+
 async def test_sim_command_without_a_simulator_says_what_to_do(tmp_path):
     r = await adms("sim", "clear", "--data-dir", str(tmp_path))
     assert r.returncode != 0
