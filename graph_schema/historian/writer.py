@@ -247,7 +247,8 @@ def compacted_sources(fs: pafs.FileSystem, path: str) -> list[str]:
 def compact_day(root: str, kind: Kind, feeder_id: str, day: date) -> bool:
     """Merge one feeder-day's parts into ``compacted.parquet``. Returns whether anything changed.
 
-    Steps: (1) parts listed by an existing compacted file are deleted (an interrupted run);
+    Steps: (0) temporary files of a killed writer, an hour old, are deleted; (1) parts listed by an
+    existing compacted file are deleted (an interrupted run);
     (2) the compacted file and the remaining parts are read (a corrupt part is renamed
     ``_corrupt-<name>`` with a warning, so it no longer counts as data), sorted by time and written
     under a temporary name, renamed over ``compacted.parquet`` with the merged parts' names in its
@@ -259,7 +260,7 @@ def compact_day(root: str, kind: Kind, feeder_id: str, day: date) -> bool:
     folder = partition_dir(base, kind, feeder_id, day)
     target = f"{folder}/{COMPACTED_NAME}"
     infos = {i.base_name: i for i in _list(fs, folder) if i.type == pafs.FileType.File}
-    changed = False
+    changed = _remove_stale_temporaries(fs, folder, infos)
     if COMPACTED_NAME in infos:
         for name in compacted_sources(fs, target):
             if name in infos:
@@ -292,6 +293,23 @@ def compact_day(root: str, kind: Kind, feeder_id: str, day: date) -> bool:
     for name in merged:
         fs.delete_file(f"{folder}/{name}")
     return True
+
+
+STALE_TEMP_S = 3600.0
+
+
+def _remove_stale_temporaries(fs: pafs.FileSystem, folder: str, infos: dict[str, pafs.FileInfo]) -> bool:
+    """Delete the temporary files (``.<part>.<hex>.tmp``) that a writer killed before its rename left
+    behind, once they are an hour old (no live writer takes that long). Readers never see them; this
+    only gives the disk back. Removes them from ``infos``; returns whether any was deleted."""
+    now = time.time()
+    stale = [n for n, i in infos.items() if n.startswith(".") and n.endswith(".tmp") and i.mtime is not None
+             and now - i.mtime.timestamp() > STALE_TEMP_S]
+    for name in stale:
+        log.info("historian: removing %s/%s, left by a writer that died before renaming it", folder, name)
+        fs.delete_file(f"{folder}/{name}")
+        del infos[name]
+    return bool(stale)
 
 
 def _read(fs: pafs.FileSystem, path: str) -> pa.Table:

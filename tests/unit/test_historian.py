@@ -484,6 +484,23 @@ while True:
     assert h["p"][0].count == 20000 * len(r.opened)  # whole parts only
 
 
+def test_compaction_removes_the_temporary_files_of_a_killed_writer_once_they_are_stale(tmp_path: Path) -> None:
+    from graph_schema.historian.writer import STALE_TEMP_S
+
+    day = date(2026, 3, 1)
+    w = HistorianWriter(str(tmp_path), "f1")
+    w.append("measurement", ("p", "b", "VM_PU", 1.0, "GOOD", None, datetime(2026, 3, 1, 1, tzinfo=UTC)))
+    w.write(w.take())
+    folder = tmp_path / "v1/kind=measurement/feeder=f1/date=2026-03-01"
+    stale, fresh = folder / ".part-a.parquet.0badc0de.tmp", folder / ".part-b.parquet.1badc0de.tmp"
+    stale.write_bytes(b"PAR1 half")
+    fresh.write_bytes(b"PAR1 half")
+    old = time.time() - STALE_TEMP_S - 60
+    os.utime(stale, (old, old))
+    assert compact_day(str(tmp_path), "measurement", "f1", day)
+    assert sorted(os.listdir(folder)) == sorted([fresh.name, COMPACTED_NAME])  # a fresh one may be a live write
+
+
 async def test_app_keeps_published_events_but_not_measurement_events(tmp_path: Path) -> None:
     from actors.apps.historian_app import HistorianApp
     from actors.cores.events import Event, EventKind, Severity
