@@ -1,0 +1,191 @@
+"""IEEE 1366 indices on small interruption sets computed by hand, and the 2.5 beta method."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from actors.cores.outages import OutageTracker
+from actors.cores.reliability import (
+    compute_indices,
+    daily_saidi,
+    from_outage,
+    from_steps,
+    major_event_days,
+    med_threshold,
+)
+
+
+def t(s: str) -> datetime:
+    return datetime.fromisoformat(s).replace(tzinfo=UTC) if "+" not in s else datetime.fromisoformat(s)
+
+
+YEAR = (t("2024-01-01T00:00"), t("2025-01-01T00:00"))
+
+
+def small_set() -> list:
+    return [
+        # 200 out at 10:00; 100 back at 10:30 (second step), the other 100 at 12:00.
+        from_steps("A", "F1", t("2024-03-01T10:00"), t("2024-03-01T12:00"), 200, "FAULT", False,
+                   [(t("2024-03-01T10:30"), 100)]),
+        from_steps("B", "F1", t("2024-05-01T00:00"), t("2024-05-01T01:00"), 50, "WEATHER", False),
+        # One recloser event: two operations 2 minutes apart (300 then 400 customers).
+        from_steps("C1", "F1", t("2024-06-01T08:00"), t("2024-06-01T08:00:30"), 300, "MOMENTARY", True),
+        from_steps("C2", "F1", t("2024-06-01T08:02"), t("2024-06-01T08:02:30"), 400, "MOMENTARY", True),
+        # A momentary operation immediately before a lockout (sustained 3 minutes later): not MAIFIe.
+        from_steps("D", "F1", t("2024-07-01T09:00"), t("2024-07-01T09:00:20"), 100, "MOMENTARY", True),
+        from_steps("E", "F1", t("2024-07-01T09:03"), t("2024-07-01T10:03"), 100, "FAULT", False),
+        # Planned work: counted apart, never in the indices.
+        from_steps("P", "F1", t("2024-08-01T09:00"), t("2024-08-01T13:00"), 500, "PLANNED", False),
+        # Outside the period.
+        from_steps("X", "F1", t("2023-12-31T23:00"), t("2024-01-01T02:00"), 999, "FAULT", False),
+    ]
+
+
+def test_hand_computed_indices_with_per_step_restoration_and_maifie_events() -> None:
+    ix = compute_indices(small_set(), {"F1": 1000}, *YEAR, celid_hours=2.0)
+    # CI = 200 + 50 + 100; CMI = 100*30 + 100*120 + 50*60 + 100*60
+    assert ix.customers_interrupted == 350
+    assert ix.customer_minutes == pytest.approx(24000)
+    assert ix.saifi == pytest.approx(0.35)
+    assert ix.saidi_min == pytest.approx(24.0)
+    assert ix.caidi_min == pytest.approx(24000 / 350)
+    # Nested customers: ranks 0-49 hit by A, B, E; 50-99 by A, E; 100-199 by A: CN = 200.
+    assert ix.customers_with_interruption == 200
+    assert ix.caifi == pytest.approx(350 / 200)
+    assert ix.cemi_n(1) == pytest.approx(100 / 1000)  # more than one interruption
+    assert ix.cemi_n(2) == pytest.approx(50 / 1000)
+    assert ix.cemi_n(3) == 0
+    # One MAIFIe event of 400 customers (C1+C2); D preceded the sustained E.
+    assert ix.momentary_events == 1
+    assert ix.maifi_e == pytest.approx(0.4)
+    assert ix.asai == pytest.approx(1 - 24000 / (1000 * 366 * 24 * 60))
+    # Longest single >= 2 h: the 100 customers out 120 min in A. Total >= 2 h: ranks 0-99
+    # (A 120 + E 60 [+ B 60]) -> 100 customers.
+    assert ix.celid_s == pytest.approx(0.1)
+    assert ix.celid_t == pytest.approx(0.1)
+    assert ix.planned_interruptions == 1
+    assert ix.interruptions == 3
+
+
+def test_customer_restored_in_the_second_step_counts_the_longer_duration() -> None:
+    one_step = from_steps("S", "F", t("2024-01-02T00:00"), t("2024-01-02T02:00"), 10, "FAULT", False)
+    two_steps = from_steps("S", "F", t("2024-01-02T00:00"), t("2024-01-02T02:00"), 10, "FAULT", False,
+                           [(t("2024-01-02T00:20"), 4)])
+    assert compute_indices([one_step], {"F": 10}, *YEAR).customer_minutes == pytest.approx(1200)
+    assert compute_indices([two_steps], {"F": 10}, *YEAR).customer_minutes == pytest.approx(4 * 20 + 6 * 120)
+
+
+def test_customers_restored_within_the_threshold_are_momentary() -> None:
+    r = from_steps("S", "F", t("2024-01-02T00:00"), t("2024-01-02T01:00"), 10, "FAULT", False,
+                   [(t("2024-01-02T00:03"), 4)])
+    ix = compute_indices([r], {"F": 100}, *YEAR)
+    assert ix.customers_interrupted == 6
+    assert ix.customer_minutes == pytest.approx(360)
+    assert ix.momentary_customer_events == 4
+
+
+def test_indices_from_outage_records_count_per_load_exactly() -> None:
+    tr = OutageTracker(utc_now=lambda: t("2024-04-01T10:00"))
+    o = tr.open("F", "FAULT", ["L1", "L2"], {"L1": 30, "L2": 70}, at=t("2024-04-01T10:00"))
+    tr.step(o.id, restored=["L2"], action="CLOSE", by="fdir", at=t("2024-04-01T10:10"))
+    o1 = tr.close(o.id, by="crew", at=t("2024-04-01T11:00"))
+    o2 = tr.open("F", "FAULT", ["L1"], {"L1": 30}, at=t("2024-05-01T10:00"))
+    o2 = tr.close(o2.id, by="crew", at=t("2024-05-01T10:30"))
+    ix = compute_indices([from_outage(o1), from_outage(o2)], {"F": 200}, *YEAR, celid_hours=1.5)
+    assert ix.customers_interrupted == 30 + 70 + 30
+    assert ix.customer_minutes == pytest.approx(30 * 60 + 70 * 10 + 30 * 30)
+    assert ix.customers_with_interruption == 100
+    assert ix.cemi_n(1) == pytest.approx(30 / 200)
+    assert ix.celid_t == pytest.approx(30 / 200)  # L1: 60 + 30 minutes
+    assert ix.celid_s == 0
+
+
+def test_an_empty_period_gives_zero_indices_not_an_error() -> None:
+    ix = compute_indices([], {"F": 100}, *YEAR)
+    assert (ix.saidi_min, ix.saifi, ix.caidi_min, ix.caifi, ix.asai) == (0, 0, None, None, 1.0)
+
+
+def test_day_boundary_follows_the_utility_time_zone() -> None:
+    ny = ZoneInfo("America/New_York")
+    r = from_steps("N", "F", t("2024-03-02T03:30+00:00"), t("2024-03-02T04:30+00:00"), 10, "FAULT", False)
+    assert list(daily_saidi([r], {"F": 10}, tz=ny)) == [date(2024, 3, 1)]
+    assert list(daily_saidi([r], {"F": 10}, tz=UTC)) == [date(2024, 3, 2)]
+
+
+def _synthetic_history() -> tuple[list, dict[date, float]]:
+    """Five years (2019-2023) of daily interruptions like the standard's worked example: most days
+    a few customer minutes, a pattern of values, and days with no interruption at all (zero SAIDI,
+    left out of the logs)."""
+    records, expected = [], {}
+    day = date(2019, 1, 1)
+    k = 0
+    while day < date(2024, 1, 1):
+        k += 1
+        if k % 7 != 0:  # every seventh day has no interruption
+            minutes = 6 + (k * 37) % 23  # 6..28 minutes (sustained), every customer of the feeder
+            start = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+            records.append(from_steps(f"h{k}", "F", start, start + timedelta(minutes=minutes), 100, "FAULT", False))
+            expected[day] = minutes * 100 / 100
+        day += timedelta(days=1)
+    return records, expected
+
+
+def test_two_and_a_half_beta_threshold_and_med_classification() -> None:
+    history, expected = _synthetic_history()
+    daily = daily_saidi(history, {"F": 100}, start=date(2019, 1, 1), end=date(2024, 1, 1))
+    assert daily == pytest.approx(expected)
+    assert all(v > 0 for v in daily.values())  # zero days are not in the map
+    logs = [math.log(v) for v in expected.values()]
+    alpha, beta = statistics.mean(logs), statistics.stdev(logs)  # sample standard deviation
+    res = med_threshold(daily, date(2019, 1, 1), date(2024, 1, 1))
+    assert res.fallback is None
+    assert res.days_used == len(expected)
+    assert res.alpha == pytest.approx(alpha)
+    assert res.beta == pytest.approx(beta)
+    t_med = math.exp(alpha + 2.5 * beta)
+    assert res.t_med_min == pytest.approx(t_med)
+    # An explicit zero day changes nothing.
+    zero_day = next(d for d in (date(2020, 2, 1) + timedelta(days=i) for i in range(7)) if d not in daily)
+    assert med_threshold({**daily, zero_day: 0.0}, date(2019, 1, 1), date(2024, 1, 1)).t_med_min == \
+        pytest.approx(t_med)
+    # The reported year: one day above T_MED, one just below it.
+    above = from_steps("big", "F", t("2024-06-10T08:00"), t("2024-06-10T08:00") + timedelta(minutes=t_med * 1.01),
+                       100, "WEATHER", False)
+    below = from_steps("near", "F", t("2024-07-10T08:00"), t("2024-07-10T08:00") + timedelta(minutes=t_med * 0.99),
+                       100, "WEATHER", False)
+    reported = daily_saidi([above, below], {"F": 100}, start=date(2024, 1, 1), end=date(2025, 1, 1))
+    meds = major_event_days(res, reported)
+    assert [d for d, _ in meds.major_event_days] == [date(2024, 6, 10)]
+    assert meds.major_event_days[0][1] == pytest.approx(t_med * 1.01)
+    with_med = compute_indices([above, below], {"F": 100}, *YEAR)
+    without = compute_indices([above, below], {"F": 100}, *YEAR, exclude_days=[date(2024, 6, 10)])
+    assert with_med.saidi_min == pytest.approx(t_med * 2.0)
+    assert without.saidi_min == pytest.approx(t_med * 0.99)
+
+
+def test_population_standard_deviation_is_available_and_differs_little() -> None:
+    _, expected = _synthetic_history()
+    s = med_threshold(expected, date(2019, 1, 1), date(2024, 1, 1))
+    p = med_threshold(expected, date(2019, 1, 1), date(2024, 1, 1), ddof=0)
+    assert p.std.startswith("population") and s.std.startswith("sample")
+    assert p.t_med_min is not None and s.t_med_min is not None
+    assert abs(p.t_med_min / s.t_med_min - 1) < 0.01
+
+
+def test_fewer_than_five_years_uses_all_available_history_and_says_so() -> None:
+    _, expected = _synthetic_history()
+    res = med_threshold(expected, date(2019, 1, 1), date(2024, 1, 1), data_since=date(2022, 1, 1))
+    assert res.fallback is not None and "2.0 years" in res.fallback and "all available history" in res.fallback
+    assert res.days_used == sum(1 for d in expected if d >= date(2022, 1, 1))
+    none = med_threshold({}, date(2019, 1, 1), date(2024, 1, 1), data_since=date(2023, 12, 1))
+    assert none.t_med_min is None and "no day is classed as a major event day" in (none.fallback or "")
+
+
+def test_reversed_period_is_refused() -> None:
+    with pytest.raises(ValueError, match="not after its start"):
+        compute_indices([], {"F": 1}, YEAR[1], YEAR[0])
