@@ -31,7 +31,7 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -77,9 +77,16 @@ def _redact(text: str, password: str) -> str:
     return text.replace(password, "***") if password else text
 
 
+# Records of the regulatory reports (server/reports): imported interruption history, customers served
+# per feeder and year, report jobs and schedules. Same rules as cypher.RECORD_LABELS (a closed set,
+# checked before a label is interpolated into Cypher).
+REPORT_RECORD_LABELS: tuple[str, ...] = ("Interruption", "CustomersServed", "ReportJob", "ReportSchedule")
+RECORD_LABELS: tuple[str, ...] = (*cypher.RECORD_LABELS, *REPORT_RECORD_LABELS)
+
+
 def _check_record_label(label: str) -> str:
-    if label not in cypher.RECORD_LABELS:
-        raise BadInput(f"unknown record label {label!r}; use one of {', '.join(cypher.RECORD_LABELS)}")
+    if label not in RECORD_LABELS:
+        raise BadInput(f"unknown record label {label!r}; use one of {', '.join(RECORD_LABELS)}")
     return label
 
 
@@ -108,7 +115,7 @@ class GraphStore:
         self._driver = driver
         self._database = database
         self._schema_ready = False
-        self._append_locks: dict[str, asyncio.Lock] = {label: asyncio.Lock() for label in cypher.RECORD_LABELS}
+        self._append_locks: dict[str, asyncio.Lock] = {label: asyncio.Lock() for label in RECORD_LABELS}
 
     def __repr__(self) -> str:
         return f"GraphStore(database={self._database!r})"
@@ -255,7 +262,7 @@ class GraphStore:
             )
         for label in cypher.ELEMENT_LABELS:
             statements.append(f"CREATE INDEX {label.lower()}_feeder_id IF NOT EXISTS FOR (n:{label}) ON (n.feeder_id)")
-        for label in cypher.RECORD_LABELS:
+        for label in RECORD_LABELS:
             statements.append(
                 f"CREATE CONSTRAINT {label.lower()}_seq_unique IF NOT EXISTS FOR (n:{label}) REQUIRE n.seq IS UNIQUE"
             )
@@ -551,6 +558,56 @@ class GraphStore:
                         raise
                     # Another writer created this label's counter at the same moment: it exists now.
             raise AssertionError("unreachable")
+
+    async def write_records(
+        self,
+        label: str,
+        new: Sequence[tuple[Mapping[str, str | int | float | bool | None], str | None]],
+        updates: Sequence[tuple[int, Mapping[str, str | int | float | bool | None]]] = (),
+    ) -> int:
+        """Append ``new`` records ((properties, feeder id)) and change ``updates`` ((seq, properties);
+        a ``feeder_id`` among them moves the record) in ONE transaction: all of them or none (a bulk
+        import). Returns the number written."""
+        _check_record_label(label)
+        if label in cypher.APPEND_ONLY_LABELS and updates:
+            raise BadInput(f"{label} records are append-only; append a new {label} instead of changing one")
+        rows: list[dict[str, object]] = []
+        for props, feeder_id in new:
+            row = {k: v for k, v in _check_record_props(props, f"{label} record").items() if v is not None}
+            if feeder_id is not None:
+                row["feeder_id"] = feeder_id
+            rows.append(row)
+        changes = [{"seq": int(seq), "fid": p.get("feeder_id"),
+                    "props": _check_record_props({k: v for k, v in p.items() if k != "feeder_id"},
+                                                 f"{label} {seq} update")} for seq, p in updates]
+
+        async def work(tx: neo4j.AsyncManagedTransaction) -> int:
+            written = 0
+            for i in range(0, len(rows), BATCH_ROWS):
+                chunk = rows[i:i + BATCH_ROWS]
+                head = await tx.run(
+                    f"MERGE (c:{cypher.SEQUENCE_LABEL} {{name: $label}}) ON CREATE SET c.seq = 0 "
+                    f"SET c.seq = c.seq + $n RETURN c.seq AS seq",
+                    {"label": label, "n": len(chunk)},
+                )
+                top = await head.single()
+                base = int(top["seq"]) - len(chunk) if top is not None else 0
+                batch = [{"p": r, "seq": base + k + 1} for k, r in enumerate(chunk)]
+                written += await self._run_batch(
+                    tx, f"UNWIND $rows AS r CREATE (n:{label}) SET n = r.p, n.seq = r.seq RETURN count(*) AS n",
+                    {"rows": batch})
+            for i in range(0, len(changes), BATCH_ROWS):
+                written += await self._run_batch(
+                    tx, f"UNWIND $rows AS r MATCH (n:{label} {{seq: r.seq}}) "
+                    f"SET n += r.props, n.feeder_id = coalesce(r.fid, n.feeder_id) RETURN count(*) AS n",
+                    {"rows": changes[i:i + BATCH_ROWS]})
+            return written
+
+        if not rows and not changes:
+            return 0
+        await self._schema()
+        async with self._append_locks[label], self._translate(f"write {label} records"), self._session() as s:
+            return await s.execute_write(work)
 
     async def update_record(self, label: str, seq: int, changes: Mapping[str, str | int | float | bool | None]) -> None:
         """Change properties of a record (``None`` removes one). AuditEntry is append-only."""

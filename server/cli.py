@@ -7,6 +7,8 @@
 ``dms sim ...``   drive the field simulator of a running demo (fault, clear, comm-loss, load, stick).
 ``dms simulate``  run the field simulator alone.
 ``dms audit verify``  check the audit hash chain and name the first broken entry.
+``dms outages import FILE``   import a utility's interruption history (CSV; validated whole, idempotent by id).
+``dms customers import FILE`` customers served per feeder and year (CSV; overrides the model's counts).
 
 Every failure prints one clear line to stderr and exits non-zero; nothing is left running.
 ``demo`` and ``serve`` take their listening socket (host and port) before they start anything else,
@@ -126,6 +128,18 @@ def _parser() -> argparse.ArgumentParser:
     hb.add_argument("--days", type=int, default=60, help="days of 15-minute history up to now (default 60)")
     hb.add_argument("--feeder", action="append", help="demo feeder id (repeatable; default: all demo feeders)")
     hb.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+
+    o = sub.add_parser("outages", help="interruption history for the reliability reports")
+    osub = o.add_subparsers(dest="outages_command", required=True)
+    oi = osub.add_parser("import", help="import interruption history from CSV "
+                                        "(id,feeder_id,start,end,customers_interrupted,cause,momentary)")
+    common(oi)
+    oi.add_argument("file", type=Path)
+    cu = sub.add_parser("customers", help="customers served per feeder and year")
+    cusub = cu.add_subparsers(dest="customers_command", required=True)
+    ci = cusub.add_parser("import", help="import customers served from CSV (feeder_id,year,customers[,zone])")
+    common(ci)
+    ci.add_argument("file", type=Path)
 
     a = sub.add_parser("audit", help="audit log tools")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -452,6 +466,35 @@ async def _audit_verify(settings: Settings) -> int:
     return 3
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path} ({exc}); give a readable UTF-8 CSV file") from None
+
+
+async def _history_import(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from server.reports.data import ReportData
+
+    text = _read_text(args.file)
+    kind = args.command
+    async with _store_session(settings) as store:
+        data = ReportData(store, tz=settings.timezone, threshold_min=settings.reliability_momentary_min)
+        if kind == "outages":
+            result = await data.import_outages(text, now=datetime.now(UTC))
+        else:
+            result = await data.import_customers(text)
+        await _audit_cli(settings, store, f"{kind.upper()}_IMPORT", target=args.file.name, detail={
+            "file": str(args.file.resolve()), "added": result.added, "updated": result.updated,
+            "unchanged": result.unchanged,
+        })
+    print(f"{kind} import of {args.file}: {result.added} added, {result.updated} updated, "
+          f"{result.unchanged} unchanged")
+    return 0
+
+
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     from security.roles import Role
     from security.tokens import LocalSigningKey, mint_token
@@ -588,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _history_backfill(settings, args)
         if args.command == "audit":
             return _run(_audit_verify(settings))
+        if args.command in ("outages", "customers"):
+            return _run(_history_import(settings, args))
     except DmsError as exc:
         print(f"dms {args.command}: {exc.message}", file=sys.stderr)
         return 2

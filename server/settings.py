@@ -149,6 +149,13 @@ class Settings:
     historian_retention_days: int = 400
     timezone: str = "UTC"
 
+    # Reports: the IEEE 1366 momentary/sustained threshold (minutes; the standard's 5 by default;
+    # days follow ``timezone``), where report artefacts are stored (unset: <data_dir>/reports), and
+    # whether this replica runs the report scheduler (one replica of a deployment should).
+    reliability_momentary_min: float = 5.0
+    reports_dir: str | None = None
+    report_scheduler: bool = True
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every ``DMS_*`` variable; ``overrides`` (e.g. from CLI flags) win over the environment.
@@ -199,6 +206,9 @@ class Settings:
             "historian_flush_s": r.float("DMS_HISTORIAN_FLUSH_S", 10.0, minimum=0.05),
             "historian_retention_days": r.int("DMS_HISTORIAN_RETENTION_DAYS", 400, minimum=1),
             "timezone": _timezone("DMS_TIMEZONE", r.str("DMS_TIMEZONE", "UTC") or "UTC"),
+            "reliability_momentary_min": r.float("DMS_RELIABILITY_MOMENTARY_MIN", 5.0, minimum=0.0),
+            "reports_dir": r.str("DMS_REPORTS_DIR", None),
+            "report_scheduler": r.bool("DMS_REPORT_SCHEDULER", True),
         }
         if values["log_level"] not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(
@@ -219,6 +229,10 @@ class Settings:
     @property
     def embedded_store(self) -> bool:
         return self.neo4j_uri is None
+
+    @property
+    def reports_root(self) -> Path:
+        return Path(self.reports_dir) if self.reports_dir else (self.data_dir / "reports").absolute()
 
     @property
     def historian_root(self) -> str:
