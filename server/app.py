@@ -6,7 +6,8 @@ them on shutdown. Tests may pass a runtime they started themselves; the app then
 
 Routes: ``GET /healthz`` (process alive), ``GET /readyz`` (200 only when the store and every feeder
 actor answer), ``POST /graphql`` and WebSocket ``/graphql`` (``graphql-transport-ws`` only),
-``GET /metrics``. With GraphiQL on (``DMS_GRAPHIQL``, the demo), ``GET /graphql`` from a browser is
+``GET /metrics``, ``GET /reports/<id>.<ext>`` (a finished report's file, READ_REPORTS).
+With GraphiQL on (``DMS_GRAPHIQL``, the demo), ``GET /graphql`` from a browser is
 the IDE page and ``GET /static/graphiql/*`` its assets, vendored in ``server/static/graphiql/`` so
 the page needs no internet and no inline script.
 """
@@ -41,6 +42,7 @@ from server.auth import AuditThrottle, Authenticator, bearer_token
 from server.feeds import outages_geojson
 from server.metrics import refresh_from_runtime, render
 from server.middleware import BodySizeLimit, CorrelationId, GraphQLAuth, InternalErrors, SecurityHeaders
+from server.reports.http import report_file
 from server.runtime import Runtime, start_runtime
 from server.schema import build_schema
 from server.settings import Settings
@@ -245,6 +247,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/feeds/outages.geojson", outages_geojson, methods=["GET"]),
+        Route("/reports/{name}", report_file, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
     ]

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # heavy (Ray, pandapower): imported where a runtime is starte
     from actors.fleet import EventBusClient, Fleet
     from server.audit_follower import AuditFollower
     from server.outage_service import OutageService
+    from server.reports.jobs import ReportService
     from server.services import ControlService, EventHub, GridService
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,20 @@ class Runtime:
     # (a test's second server, say) share the runtime.
     audit: AuditLog = field(init=False)
     outages: OutageService = field(init=False)
+    # Report jobs, artefacts and the report scheduler (server/reports).
+    reports: ReportService = field(init=False)
 
     def __post_init__(self) -> None:
         from server.outage_service import OutageService
+        from server.reports.jobs import ReportService
 
         self.audit = AuditLog.from_settings(self.store, self.settings)  # keyed, anchored (#17.9)
         self.outages = OutageService(self.store)
+        self.reports = ReportService(self.store, self.settings, lambda: self.audit)
 
     async def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.reports.stop()
         ami = self.extras.pop("ami_ingest", None)
         if ami is not None:
             with contextlib.suppress(Exception):
@@ -218,6 +225,7 @@ async def start_runtime(settings: Settings, *, demo_feeders: bool = False) -> Ru
         from server.ami_ingest import start_ami_ingest
 
         rt.extras["ami_ingest"] = start_ami_ingest(settings, grid)  # smart-meter files -> historian
+        await rt.reports.start()  # the report scheduler (DMS_REPORT_SCHEDULER) with the stored schedules
         return rt
     except BaseException:
         if follower is not None:

@@ -34,16 +34,17 @@ from server.schema.feeder import FeederQuery
 from server.schema.history import HistoryQuery
 from server.schema.outages import OutageQuery, OutageSubscription
 from server.schema.realtime import RealtimeMutation, RealtimeQuery, RealtimeSubscription
+from server.schema.reports import ReportMutation, ReportQuery
 from server.settings import Settings
 
 
 @strawberry.type
-class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery):
+class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery):
     pass
 
 
 @strawberry.type
-class Mutation(ControlMutation, FdirMutation, RealtimeMutation):
+class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation):
     pass
 
 
