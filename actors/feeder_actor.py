@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -72,8 +72,20 @@ class FeederState:
     switch_states: Mapping[str, bool]
     load_scale: float
     topology: TopologyResult
-    power_flow: PowerFlowResult
+    power_flow: PowerFlowResult  # the model's power flow (switch states, nominal loads)
     updated_at: float = field(default_factory=time.time)
+    # The state estimator's latest result (actors.cores.estimation.EstimationResult), published by
+    # the estimation application; None while no field is bound or before its first estimate.
+    estimate: Any = None
+
+    @property
+    def live(self) -> PowerFlowResult:
+        """What the API and the applications report: the estimate when there is one, else the model."""
+        return self.estimate.power_flow if self.estimate is not None else self.power_flow
+
+    @property
+    def source(self) -> str:
+        return "ESTIMATED" if self.estimate is not None else "MODEL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +251,10 @@ class FeederActor:
         topology = self._graph.process(states)
         result = await asyncio.to_thread(self._pf.solve, switch_states=states, load_scale=scale)
         self._version += 1
+        old = self._state  # an estimate holds until the topology changes (the estimator then runs again)
+        estimate = old.estimate if old is not None and dict(old.switch_states) == states else None
         self._state = FeederState(feeder_id=self.feeder_id, version=self._version, switch_states=states,
-                                  load_scale=scale, topology=topology, power_flow=result)
+                                  load_scale=scale, topology=topology, power_flow=result, estimate=estimate)
         self.apps.on_state(self._state)
         return self._state
 
@@ -283,13 +297,21 @@ class FeederActor:
         return self._state
 
     async def power_flow(self, *, fresh: bool = False) -> PowerFlowResult:
-        """The latest result; ``fresh=True`` solves again now (what the benchmark measures)."""
+        """The live result (the estimate when there is one); ``fresh=True`` solves the model again
+        now (what the benchmark measures)."""
         await self._ready()
         if fresh:
             async with self._lock:
                 return (await self._resolve()).power_flow
         assert self._state is not None
-        return self._state.power_flow
+        return self._state.live
+
+    def publish_estimate(self, estimate: Any) -> None:
+        """The estimation application's latest result becomes the live state (None: back to the model)."""
+        if self._state is None:
+            return
+        self._version += 1
+        self._state = replace(self._state, version=self._version, estimate=estimate, updated_at=time.time())
 
     # -- state changes ---------------------------------------------------------------------------
 
@@ -457,6 +479,8 @@ class FeederActor:
         await self.field.detach()
         if self.ingest is not None:
             self.ingest.unbind()
+        if self._state is not None and self._state.estimate is not None:  # nothing measured: the model again
+            self.publish_estimate(None)
 
     async def measurements(self) -> list[dict[str, Any]]:
         """The latest value of every telemetered point, with quality and timestamps."""
@@ -594,6 +618,13 @@ class _HostPorts:
         """A read-only live view (no copy per call: applications read it on the scan path)."""
         return MappingProxyType(self._host.ingest.values) if self._host.ingest is not None else MappingProxyType({})
 
+    def points(self) -> Mapping[str, Any]:
+        """Point id -> its mapping (protocols.pointmap.PointMapping) in the bound point map."""
+        return MappingProxyType(self._host.ingest.points) if self._host.ingest is not None else MappingProxyType({})
+
+    def publish_estimate(self, estimate: Any) -> None:
+        self._host.publish_estimate(estimate)
+
     def field_flags(self) -> FieldFlags:
         assert self._host.ingest is not None
         return self._host.ingest.field_flags()
@@ -632,8 +663,9 @@ class _HostPorts:
 
     def emit(self, kind: EventKind, severity: Severity, message: str, data: Mapping[str, Scalar]) -> None:
         element = data.get("device_id") if isinstance(data.get("device_id"), str) else None
+        alarm = {EventKind.ALARM: "raise", EventKind.ALARM_CLEARED: "clear"}.get(kind, "")  # into the alarm book
         self._host.outbox.event(kind, element, message, severity=severity, durable=True,  # type: ignore[arg-type]
-                                data=dict(data))
+                                data=dict(data), alarm=alarm)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task[Any]:
         return self._host.apps.spawn(self.app_name, coro, name)

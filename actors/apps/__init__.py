@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+from actors.apps.estimation_app import EstimationApp
 from actors.apps.fdir_app import FdirApp
 from actors.apps.historian_app import HistorianApp
 
-DEFAULT_APPS = (FdirApp, HistorianApp)
+# The estimator starts first: the other applications read the state it estimates.
+DEFAULT_APPS = (EstimationApp, FdirApp, HistorianApp)
 
-__all__ = ["DEFAULT_APPS", "FdirApp", "HistorianApp"]
+__all__ = ["DEFAULT_APPS", "EstimationApp", "FdirApp", "HistorianApp"]

@@ -42,6 +42,7 @@ class FdirApp:
         self.engine: FdirEngine | None = None
         self._supply_dirty = False
         self._supply_task: asyncio.Task[Any] | None = None
+        self._loads_fixed = False  # the pre-fault estimated loads are held for this disturbance
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -81,7 +82,11 @@ class FdirApp:
         if change.switch_changes:  # who commanded what: their interruptions are planned, not faults
             engine.note_switching(change.switch_changes, change.commanded_by)
         if change.indications_changed:  # hand the engine what the field says now; it waits for the rest
+            if not self._loads_fixed:
+                self._hold_pre_fault_loads()
             ports.spawn(engine.on_indications(self._indications()), "fdir indications")
+        if change.fault_cleared:
+            self._loads_fixed = False
         if change.fault_cleared and engine.status().active_outage_ids:
             ports.clear_reclosed()
             ports.spawn(engine.on_fault_cleared(by="field"), "fdir fault cleared")
@@ -101,11 +106,24 @@ class FdirApp:
             self._supply_dirty = False
             await engine.on_supply()
 
+    def _hold_pre_fault_loads(self) -> None:
+        """Plans are validated at the estimated load of the moment before the disturbance (the
+        estimator's last result, taken before it runs again on the post-fault telemetry); without
+        a fresh estimate, at the model's nominal load."""
+        assert self._ports is not None and self.engine is not None
+        est = getattr(self._ports.state(), "estimate", None)
+        if est is not None and not est.stale and est.load_p_mw:
+            self.engine.model.set_loads(est.load_p_mw, est.load_q_mvar)
+        else:
+            self.engine.model.set_loads(None, None)
+        self._loads_fixed = True
+
     def status(self) -> Mapping[str, Any]:
         if self.engine is None:
             return {}
         st = self.engine.status()
-        return {"mode": str(st.mode), "active_outages": len(st.active_outage_ids), "plans": self.plan_counts()}
+        return {"mode": str(st.mode), "active_outages": len(st.active_outage_ids), "plans": self.plan_counts(),
+                "load_basis": self.engine.model.load_basis}
 
     def _indications(self) -> Indications:
         assert self._ports is not None

@@ -271,6 +271,25 @@ class FdirModel:
             self._powerflow = PowerFlowModel(self.feeder)
         return self._powerflow
 
+    # Loads that plans are validated at: the state estimator's pre-fault loads when the caller set
+    # them (set_loads), else the model's nominal loads. Loads missing from the mapping keep theirs.
+    load_p_mw: Mapping[str, float] | None = None
+    load_q_mvar: Mapping[str, float] | None = None
+
+    def set_loads(self, p_mw: Mapping[str, float] | None, q_mvar: Mapping[str, float] | None = None) -> None:
+        self.load_p_mw = dict(p_mw) if p_mw else None
+        self.load_q_mvar = dict(q_mvar) if q_mvar else None
+
+    @property
+    def load_basis(self) -> str:
+        """ESTIMATED when plans are validated at the estimator's loads, else MODEL."""
+        return "ESTIMATED" if self.load_p_mw else "MODEL"
+
+    def solve(self, switch_states: Mapping[str, bool]) -> PowerFlowResult:
+        """The power flow a plan is validated with (at :attr:`load_basis` loads)."""
+        return self.powerflow.solve(switch_states=switch_states, load_p_mw=self.load_p_mw,
+                                    load_q_mvar=self.load_q_mvar)
+
     def states(self, switch_states: Mapping[str, bool] | None) -> dict[str, bool]:
         """A full id -> is_open map: the model's recorded positions overridden by ``switch_states``."""
         out = dict(self.model_states)
@@ -686,7 +705,7 @@ class _Validator:
     def __init__(self, m: FdirModel, base_states: dict[str, bool]) -> None:
         self.m = m
         self.base_topo = m.graph.process(base_states)
-        self.base = m.powerflow.solve(switch_states=base_states)
+        self.base = m.solve(base_states)
         self.base_viol = {(v.kind, v.element_id): v.band for v in self.base.violations}
         self.evaluations = 1
 
@@ -698,7 +717,7 @@ class _Validator:
             what = "parallel sources" if topo.paralleled_sources else "close a loop"
             return _Check(False, "EMERGENCY", None, f"would {what} (radial operation required)")
         self.evaluations += 1
-        res = self.m.powerflow.solve(switch_states=states)
+        res = self.m.solve(states)
         if not res.converged:
             return _Check(False, "EMERGENCY", res, f"power flow does not converge ({res.reason})")
         new = [
@@ -1385,7 +1404,7 @@ def plan_return_to_normal(
         ]
         ops += [(s, False, "return to normal: close normally-closed switch") for s in ordered]
     steps, final = _steps(m, now, ops)
-    res = m.powerflow.solve(switch_states=final)
+    res = m.solve(final)
     band: Band = "EMERGENCY" if any(v.band == "EMERGENCY" for v in res.violations) else "NORMAL"
     brief = sum(-s.customers_restored_or_lost for s in steps if s.customers_restored_or_lost < 0)
     restored = sum(s.customers_restored_or_lost for s in steps if s.customers_restored_or_lost > 0)

@@ -200,3 +200,145 @@ def test_covariance_is_reused_when_the_structure_is_unchanged():
     again = se.estimate(meas, covariance_from=first)
     assert again.structure_key == first.structure_key
     assert [b.vm_std_pu for b in again.buses] == [b.vm_std_pu for b in first.buses]
+
+
+def test_fdir_validates_restoration_at_the_estimated_load_not_the_nominal_one():
+    """Feeder B's head carries 2.0 MW through the tie at nominal load (~107 %: accepted); the field
+    draws 30 % more and the estimate says so: ~131 % (> 120 % emergency), so the tie is rejected."""
+    from dataclasses import replace
+
+    from actors.cores.fdir import FdirModel, PlanAction, plan_fault
+    from tests.unit import fdir_grids
+
+    feeder = replace(fdir_grids.two_feeders(b_head_max_i_ka=0.09), id="fdir-est")
+    nominal = FdirModel(feeder)
+    states, ind, _ = fdir_grids.fault_scenario(nominal, "sec-a3")
+    closes = lambda p: {s.device_id for s in p.steps if s.action == PlanAction.CLOSE}  # noqa: E731
+    assert "tie_ab" in closes(plan_fault(nominal, states, ind)), "nominal load accepts the tie"
+    # the field before the fault: 30 % more load than the model says, metered at both feeder heads
+    heavy = {ld.id: ld.p_mw * 1.3 for ld in feeder.loads}
+    res = PowerFlowModel(feeder).solve(load_p_mw=heavy, load_q_mvar={ld.id: ld.q_mvar * 1.3 for ld in feeder.loads})
+    est = StateEstimator(feeder).estimate(metered(feeder, res, {}, buses=("a1",), lines=("la1", "lb1"), noise=False)
+                                          + pseudo(feeder))
+    assert est.converged
+    assert sum(est.load_p_mw.values()) == pytest.approx(sum(heavy.values()), rel=0.02)
+    estimated = FdirModel(feeder)
+    estimated.set_loads(est.load_p_mw, est.load_q_mvar)
+    assert estimated.load_basis == "ESTIMATED"
+    plan = plan_fault(estimated, states, ind)
+    assert "tie_ab" not in closes(plan)
+    assert "tie tie_ab rejected: would overload lb1" in plan.explanation
+
+
+# ---------------------------------------------------------------------------------------- the application
+
+
+class _Ports:
+    """Just what EstimationApp uses of FeederPorts, over a simulated field (no Ray, no sockets)."""
+
+    def __init__(self, feeder: Feeder, values: dict, points: dict) -> None:
+        from types import SimpleNamespace
+
+        self.feeder_id = feeder.id
+        self._feeder = feeder
+        self._values = values
+        self._points = points
+        self.published: list = []
+        self.events: list = []
+        self._state = SimpleNamespace(load_scale=1.0, estimate=None)
+
+    def model(self): return self._feeder
+    def state(self): return self._state
+    def switch_states(self): return {s.id: s.is_open for s in self._feeder.switches}
+    def values(self): return self._values
+    def points(self): return self._points
+
+    def publish_estimate(self, est) -> None:
+        self.published.append(est)
+        self._state.estimate = est
+
+    def emit(self, kind, severity, message, data) -> None:
+        self.events.append((str(kind), dict(data)))
+
+    def spawn(self, coro, name=""):
+        coro.close()  # the test drives estimate_now itself
+
+
+def _field(feeder: Feeder, res: PowerFlowResult, bad_quality: str | None = None):
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from protocols.base import PointValue, Quality
+
+    values, points = {}, {}
+    for m in metered(feeder, res, {}, **CASE33_SPARSE, noise=False):
+        q = Quality.INVALID if m.point_id == bad_quality else Quality.GOOD
+        values[m.point_id] = PointValue(m.point_id, m.value, q, None, datetime.now(UTC))
+        points[m.point_id] = SimpleNamespace(element_id=m.element_id, quantity=m.quantity)
+    return values, points
+
+
+async def test_app_publishes_estimates_keeps_the_last_good_one_stale_and_alarms():
+    from actors.apps.estimation_app import EstimationApp
+
+    feeder = case33bw()
+    res, *_ = truth(feeder)
+    ports = _Ports(feeder, *_field(feeder, res))
+    app = EstimationApp()
+    await app.start(ports)  # type: ignore[arg-type]
+    rep = await app.estimate_now()
+    assert rep["source"] == "ESTIMATED" and rep["converged"] and not rep["stale"]
+    good = ports.published[-1]
+    assert good.power_flow.converged and not good.stale
+    se = app._estimator
+    assert se is not None
+    se.estimate = lambda *a, **k: StateEstimator._failed(se, 0.0, "estimator did not converge in 1 iterations", {})  # type: ignore[method-assign]
+    rep = await app.estimate_now()
+    assert rep["stale"] is True and "did not converge" in rep["stale_reason"]
+    assert ports.published[-1].stale and ports.published[-1].power_flow.buses == good.power_flow.buses
+    assert ("ALARM", {"alarm_kind": "ESTIMATOR_STALE", "device_id": feeder.id,
+                      "reason": "estimator did not converge in 1 iterations"}) in ports.events
+    del se.estimate  # the real one again
+    rep = await app.estimate_now()
+    assert not rep["stale"]
+    assert ports.events[-1][0] == "ALARM_CLEARED"
+
+
+async def test_app_leaves_out_bad_quality_and_stays_on_the_model_without_measurements():
+    from actors.apps.estimation_app import EstimationApp
+
+    feeder = case33bw()
+    res, *_ = truth(feeder)
+    ports = _Ports(feeder, *_field(feeder, res, bad_quality="line6/P_MW"))
+    app = EstimationApp()
+    await app.start(ports)  # type: ignore[arg-type]
+    rep = await app.estimate_now()
+    assert rep["excluded_bad_quality"] == 1
+    assert rep["real_measurements"] == len(_field(feeder, res)[0]) - 1
+    ports._values.clear()  # the field was detached
+    rep = await app.estimate_now()
+    assert rep["source"] == "MODEL" and ports.published[-1] is None
+
+
+async def test_app_alarms_a_gross_error_once_and_clears_it_when_the_point_fits_again():
+    from dataclasses import replace
+
+    from actors.apps.estimation_app import EstimationApp
+
+    feeder = case33bw()
+    res, *_ = truth(feeder)
+    values, points = _field(feeder, res)
+    ports = _Ports(feeder, values, points)
+    app = EstimationApp()
+    await app.start(ports)  # type: ignore[arg-type]
+    good = values["line6/P_MW"]
+    values["line6/P_MW"] = replace(good, value=good.value + 1.0)
+    rep = await app.estimate_now()
+    assert [b["point_ids"] for b in rep["bad_data"]] == [["line6/P_MW"]]
+    await app.estimate_now()
+    raised = [e for e in ports.events if e[0] == "ALARM" and e[1].get("alarm_kind") == "BAD_DATA"]
+    assert len(raised) == 1 and raised[0][1]["device_id"] == "line6/P_MW"
+    values["line6/P_MW"] = good
+    rep = await app.estimate_now()
+    assert rep["bad_data"] == []
+    assert ports.events[-1] == ("ALARM_CLEARED", {"alarm_kind": "BAD_DATA", "device_id": "line6/P_MW"})
