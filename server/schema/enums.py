@@ -48,6 +48,22 @@ PlanState = strawberry.enum(_fdir_engine.PlanState, description="Where a switchi
 PlanKind = strawberry.enum(_fdir_engine.PlanKind, description="Why a switching plan was made")
 PlanAction = strawberry.enum(_fdir.PlanAction, description="What a switching plan step does")
 OutageStatus = strawberry.enum(_outages.OutageStatus)
+
+
+class _StateSource(StrEnum):
+    ESTIMATED = "ESTIMATED"
+    MODEL = "MODEL"
+
+
+class _EstimatorQuality(StrEnum):
+    SUSPECT = "SUSPECT"
+
+
+StateSource = strawberry.enum(_StateSource, name="StateSource",
+                              description="ESTIMATED: the state estimator's result over the field's measurements; "
+                                          "MODEL: the model's power flow (switch states, nominal loads)")
+EstimatorQuality = strawberry.enum(_EstimatorQuality, name="EstimatorQuality",
+                                   description="SUSPECT: the bad-data test identified the measurement and left it out")
 OutageCause = strawberry.enum(_outages.Cause, name="OutageCause")
 SwitchKind = strawberry.enum(_model.SwitchKind, description="IEC 61970 switch classes")
 DerKind = strawberry.enum(_model.DerKind)

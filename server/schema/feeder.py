@@ -16,7 +16,7 @@ from actors.cores.powerflow import PowerFlowResult
 from actors.feeder_actor import FeederState
 from graph_schema import model as m
 from security.roles import Permission, feeder_in_scope, requires
-from server.schema.enums import DerKind, LimitBand, SwitchKind, ViolationKind
+from server.schema.enums import DerKind, EstimatorQuality, LimitBand, StateSource, SwitchKind, ViolationKind
 from server.services import GridService
 
 
@@ -58,6 +58,13 @@ class Bus:
     energized: bool
     lon: float | None
     lat: float | None
+    vm_std_pu: float | None = strawberry.field(
+        default=None, description="Standard deviation of vmPu: the estimator's, from its gain matrix; null on MODEL")
+    observed: bool | None = strawberry.field(
+        default=None, description="Whether real measurements, not pseudo-measurements, determine this bus's "
+                                  "voltage (null on MODEL)")
+    pseudo_share: float | None = strawberry.field(
+        default=None, description="Part (0..1) of vmPu's variance that comes from pseudo-measurements")
 
 
 @strawberry.type
@@ -111,6 +118,8 @@ class Load:
     q_mvar: float
     customers: int
     energized: bool
+    source: StateSource = strawberry.field(  # type: ignore[valid-type]
+        default=StateSource.MODEL, description="ESTIMATED: pMw/qMvar are the estimator's allocation")
 
 
 @strawberry.type
@@ -166,6 +175,9 @@ class PowerFlow:
     q_source_mvar: float | None
     solve_time_ms: float
     violations: list[Violation]
+    source: StateSource = strawberry.field(  # type: ignore[valid-type]
+        default=StateSource.MODEL, description="Where these figures come from")
+    stale: bool = strawberry.field(default=False, description="An estimate kept after the estimator failed")
 
 
 @strawberry.type
@@ -187,8 +199,10 @@ class Limits:
     emergency_max_loading_percent: float
 
 
-def power_flow_type(r: PowerFlowResult) -> PowerFlow:
+def power_flow_type(r: PowerFlowResult, source: str = "MODEL", stale: bool = False) -> PowerFlow:
     return PowerFlow(
+        source=StateSource(source),
+        stale=stale,
         converged=r.converged,
         reason=r.reason,
         losses_mw=r.losses_mw,
@@ -240,11 +254,13 @@ class FeederType:
     @strawberry.field
     async def buses(self, info: Info) -> list[Bus]:
         v = await _view(info, self.id)
-        res = {b.bus_id: b for b in v.state.power_flow.buses}
+        res = {b.bus_id: b for b in v.state.live.buses}
+        est = {b.bus_id: b for b in v.state.estimate.buses} if v.state.estimate is not None else {}
         energized = v.state.topology.energized_bus_ids
         out = []
         for b in v.model.buses:
             r = res.get(b.id)
+            e = est.get(b.id)
             out.append(
                 Bus(
                     id=strawberry.ID(b.id),
@@ -255,6 +271,9 @@ class FeederType:
                     energized=b.id in energized,
                     lon=b.lon,
                     lat=b.lat,
+                    vm_std_pu=e.vm_std_pu if e else None,
+                    observed=e.observed if e else None,
+                    pseudo_share=e.pseudo_share if e else None,
                 )
             )
         return out
@@ -262,7 +281,7 @@ class FeederType:
     @strawberry.field
     async def lines(self, info: Info) -> list[Line]:
         v = await _view(info, self.id)
-        res = {ln.line_id: ln for ln in v.state.power_flow.lines}
+        res = {ln.line_id: ln for ln in v.state.live.lines}
         energized = v.state.topology.energized_bus_ids
         out = []
         for ln in v.model.lines:
@@ -289,7 +308,7 @@ class FeederType:
     @strawberry.field
     async def transformers(self, info: Info) -> list[Transformer]:
         v = await _view(info, self.id)
-        res = {t.transformer_id: t for t in v.state.power_flow.transformers}
+        res = {t.transformer_id: t for t in v.state.live.transformers}
         return [
             Transformer(
                 id=strawberry.ID(t.id),
@@ -328,15 +347,19 @@ class FeederType:
         v = await _view(info, self.id)
         energized = v.state.topology.energized_bus_ids
         scale = v.state.load_scale
+        est = v.state.estimate
+        p_est = est.load_p_mw if est is not None else {}
+        q_est = est.load_q_mvar if est is not None else {}
         return [
             Load(
                 id=strawberry.ID(ld.id),
                 name=ld.name,
                 bus_id=strawberry.ID(ld.bus_id),
-                p_mw=ld.p_mw * scale,
-                q_mvar=ld.q_mvar * scale,
+                p_mw=p_est.get(ld.id, ld.p_mw * scale),
+                q_mvar=q_est.get(ld.id, ld.q_mvar * scale),
                 customers=ld.customers,
                 energized=ld.bus_id in energized,
+                source=StateSource.ESTIMATED if ld.id in p_est else StateSource.MODEL,
             )
             for ld in v.model.loads
         ]
@@ -384,7 +407,88 @@ class FeederType:
     @strawberry.field(name="powerFlow")
     async def power_flow(self, info: Info) -> PowerFlow:
         v = await _view(info, self.id)
-        return power_flow_type(v.state.power_flow)
+        est = v.state.estimate
+        return power_flow_type(v.state.live, v.state.source, bool(est is not None and est.stale))
+
+
+@strawberry.type
+class SuspectMeasurement:
+    point_ids: list[strawberry.ID]
+    quality: EstimatorQuality  # type: ignore[valid-type]
+    quantity: str
+    element_id: strawberry.ID
+    value: float
+    estimated: float
+    residual: float
+    normalized_residual: float
+
+
+@strawberry.type
+class SuspectSwitchStatus:
+    switch_id: strawberry.ID
+    reported_open: bool
+    chi2_reported: float
+    chi2_corrected: float
+
+
+@strawberry.type
+class PseudoSourceCount:
+    source: str
+    count: int
+
+
+@strawberry.type
+class StateEstimation:
+    feeder_id: strawberry.ID
+    source: StateSource  # type: ignore[valid-type]
+    converged: bool | None
+    stale: bool
+    stale_reason: str | None
+    runs: int
+    failures: int
+    excluded_bad_quality: int = strawberry.field(description="Measurements left out for quality other than GOOD")
+    chi2: float | None
+    chi2_threshold: float | None
+    iterations: int | None
+    estimate_time_ms: float | None
+    covariance_time_ms: float | None
+    measurements: int | None
+    real_measurements: int | None
+    pseudo_measurements: int | None
+    pseudo_sources: list[PseudoSourceCount]
+    observed_buses: int | None
+    buses: int | None
+    suspect_measurements: list[SuspectMeasurement]
+    suspect_switch_statuses: list[SuspectSwitchStatus]
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else v * 1000.0
+
+
+def state_estimation_type(feeder_id: str, r: dict) -> StateEstimation:  # type: ignore[type-arg]
+    return StateEstimation(
+        feeder_id=strawberry.ID(feeder_id), source=StateSource(r["source"]), converged=r.get("converged"),
+        stale=bool(r.get("stale", False)), stale_reason=r.get("stale_reason"), runs=int(r["runs"]),
+        failures=int(r["failures"]), excluded_bad_quality=int(r.get("excluded_bad_quality", 0)),
+        chi2=r.get("chi2"), chi2_threshold=r.get("chi2_threshold"), iterations=r.get("iterations"),
+        estimate_time_ms=_ms(r.get("estimate_time_s")), covariance_time_ms=_ms(r.get("covariance_time_s")),
+        measurements=r.get("measurements"), real_measurements=r.get("real_measurements"),
+        pseudo_measurements=r.get("pseudo_measurements"),
+        pseudo_sources=[PseudoSourceCount(source=k, count=v) for k, v in sorted(r.get("pseudo_sources", {}).items())],
+        observed_buses=r.get("observed_buses"), buses=r.get("buses"),
+        suspect_measurements=[
+            SuspectMeasurement(point_ids=[strawberry.ID(p) for p in b["point_ids"]],
+                               quality=EstimatorQuality.SUSPECT, quantity=b["quantity"],
+                               element_id=strawberry.ID(b["element_id"]), value=b["value"],
+                               estimated=b["estimated"], residual=b["residual"],
+                               normalized_residual=b["normalized_residual"])
+            for b in r.get("bad_data", ())],
+        suspect_switch_statuses=[
+            SuspectSwitchStatus(switch_id=strawberry.ID(s["switch_id"]), reported_open=s["reported_open"],
+                                chi2_reported=s["j_reported"], chi2_corrected=s["j_corrected"])
+            for s in r.get("status_suspects", ())],
+    )
 
 
 @strawberry.type
@@ -395,6 +499,14 @@ class FeederQuery:
         summaries = await grid(info).list_feeders()
         return [FeederType(id=strawberry.ID(s.id), name=s.name) for s in summaries
                 if feeder_in_scope(principal, s.id)]
+
+    @strawberry.field(permission_classes=[requires(Permission.READ_GRID, feeder_arg="feeder_id")],
+                      description="The state estimator of a feeder: fit, observability, suspect measurements")
+    async def state_estimation(self, info: Info, feeder_id: strawberry.ID) -> StateEstimation:
+        svc = grid(info)
+        svc.require_feeder(str(feeder_id))
+        report = await svc.fleet.call_app(str(feeder_id), "estimation", "report")
+        return state_estimation_type(str(feeder_id), report)
 
     @strawberry.field(permission_classes=[requires(Permission.READ_GRID, feeder_arg="id")])
     async def feeder(self, info: Info, id: strawberry.ID) -> FeederType:
