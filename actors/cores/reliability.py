@@ -28,8 +28,9 @@ Choices the standard leaves open, made here (and stated in every report):
   spreadsheet function (STDEV) of the standard's worked example computes. With five years of
   days the two differ by about 0.05 %.
 - **History for T_MED**: the five years before the reported period (e.g. 2019-2023 for 2024).
-  With fewer than five years recorded, all available history is used, as clause 4.5 directs; the
-  result says how many years were used. Fewer than two non-zero days: no threshold, no MEDs.
+  With fewer than five years recorded (the first record more than 31 days into the window), all
+  available history is used, as clause 4.5 directs; the result says how many years were used.
+  Fewer than two non-zero days: no threshold, no MEDs.
 - **Planned interruptions** (causes PLANNED and PLANNED_SWITCHING) are not in the indices; they
   are counted apart (IEEE 1366 lets a utility exclude scheduled interruptions; the head-end's
   outage records already separate them).
@@ -72,6 +73,7 @@ EDITION = "IEEE Std 1366-2022"
 DEFAULT_THRESHOLD_MIN = 5.0
 PLANNED_CAUSES = frozenset({"PLANNED", "PLANNED_SWITCHING"})
 MED_HISTORY_YEARS = 5
+HISTORY_START_TOLERANCE_DAYS = 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,7 +461,9 @@ def med_threshold(
     logs = [math.log(v) for d, v in history.items() if first <= d < history_end and v > 0]
     fallback: str | None = None
     full = (history_end - history_start).days >= int(MED_HISTORY_YEARS * 365)
-    if first > history_start or not full:
+    # A history whose first record falls within its first month counts as complete: the first
+    # interruption of a utility's records rarely falls on the window's first day.
+    if (first - history_start).days > HISTORY_START_TOLERANCE_DAYS or not full:
         fallback = (f"only {years:.1f} years of history (from {first.isoformat()}); IEEE 1366-2022 4.5 asks for "
                     f"five years and, until five exist, all available history is used")
     if len(logs) < 2:
