@@ -24,9 +24,10 @@ Choices the standard leaves open, made here (and stated in every report):
   (and the period) on which it began, as IEEE 1366 assigns multi-day events.
 - **Standard deviation**: beta is the *sample* standard deviation (n - 1) of the natural logs of
   the non-zero daily SAIDI values. The standard says "standard deviation" without saying which;
-  the sample form is the estimator of a log-normal's parameter from a sample, and is what the
-  spreadsheet function (STDEV) of the standard's worked example computes. With five years of
-  days the two differ by about 0.05 %.
+  the days of five years are a sample of the utility's daily SAIDI distribution, whose log-normal
+  sigma the sample form (n - 1) estimates without bias (it is also what a spreadsheet's STDEV
+  gives). With five years of days the two differ by about 0.05 % (``med_threshold(ddof=0)``
+  gives the population form).
 - **History for T_MED**: the five years before the reported period (e.g. 2019-2023 for 2024).
   With fewer than five years recorded (the first record more than 31 days into the window), all
   available history is used, as clause 4.5 directs; the result says how many years were used.

@@ -162,3 +162,36 @@ def test_importing_the_pure_cores_loads_no_ray_nor_actor() -> None:
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     bad = [m for m in loaded if _forbidden(m, FORBIDDEN_FOR_PURE)]
     assert bad == [], f"importing the pure cores and the simulator loaded {bad}"
+
+
+# -- reports: heavy libraries stay out of the feeder actors ----------------------------------------
+
+# Libraries only the reports (server/reports) and the historian's reader need: the feeder actor
+# process must never import them (ARCHITECTURE, "Heavy work leaves the actor"), nor the server.
+FORBIDDEN_FOR_ACTORS = ("matplotlib", "openpyxl", "fpdf", "apscheduler", "duckdb", "server")
+ACTOR_MODULES = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for p in (ROOT / "actors").rglob("*.py")
+)
+
+
+@pytest.mark.parametrize("module", ACTOR_MODULES)
+def test_actors_import_no_report_renderer_nor_duckdb(module: str) -> None:
+    chain = _chain_to_forbidden(module, FORBIDDEN_FOR_ACTORS)
+    assert chain is None, (f"{module} reaches {chain[-1]} through {' -> '.join(chain)}; report renderers, the "
+                           "scheduler and DuckDB belong in server/reports or a Ray task, never in the actor process")
+
+
+def test_the_reliability_core_is_listed_as_pure() -> None:
+    assert "actors.cores.reliability" in PURE
+
+
+def test_the_server_imports_no_report_renderer_until_a_report_is_rendered() -> None:
+    """fpdf2 and APScheduler load when a report is rendered or the scheduler starts, not at import.
+    (matplotlib and openpyxl are not checked here: pandapower, which the server imports, loads them.)"""
+    code = ("import sys, server.app, server.cli, server.reports.jobs, server.reports.builders, server.reports.http\n"
+            "print(sorted(m for m in ('fpdf', 'apscheduler') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
