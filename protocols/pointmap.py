@@ -244,6 +244,7 @@ class PointMap:
             if d.protocol is ProtocolKind.OPCUA and not d.endpoint:
                 out.append(f"device {d.device_id!r}: an OPC UA device needs an endpoint (opc.tcp://...)")
         element_ids = {getattr(e, "id", None) for e in feeder.elements()} if feeder is not None else None
+        fits = _element_kinds(feeder) if feeder is not None else None
         seen: set[str] = set()
         spans: dict[tuple[str, Table], list[tuple[int, int, str]]] = defaultdict(list)
         for p in self.points:
@@ -258,6 +259,11 @@ class PointMap:
                 out.append(f"{name}: protocol {p.protocol} but device {p.device_id!r} is {dev.protocol}")
             if element_ids is not None and p.element_id not in element_ids:
                 out.append(f"{name}: unknown element {p.element_id!r} in feeder {feeder.id!r}")  # type: ignore[union-attr]
+            elif fits is not None and p.direction is Direction.READ and str(p.quantity) in _MEASURED_ON:
+                want = _MEASURED_ON[str(p.quantity)]
+                if fits.get(p.element_id) not in want:
+                    out.append(f"{name}: {p.quantity} cannot be measured on {fits.get(p.element_id, 'element')} "
+                               f"{p.element_id!r}; it needs a {' or '.join(sorted(want))}")
             if p.min_value is not None and p.max_value is not None and p.min_value > p.max_value:
                 out.append(f"{name}: min_value {p.min_value} > max_value {p.max_value}")
             if p.protocol is ProtocolKind.OPCUA:
@@ -396,6 +402,78 @@ def virtual_fault_indicator_id(line_id: str) -> str:
     return line_id
 
 
+# What each measured quantity may be bound to (the state estimator relies on it).
+_MEASURED_ON: dict[str, frozenset[str]] = {
+    "VM_PU": frozenset({"bus"}),
+    "I_KA": frozenset({"line"}),
+    "P_MW": frozenset({"line", "DER", "load"}),
+    "Q_MVAR": frozenset({"line", "DER", "load"}),
+    "STATUS": frozenset({"switch"}),
+    "TAP_POS": frozenset({"transformer"}),
+}
+
+
+def _element_kinds(feeder: Feeder) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for kind, items in (("bus", feeder.buses), ("line", feeder.lines), ("DER", feeder.ders),
+                        ("load", feeder.loads), ("switch", feeder.switches), ("transformer", feeder.transformers)):
+        for e in items:
+            out[e.id] = kind
+    return out
+
+
+Metering = Literal["dense", "sparse"]
+
+
+def sparse_metering(feeder: Feeder, line_sensors: int = 3) -> frozenset[str]:
+    """Element ids metered on a sparse feeder, as on a real one: the feeder head (source bus voltage,
+    the lines leaving the source: P, Q, I), ``line_sensors`` line sensors evenly spaced along the
+    longest path (P, Q, I and the voltage at their far end), and every DER's output."""
+    open_lines = {s.element_id for s in feeder.switches if s.is_open}
+    adj: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for ln in feeder.lines:
+        if ln.id not in open_lines and ln.in_service:
+            adj[ln.from_bus_id].append((ln.to_bus_id, ln.id))
+            adj[ln.to_bus_id].append((ln.from_bus_id, ln.id))
+    for t in feeder.transformers:
+        adj[t.hv_bus_id].append((t.lv_bus_id, ""))
+        adj[t.lv_bus_id].append((t.hv_bus_id, ""))
+    chosen: set[str] = set()
+    for src in feeder.sources:
+        chosen.add(src.bus_id)
+        parent: dict[str, tuple[str, str]] = {}
+        order = [src.bus_id]
+        seen = {src.bus_id}
+        for u in order:
+            for v, lid in adj[u]:
+                if v not in seen:
+                    seen.add(v)
+                    parent[v] = (u, lid)
+                    order.append(v)
+        path: list[tuple[str, str]] = []  # (bus, line feeding it), source side first
+        b = order[-1]
+        while b in parent:
+            u, lid = parent[b]
+            path.append((b, lid))
+            b = u
+        path.reverse()
+        lines_on_path = [(bus, lid) for bus, lid in path if lid]
+        if lines_on_path:
+            chosen.add(lines_on_path[0][1])  # the feeder head
+            n = len(lines_on_path)
+            for k in range(1, line_sensors + 1):
+                bus, lid = lines_on_path[min(n - 1, k * n // (line_sensors + 1))]
+                chosen.update((bus, lid))
+    # every feeder head below a substation transformer (CIGRE MV has two)
+    src_buses = {s.bus_id for s in feeder.sources}
+    for t in feeder.transformers:
+        if t.hv_bus_id in src_buses:
+            chosen.add(t.lv_bus_id)
+            chosen.update(lid for _, lid in adj[t.lv_bus_id] if lid)
+    chosen.update(d.id for d in feeder.ders)
+    return frozenset(chosen)
+
+
 def generate_point_map(
     feeder: Feeder,
     *,
@@ -405,8 +483,12 @@ def generate_point_map(
     split: Split = "by_kind",
     switches_per_rtu: int = 8,
     security_policy: SecurityPolicy = SecurityPolicy.BASIC256SHA256_SIGN_AND_ENCRYPT,
+    metering: Metering = "dense",
 ) -> PointMap:
     """A deterministic point map for a demo feeder.
+
+    ``metering="dense"`` meters every bus and line; ``"sparse"`` only :func:`sparse_metering`'s
+    (switchgear, meters' last gasps and DER set points are the same in both).
 
     ``by_kind``: switch status/commands, fault indicators and tap changers over Modbus TCP (one RTU
     = one unit id per ``switches_per_rtu`` switches, all on ``host:modbus_port``); bus voltages,
@@ -566,9 +648,14 @@ def generate_point_map(
 
     # Analogs.
     analog: list[tuple[str, PointKind, dict[str, Any]]] = []
+    metered = sparse_metering(feeder) if metering == "sparse" else None
     for b in sorted(feeder.buses, key=lambda b: natural_key(b.id)):
+        if metered is not None and b.id not in metered:
+            continue
         analog.append((b.id, Quantity.VM_PU, {"deadband": 0.001, "min_value": 0.0, "max_value": 2.0}))
     for ln in sorted(feeder.lines, key=lambda x: natural_key(x.id)):
+        if metered is not None and ln.id not in metered:
+            continue
         analog.append((ln.id, Quantity.I_KA, {"deadband": 0.0005, "min_value": 0.0}))
         analog.append((ln.id, Quantity.P_MW, {"deadband": 0.001}))
         analog.append((ln.id, Quantity.Q_MVAR, {"deadband": 0.001}))

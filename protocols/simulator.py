@@ -225,6 +225,24 @@ class _SimModbusContext(ModbusServerContext):
 # ------------------------------------------------------------------------------------------------
 
 
+_ANALOGS = frozenset({Quantity.VM_PU, Quantity.I_KA, Quantity.P_MW, Quantity.Q_MVAR})
+
+
+@dataclass(frozen=True, slots=True)
+class SimTruth:
+    """The simulated grid's state: what an estimate should find."""
+
+    feeder_id: str
+    vm_pu: Mapping[str, float | None]
+    loading_percent: Mapping[str, float]
+    line_p_mw: Mapping[str, float]
+    load_p_mw: Mapping[str, float]
+    load_q_mvar: Mapping[str, float]
+    der_p_mw: Mapping[str, float]
+    switch_open: Mapping[str, bool]
+    p_source_mw: float | None
+
+
 @dataclass
 class _FeederSim:
     feeder: Feeder
@@ -242,6 +260,7 @@ class _FeederSim:
     wind_state: dict[str, float] = field(default_factory=dict)
     last_result: PowerFlowResult | None = None
     last_ders: dict[str, float] = field(default_factory=dict)
+    last_loads: dict[str, tuple[float, float]] = field(default_factory=dict)  # load id -> (p_mw, q_mvar) served
     energized: frozenset[str] = frozenset()
     dirty: bool = True
 
@@ -277,6 +296,9 @@ class FieldSimulator:
         seed: int = 0,
         switches_per_rtu: int = 8,
         ami_inbox: str | Path | None = None,
+        metering: str = "dense",
+        meas_noise: float = 0.0,
+        bad_value_rate: float = 0.0,
     ) -> None:
         if not feeders:
             raise BadInput("the field simulator needs at least one feeder")
@@ -294,6 +316,18 @@ class FieldSimulator:
         self.operate_delay_s = operate_delay_s
         self.reclose_delay_s = reclose_delay_s
         self.noise = noise
+        # What the field meters (generated maps only): "dense" every bus and line, "sparse" the head,
+        # a few line sensors and the DERs (protocols.pointmap.sparse_metering). Measurement noise is
+        # relative (sigma = meas_noise x |value|) on every analog served; bad_value_rate is the chance
+        # per analog and tick of a gross error (the value x 1.5 + 0.1): the truth stays clean.
+        if metering not in ("dense", "sparse"):
+            raise BadInput(f"metering {metering!r} is unknown; use 'dense' or 'sparse'")
+        if not (0.0 <= meas_noise < 1.0 and 0.0 <= bad_value_rate <= 1.0):
+            raise BadInput("meas_noise must be in [0, 1) and bad_value_rate in [0, 1]")
+        self.metering = metering
+        self.meas_noise = meas_noise
+        self.bad_value_rate = bad_value_rate
+        self._wrong_status: set[str] = set()  # "<feeder>/<switch>": the status point reports the opposite
         self.switches_per_rtu = switches_per_rtu
         self._rng = random.Random(seed)
         self._feeders_in = list(feeders)
@@ -385,6 +419,7 @@ class FieldSimulator:
                 opcua_endpoint=f"opc.tcp://{self.host}:{oport}/dms/{feeder.id}",
                 switches_per_rtu=self.switches_per_rtu,
                 security_policy=policy,
+                metering=self.metering,  # type: ignore[arg-type]
             )
         else:
             pm = pm.validate(feeder)
@@ -583,6 +618,9 @@ class FieldSimulator:
         )
         self.solves += 1
         fs.last_ders = ders
+        fs.last_loads = {ld.id: (loads[ld.id] * fs.load_scale,
+                                 (ld.q_mvar / ld.p_mw * loads[ld.id] if ld.p_mw else 0.0) * fs.load_scale)
+                         for ld in fs.feeder.loads}
         if res.converged:
             fs.last_result = res
             fs.energized = frozenset(b.bus_id for b in res.buses if b.energized)
@@ -611,6 +649,8 @@ class FieldSimulator:
             v: float | bool | None = None
             if k is Quantity.STATUS:
                 v = fs.status_open.get(e)
+                if v is not None and f"{fs.feeder.id}/{e}" in self._wrong_status:
+                    v = not fs.switch_open[e]
             elif k is Quantity.VM_PU:
                 v = bus_vm.get(e, 0.0) if e in fs.energized else 0.0
             elif k in (Quantity.I_KA, Quantity.P_MW, Quantity.Q_MVAR) and e in line_res:
@@ -628,11 +668,21 @@ class FieldSimulator:
                 continue
             if isinstance(v, float) and not math.isfinite(v):
                 v = 0.0
+            if isinstance(v, float) and k in _ANALOGS:
+                v = self._measured(v)
             vals[p.point_id] = v
         for cmd in fs.point_map.points:
             if cmd.direction is Direction.COMMAND and cmd.quantity is CommandKind.SET_TAP:
                 vals[cmd.point_id] = float(fs.tap_pos.get(cmd.element_id, 0))
         return vals
+
+    def _measured(self, v: float) -> float:
+        """What a field instrument reports for a true value ``v`` (noise, an occasional gross error)."""
+        if self.meas_noise:
+            v *= 1.0 + self._rng.gauss(0.0, self.meas_noise)
+        if self.bad_value_rate and self._rng.random() < self.bad_value_rate:
+            v = v * 1.5 + 0.1
+        return v
 
     async def _publish(self, fs: _FeederSim) -> None:
         vals = self._feeder_values(fs)
@@ -908,6 +958,7 @@ class FieldSimulator:
             await self.comm_loss(dev, on=False)
         self._garbled.clear()
         self._stuck.clear()
+        self._wrong_status.clear()
         self._forced.clear()
         self._value_hook = None
         await self.tick()
@@ -916,6 +967,33 @@ class FieldSimulator:
     def value(self, point_id: str) -> float | bool | None:
         """The value the simulator serves now for ``point_id``."""
         return self._values.get(point_id)
+
+    def truth(self, feeder_id: str) -> SimTruth:
+        """The state the simulator solved last (what estimates are compared with)."""
+        fs = self._fs(feeder_id)
+        res = fs.last_result
+        if res is None:
+            raise BadInput(f"feeder {feeder_id!r} has not been solved yet; await tick() first")
+        return SimTruth(
+            feeder_id=feeder_id,
+            vm_pu={b.bus_id: b.vm_pu for b in res.buses},
+            loading_percent={ln.line_id: ln.loading_percent for ln in res.lines},
+            line_p_mw={ln.line_id: ln.p_from_mw for ln in res.lines},
+            load_p_mw={k: v[0] for k, v in fs.last_loads.items()},
+            load_q_mvar={k: v[1] for k, v in fs.last_loads.items()},
+            der_p_mw=dict(fs.last_ders),
+            switch_open=dict(fs.switch_open),
+            p_source_mw=res.p_source_mw,
+        )
+
+    def report_wrong_status(self, feeder_id: str, switch_id: str, on: bool = True) -> None:
+        """The status point of ``switch_id`` reports the opposite of the switch (a topology error)."""
+        key = self._switch_key(switch_id, feeder_id)
+        if on:
+            self._wrong_status.add(key)
+        else:
+            self._wrong_status.discard(key)
+        self._resolve_soon()
 
     def switch_is_open(self, feeder_id: str, switch_id: str) -> bool:
         return self._fs(feeder_id).switch_open[switch_id]

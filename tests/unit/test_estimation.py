@@ -342,3 +342,38 @@ async def test_app_alarms_a_gross_error_once_and_clears_it_when_the_point_fits_a
     rep = await app.estimate_now()
     assert rep["bad_data"] == []
     assert ports.events[-1] == ("ALARM_CLEARED", {"alarm_kind": "BAD_DATA", "device_id": "line6/P_MW"})
+
+
+# ---------------------------------------------------------------------------------------- point map import
+
+
+def test_point_map_import_refuses_measurements_on_missing_or_wrong_elements():
+    from dataclasses import replace
+
+    from graph_schema.errors import BadInput
+    from protocols.pointmap import PointMap, generate_point_map
+
+    feeder = case33bw()
+    pm = generate_point_map(feeder, metering="sparse")
+    v = next(p for p in pm.points if str(p.quantity) == "VM_PU")
+    missing = replace(pm, points=(*pm.points, replace(v, point_id="x/nope/VM_PU", element_id="nope",
+                                                      node_id="ns=2;s=x/nope/VM_PU")))
+    with pytest.raises(BadInput, match="unknown element 'nope'"):
+        PointMap.from_json(missing.to_json(), feeder)
+    wrong = replace(pm, points=(*pm.points, replace(v, point_id="x/line3/VM_PU", element_id="line3",
+                                                    node_id="ns=2;s=x/line3/VM_PU")))
+    with pytest.raises(BadInput, match="VM_PU cannot be measured on line 'line3'"):
+        PointMap.from_json(wrong.to_json(), feeder)
+
+
+def test_sparse_metering_is_the_head_a_few_line_sensors_and_the_ders():
+    from protocols.pointmap import generate_point_map, sparse_metering
+
+    feeder = cigre_mv()
+    metered_ids = sparse_metering(feeder)
+    assert {d.id for d in feeder.ders} <= metered_ids
+    assert {"bus1", "bus12"} <= metered_ids  # both feeder heads below the substation
+    dense = generate_point_map(feeder)
+    sparse = generate_point_map(feeder, metering="sparse")
+    analog = lambda pm: [p for p in pm.points if str(p.quantity) in ("VM_PU", "I_KA", "P_MW", "Q_MVAR")]  # noqa: E731
+    assert 0 < len(analog(sparse)) < len(analog(dense)) // 2
