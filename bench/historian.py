@@ -19,14 +19,19 @@ It prints:
    ``HistorianReader.history`` (DuckDB): median and p99 (aim < 200 ms);
 4. the data set's size per point-day on disk.
 
-What it does not measure: the actor under Ray with the field simulator (protocol decoding, the
-event bus); see bench/telemetry.py for that path.
+5. the same comparison on the real path (``--actor``, on by default; ``--no-actor`` skips it):
+   two feeder actors under a local Ray, copies of case33bw, one with the historian writing Parquet
+   under a temporary folder and one without it, each scanning the field simulator's Modbus RTUs
+   (analogs moving at every simulator tick, no deadband) in turns of ``--actor-seconds``:
+   points/s each ingests (its own counter), the ratio (aim >= 0.95), and the worker process's CPU
+   time per 1,000 points with and without, from the operating system (psutil).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import os
 import platform
@@ -186,6 +191,121 @@ def generate(root: str, days: int, points: int, end_day: datetime) -> tuple[int,
     return rows, size
 
 
+# -- the real path: feeder actors under Ray, scanning the simulator over Modbus TCP -----------------
+
+ON, OFF = "hist-on", "hist-off"
+
+
+async def _field_main(conn: Any, scan_tick_s: float) -> None:
+    from dataclasses import replace
+
+    from graph_schema.importers import case33bw
+    from protocols.pointmap import generate_point_map
+    from protocols.simulator import FieldSimulator
+
+    feeders = [replace(case33bw(), id=fid) for fid in (ON, OFF)]
+    maps = {f.id: generate_point_map(f, modbus_port=0, split="modbus_only") for f in feeders}
+    maps = {fid: replace(pm, points=tuple(replace(p, deadband=0.0) for p in pm.points)) for fid, pm in maps.items()}
+    sim = FieldSimulator(feeders, point_maps=maps, tick_s=scan_tick_s, allow_nosecurity=True)  # Modbus only
+    await sim.start()
+    # every analog moves at every tick by more than a FLOAT32 register resolves (1e-5 steps)
+    sim.set_value_hook(lambda pid, v, now: v + (int(time.monotonic() / scan_tick_s) % 100) * 1e-5
+                       if isinstance(v, float) else v)
+    try:
+        conn.send({fid: sim.point_maps[fid].to_json() for fid in (ON, OFF)})
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
+    finally:
+        await sim.stop()
+
+
+def _field_process(conn: Any, scan_tick_s: float) -> None:
+    asyncio.run(_field_main(conn, scan_tick_s))
+
+
+async def actor_rates(seconds: float, rounds: int, scan_ms: float) -> dict[str, Any]:
+    import multiprocessing as mp
+    from dataclasses import replace
+
+    import psutil
+
+    from actors.apps import DEFAULT_APPS, HistorianApp
+    from actors.fleet import NAMESPACE, RayEventSink, _RemoteFeederActor
+    from graph_schema.importers import case33bw
+    from server.runtime import actor_options, start_runtime, store_address
+    from server.settings import Settings
+
+    data_dir = Path(tempfile.mkdtemp(prefix="dms-bench-historian-"))
+    settings = Settings.from_env({}, data_dir=data_dir, neo4j_uri=None, scan_interval_s=scan_ms / 1000,
+                                 historian_flush_s=2.0)
+    ctx = mp.get_context("spawn")
+    conn, child = ctx.Pipe()
+    field = ctx.Process(target=_field_process, args=(child, 0.05), name="bench-field", daemon=True)
+    field.start()
+    runtime = await start_runtime(settings, demo_feeders=False)
+    handles: dict[str, Any] = {}
+    try:
+        for fid in (ON, OFF):
+            await runtime.grid.import_feeder(replace(case33bw(), id=fid), replace=True)
+        for _ in range(600):
+            if conn.poll() or not field.is_alive():
+                break
+            await asyncio.sleep(0.1)
+        if not conn.poll():
+            raise RuntimeError(f"the field process did not start (exit code {field.exitcode}); see its traceback")
+        maps = conn.recv()
+        opts = actor_options(settings)
+        address = store_address(settings, runtime.arcadedb)
+        without = tuple(c for c in DEFAULT_APPS if c is not HistorianApp)
+        for fid, apps in ((ON, DEFAULT_APPS), (OFF, without)):
+            handles[fid] = _RemoteFeederActor.options(name=f"bench-{fid}", namespace=NAMESPACE).remote(
+                fid, address, opts, RayEventSink(), apps=apps)
+        procs = {fid: psutil.Process(int((await h.ping.remote())["pid"])) for fid, h in handles.items()}
+        apps_on = await handles[ON].app_status.remote()
+        assert "historian" in apps_on and "historian" not in await handles[OFF].app_status.remote()
+        points: dict[str, float] = {ON: 0, OFF: 0}
+        took: dict[str, float] = {ON: 0.0, OFF: 0.0}
+        cpu: dict[str, float] = {ON: 0.0, OFF: 0.0}
+        scanned: dict[str, float] = {ON: 0, OFF: 0}  # the warm-up's too
+        for r in range(rounds + 1):  # the first round warms up and is not counted
+            for fid in ((ON, OFF) if r % 2 == 0 else (OFF, ON)):
+                h = handles[fid]
+                await h.attach_field.remote(maps[fid], str(data_dir))
+                await asyncio.sleep(2.0)  # connected and scanning
+                a = (await h.field_status.remote())["ingested"]
+                c0 = sum(procs[fid].cpu_times()[:2])
+                t0 = time.perf_counter()
+                await asyncio.sleep(seconds)
+                b = (await h.field_status.remote())["ingested"]
+                c1 = sum(procs[fid].cpu_times()[:2])
+                t1 = time.perf_counter()
+                await h.detach_field.remote()
+                scanned[fid] += b - a
+                if r:
+                    points[fid] += b - a
+                    took[fid] += t1 - t0
+                    cpu[fid] += c1 - c0
+        await handles[ON].app_call.remote("historian", "flush")
+        written = (await handles[ON].app_call.remote("historian", "counters"))["written_rows"]
+        return {"on": points[ON] / took[ON], "off": points[OFF] / took[OFF],
+                "cpu_on": cpu[ON] / points[ON] * 1e6, "cpu_off": cpu[OFF] / points[OFF] * 1e6,
+                "scanned": scanned[ON],
+                "written": written}
+    finally:
+        import ray
+
+        for h in handles.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(h.close.remote(), 10)
+            with contextlib.suppress(Exception):
+                ray.kill(h, no_restart=True)
+        with contextlib.suppress(Exception):
+            conn.send("stop")
+        field.join(20)
+        if field.is_alive():
+            field.kill()
+        await runtime.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=6.0)
@@ -195,6 +315,11 @@ def main() -> None:
     ap.add_argument("--gc-freeze", action="store_true",
                     help="gc.freeze() after start-up: the buffered values then no longer make full collections "
                          "walk every long-lived object of the process")
+    ap.add_argument("--actor", action=argparse.BooleanOptionalAction, default=True,
+                    help="also compare two real feeder actors under Ray scanning the simulator (default: on)")
+    ap.add_argument("--actor-seconds", type=float, default=8.0, help="length of each actor turn")
+    ap.add_argument("--actor-rounds", type=int, default=3, help="counted turns per actor (alternating)")
+    ap.add_argument("--scan-ms", type=float, default=50.0, help="the actors' Modbus scan interval")
     a = ap.parse_args()
     print("machine:", machine())
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,6 +349,15 @@ def main() -> None:
             assert all(len(b) == 288 for b in h.values()), {k: len(v) for k, v in h.items()}
         print(f"24 h x 5-min trend of 10 points over {a.days} days: median {statistics.median(times) * 1000:.1f} ms, "
               f"p99 {pct(times, 0.99) * 1000:.1f} ms over {a.queries} queries (aim < 200 ms)")
+    if a.actor:
+        r = asyncio.run(actor_rates(a.actor_seconds, a.actor_rounds, a.scan_ms))
+        print(f"real feeder actors under Ray, case33bw over Modbus TCP (scan every {a.scan_ms:g} ms, analogs "
+              f"moving at every simulator tick): {r['off']:,.0f} points/s without the historian, "
+              f"{r['on']:,.0f} with it "
+              f"(ratio {r['on'] / r['off']:.3f}, aim >= 0.95); worker CPU {r['cpu_off']:.1f} ms per 1,000 points "
+              f"without, {r['cpu_on']:.1f} with (x{r['cpu_on'] / r['cpu_off']:.2f}); "
+              f"{r['written']:,} rows written to Parquet for {r['scanned']:,.0f} points scanned (kept by exception: "
+              f"a value is written when it changed, and once a heartbeat window)")
 
 
 if __name__ == "__main__":
