@@ -231,6 +231,7 @@ class StateEstimator:
         covariance: bool = True,
         covariance_from: EstimationResult | None = None,
         limits: Limits | None = None,
+        allocate: bool = True,
     ) -> EstimationResult:
         t0 = time.perf_counter()
         states = dict(switch_states or {})
@@ -247,6 +248,12 @@ class StateEstimator:
         run = self._wls(net, table, max_iterations, tolerance)
         if not run.ok:
             return self._failed(t0, run.reason, states)
+        if allocate:  # load allocation: pseudo loads scaled to what the real measurements say
+            meas = self._allocated(run, table, groups, meas)
+            table, groups = self._table(meas, energized)
+            run = self._wls(net, table, max_iterations, tolerance)
+            if not run.ok:
+                return self._failed(t0, run.reason, states)
         thr = self._threshold(run, chi2_alpha)
         status: list[SuspectStatus] = []
         if thr is not None and run.j > thr and status_candidates:
@@ -430,6 +437,36 @@ class StateEstimator:
         rest = [int(x) for x in pp_idx[len(head) + n_flow + len(v):]]
         return head + flows + v + rest
 
+    def _allocated(self, run: _Wls, table: pd.DataFrame, groups: list[list[Measurement]],
+                   meas: list[Measurement]) -> list[Measurement]:
+        """The pseudo loads times one factor per quantity (P, Q): the estimated consumption of the
+        buses that only pseudo-measurements describe over what those pseudo-measurements said
+        (a first estimate's residuals; clamped to 0.2..5). Real measurements are unchanged."""
+        idx = table.index.to_numpy()
+        kinds = table["measurement_type"].to_numpy()
+        etype = table["element_type"].to_numpy()
+        factor: dict[str, float] = {}
+        for kind, q in (("p", "P_MW"), ("q", "Q_MVAR")):
+            z_sum = est_sum = 0.0
+            for k, row in enumerate(run.rows[: len(run.r)]):
+                if row < 0 or kinds[row] != kind or etype[row] != "bus":
+                    continue
+                g = groups[int(idx[row])]
+                if not all(m.pseudo and m.element_id in self._load_bus for m in g):
+                    continue
+                z = float(table.iloc[row]["value"])
+                z_sum += z
+                est_sum += z - float(run.r[k]) * float(self._pf._net.sn_mva)
+            if abs(z_sum) > 1e-9:
+                factor[q] = min(5.0, max(0.2, est_sum / z_sum))
+        out = []
+        for m in meas:
+            f = factor.get(m.quantity)
+            if f is not None and m.pseudo and m.element_id in self._load_bus:
+                m = replace(m, value=m.value * f, std=max(m.std * f, STD_FLOOR[m.quantity]))
+            out.append(m)
+        return out
+
     @staticmethod
     def _threshold(run: _Wls, alpha: float) -> float | None:
         from scipy.stats import chi2
@@ -518,7 +555,8 @@ class StateEstimator:
             if not r2.ok:
                 continue
             thr = self._threshold(r2, alpha)
-            if thr is not None and r2.j <= thr and (best is None or r2.j < best[1].j):
+            # a corrected status must fit (J under the threshold) and explain most of the misfit
+            if thr is not None and r2.j <= thr and r2.j < 0.5 * run.j and (best is None or r2.j < best[1].j):
                 best = (sw, r2)
         if best is None:
             self._pf.solve(switch_states=states, tap_pos=tap_pos)  # back to the reported topology
