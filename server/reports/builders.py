@@ -85,8 +85,9 @@ def method_notes_reliability(rel: Reliability) -> tuple[str, ...]:
         f"out, alpha = mean and beta = {med.std} standard deviation of ln(SAIDI/day), T_MED = exp(alpha + 2.5 beta); "
         "MEDs are classified for the whole system and excluded from every scope's 'without MED' figures.",
         "Planned interruptions (PLANNED, PLANNED_SWITCHING) are excluded from the indices and counted apart.",
-        "CEMIn/CELID: per load where the head-end's records name the loads; for imported history (counts only) the "
-        "feeder's customers are assumed nested (the most exposed customers are hit first): an upper bound.",
+        "CEMIn/CELID/CAIFI: per load where the head-end's records name the loads; for imported history (counts only) "
+        "the feeder's customers are assumed nested (the most exposed customers are hit first): CEMIn is then an "
+        "upper bound, the customers interrupted at least once (CAIFI's denominator) a lower bound.",
         "Customers served: the model's customers per feeder, overridden per year by `dms customers import`; a "
         "period spanning years uses the mean of the yearly counts.",
     ]

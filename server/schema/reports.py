@@ -49,6 +49,14 @@ class ReportFormat(Enum):
     PDF = "PDF"
 
 
+@strawberry.enum(description="PENDING, then RUNNING, then DONE (url set) or FAILED (error set)")
+class ReportStatus(Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
 @strawberry.enum
 class ReportFrequency(Enum):
     DAILY = "DAILY"
@@ -105,7 +113,7 @@ class ReportJob:
     id: strawberry.ID
     kind: ReportKind
     format: ReportFormat
-    status: str = strawberry.field(description="PENDING, RUNNING, DONE or FAILED")
+    status: ReportStatus
     period_start: datetime
     period_end: datetime
     created_at: datetime
@@ -121,7 +129,8 @@ class ReportJob:
 
     @classmethod
     def of(cls, j: Job) -> ReportJob:
-        return cls(id=strawberry.ID(j.id), kind=ReportKind(j.kind), format=ReportFormat(j.format), status=j.status,
+        return cls(id=strawberry.ID(j.id), kind=ReportKind(j.kind), format=ReportFormat(j.format),
+                   status=ReportStatus(j.status),
                    period_start=j.period_start, period_end=j.period_end, created_at=j.created_at,
                    created_by=j.created_by, finished_at=j.finished_at, url=j.url, sha256=j.sha256,
                    content_sha256=j.content_sha256, size_bytes=j.size_bytes, no_data=j.no_data, error=j.error,
