@@ -189,3 +189,52 @@ def test_fewer_than_five_years_uses_all_available_history_and_says_so() -> None:
 def test_reversed_period_is_refused() -> None:
     with pytest.raises(ValueError, match="not after its start"):
         compute_indices([], {"F": 1}, YEAR[1], YEAR[0])
+
+
+# -- the CSV import's parser (pure: text in, interruptions or BadInput out) -------------------------
+
+HEADER = "id,feeder_id,start,end,customers_interrupted,cause,momentary,steps,customer_minutes\n"
+NOW = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def test_csv_steps_parse_times_with_colons_and_round_trip_through_the_store_record() -> None:
+    from server.reports.imports import interruption_from_record, interruption_record, parse_outages_csv
+
+    text = HEADER + ("a,F,2024-03-01T10:00:00+01:00,2024-03-01T12:00:00+01:00,200,fault,false,"
+                     "2024-03-01T10:30:00+01:00:120;2024-03-01T11:00:00+01:00:50,\n")
+    (rec,) = parse_outages_csv(text, {"F": 1000}, now=NOW)
+    assert rec.cause == "FAULT"
+    assert [(s.customers, s.minutes) for s in rec.segments] == [(120, 30.0), (50, 60.0), (30, 120.0)]
+    back = interruption_from_record({**interruption_record(rec), "feeder_id": "F"})
+    assert compute_indices([back], {"F": 1000}, *YEAR).customer_minutes == pytest.approx(120 * 30 + 50 * 60 + 30 * 120)
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ("b,F,2024-03-01T10:00:00+00:00,2024-03-01T11:00:00+00:00,10,FAULT,false,2024-03-01T12:00:00+00:00:5,",
+     "row 1 (id 'b'): step at 2024-03-01T12:00:00+00:00 is outside the interruption"),
+    ("b,F,2024-03-01T10:00:00+00:00,2024-03-01T11:00:00+00:00,10,FAULT,false,2024-03-01T10:10:00+00:00:11,",
+     "steps restore 11 customers, more than the 10 interrupted"),
+    ("b,F,2024-03-01T10:00:00+00:00,2024-03-01T11:00:00+00:00,10,FAULT,maybe,,", "momentary 'maybe' is not true"),
+    ("b,F,2024-03-01T10:00:00+00:00,2024-03-01T11:00:00+00:00,10,FAULT,false,,-1",
+     "customer_minutes -1 is negative"),
+    ("b,F,2024-03-01T10:00:00+00:00,2024-03-01T11:00:00+00:00,5000,FAULT,false,,",
+     "customers_interrupted 5000 exceeds the 1000 customers feeder 'F' serves"),
+    ("b,F,yesterday,2024-03-01T11:00:00+00:00,10,FAULT,false,,", "start 'yesterday' is not an ISO 8601 time"),
+])
+def test_csv_bad_rows_are_named_with_the_fix(row: str, message: str) -> None:
+    from graph_schema.errors import BadInput
+    from server.reports.imports import parse_outages_csv
+
+    with pytest.raises(BadInput) as err:
+        parse_outages_csv(HEADER + row + "\n", {"F": 1000}, now=NOW)
+    assert message in err.value.message
+    assert "nothing written" in err.value.message and "fix the rows and import again" in err.value.message
+
+
+def test_csv_the_same_interruption_under_two_ids_is_refused() -> None:
+    from graph_schema.errors import BadInput
+    from server.reports.imports import parse_outages_csv
+
+    row = ",F,2024-03-01T10:00:00+00:00,2024-03-01T11:00:00+00:00,10,FAULT,false,,\n"
+    with pytest.raises(BadInput, match=r"row 2 \(id 'y'\): the same interruption as row 1 \(id 'x'\)"):
+        parse_outages_csv(HEADER + "x" + row + "y" + row, {"F": 1000}, now=NOW)
