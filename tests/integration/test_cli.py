@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -220,9 +221,18 @@ async def test_demo_starts_serves_and_stops_cleanly_on_sigterm(tmp_path):
         assert alive == [], f"left running after the demo: {alive}"
         assert not (tmp_path / "run.json").exists()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        if proc.returncode is None:  # a failed assertion: stop it the way an operator would, then make sure
+            with contextlib.suppress(psutil.Error):
+                descendants |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 60)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        for pid in descendants:  # the store's java, Ray and the simulator must not outlive a failed test
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
 
 
 async def test_pointmap_import_validates_against_the_feeder_and_stores_it(settings, data_dir, runtime, tmp_path):
