@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -61,12 +63,13 @@ async def _chromium(tmp_path: Path, *args: str) -> tuple[str, str]:
         f"--user-data-dir={tmp_path / 'profile'}", "--no-proxy-server",
         "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",  # no internet
         "--window-size=1280,800", "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 90)
     finally:
-        if proc.returncode is None:
-            proc.kill()
+        if proc.returncode is None:  # its own session: the renderer and GPU processes go with it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
     assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
     return out.decode(errors="replace"), err.decode(errors="replace")
