@@ -323,6 +323,10 @@ class StateEstimator:
         groups: list[list[Measurement]] = []
         inj: dict[tuple[int, str], list[Measurement]] = defaultdict(list)
         vm_buses: set[int] = set()
+        # A line's current is left out where its P or Q is measured: it adds little and its
+        # derivative vanishes near zero flow, which stalls the fit on lightly loaded lines.
+        pq_lines = {m.element_id for m in meas if m.quantity in ("P_MW", "Q_MVAR") and m.element_id in self._line}
+        meas = [m for m in meas if not (m.quantity == "I_KA" and m.element_id in pq_lines)]
         for m in meas:
             if m.quantity == "VM_PU":
                 b = self._bus[m.element_id]
@@ -446,17 +450,16 @@ class StateEstimator:
         kinds = table["measurement_type"].to_numpy()
         etype = table["element_type"].to_numpy()
         factor: dict[str, float] = {}
+        values = table["value"].to_numpy(dtype=float)
+        sn = float(self._pf._net.sn_mva)
+        pseudo_load = [all(m.pseudo and m.element_id in self._load_bus for m in g) for g in groups]
         for kind, q in (("p", "P_MW"), ("q", "Q_MVAR")):
             z_sum = est_sum = 0.0
             for k, row in enumerate(run.rows[: len(run.r)]):
-                if row < 0 or kinds[row] != kind or etype[row] != "bus":
+                if row < 0 or kinds[row] != kind or etype[row] != "bus" or not pseudo_load[int(idx[row])]:
                     continue
-                g = groups[int(idx[row])]
-                if not all(m.pseudo and m.element_id in self._load_bus for m in g):
-                    continue
-                z = float(table.iloc[row]["value"])
-                z_sum += z
-                est_sum += z - float(run.r[k]) * float(self._pf._net.sn_mva)
+                z_sum += values[row]
+                est_sum += values[row] - float(run.r[k]) * sn
             if abs(z_sum) > 1e-9:
                 factor[q] = min(5.0, max(0.2, est_sum / z_sum))
         out = []
@@ -621,9 +624,11 @@ class StateEstimator:
     # ------------------------------------------------------------------ results
 
     def _structure_key(self, table: pd.DataFrame, states: Mapping[str, bool]) -> str:
+        """Which quantities on which elements, and the topology: what the covariance mostly depends
+        on (the sigmas move with the values; callers recompute it now and then anyway)."""
         h = hashlib.blake2b(digest_size=12)
-        h.update(table[["measurement_type", "element_type", "element"]].to_numpy().tobytes())
-        h.update(np.round(np.log10(table["std_dev"].to_numpy(dtype=float)), 0).tobytes())
+        h.update(pd.util.hash_pandas_object(table[["measurement_type", "element_type", "element"]],
+                                            index=False).to_numpy().tobytes())
         h.update(repr(sorted(states.items())).encode())
         return h.hexdigest()
 
