@@ -17,7 +17,9 @@ It prints:
 5. the full annual RELIABILITY report (all tables: per feeder, monthly and yearly trends) and its
    PDF (charts included), XLSX and CSV: median times and sizes;
 6. with ``--store``: the same history imported into an embedded ArcadeDB (one transaction) and
-   the indices computed from the store (``ReportData.reliability``), read back included.
+   the system indices computed from the store (``ReportData.reliability``): the first call (all
+   records read and parsed) and the median of later ones (the parsed history is kept while the
+   store's version of those records is unchanged).
 """
 
 from __future__ import annotations
@@ -179,13 +181,21 @@ async def _store_path(text: str, served: dict[str, int], start: datetime, end: d
             t = time.perf_counter()
             result = await data.import_outages(text, now=now)
             t_imp = time.perf_counter() - t
+            t = time.perf_counter()
+            await ReportData(store, tz=tz).reliability("SYSTEM", None, start, end, now=now)
+            cold = time.perf_counter() - t
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()
                 await data.reliability("SYSTEM", None, start, end, now=now)
                 times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            rows = await store.list_records("Interruption", limit=10_000_000)
+            t_read = time.perf_counter() - t
             print(f"store path (embedded ArcadeDB): import {result.added} rows in one transaction {t_imp:.1f} s; "
-                  f"system indices read back from the store: median {statistics.median(times):.2f} s")
+                  f"system indices from the store: first call {cold:.2f} s (reading the {len(rows)} records alone "
+                  f"{t_read:.2f} s), then median {statistics.median(times):.2f} s (parsed history kept while the "
+                  f"records' version is unchanged)")
             await store.close()
         finally:
             await db.stop()

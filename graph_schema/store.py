@@ -587,7 +587,7 @@ class GraphStore:
                 chunk = rows[i:i + BATCH_ROWS]
                 head = await tx.run(
                     f"MERGE (c:{cypher.SEQUENCE_LABEL} {{name: $label}}) ON CREATE SET c.seq = 0 "
-                    f"SET c.seq = c.seq + $n RETURN c.seq AS seq",
+                    f"SET c.seq = c.seq + $n, c.writes = coalesce(c.writes, 0) + 1 RETURN c.seq AS seq",
                     {"label": label, "n": len(chunk)},
                 )
                 top = await head.single()
@@ -596,6 +596,10 @@ class GraphStore:
                 written += await self._run_batch(
                     tx, f"UNWIND $rows AS r CREATE (n:{label}) SET n = r.p, n.seq = r.seq RETURN count(*) AS n",
                     {"rows": batch})
+            if changes:
+                await self._run_batch(
+                    tx, f"MERGE (c:{cypher.SEQUENCE_LABEL} {{name: $label}}) ON CREATE SET c.seq = 0 "
+                        f"SET c.writes = coalesce(c.writes, 0) + 1 RETURN count(*) AS n", {"label": label})
             for i in range(0, len(changes), BATCH_ROWS):
                 written += await self._run_batch(
                     tx, f"UNWIND $rows AS r MATCH (n:{label} {{seq: r.seq}}) "
@@ -608,6 +612,21 @@ class GraphStore:
         await self._schema()
         async with self._append_locks[label], self._translate(f"write {label} records"), self._session() as s:
             return await s.execute_write(work)
+
+    async def records_version(self, label: str) -> tuple[int, int]:
+        """(newest seq, bulk writes) of ``label``: changes whenever :meth:`append_record` or
+        :meth:`write_records` writes one, so a reader may cache what it parsed of those records
+        (not :meth:`update_record` changes: labels updated one by one are not cacheable this way)."""
+        _check_record_label(label)
+
+        async def work(tx: neo4j.AsyncManagedTransaction) -> tuple[int, int]:
+            res = await tx.run(f"MATCH (c:{cypher.SEQUENCE_LABEL} {{name: $label}}) "
+                               "RETURN c.seq AS seq, coalesce(c.writes, 0) AS writes", {"label": label})
+            row = await res.single()
+            return (int(row["seq"]), int(row["writes"])) if row is not None else (0, 0)
+
+        async with self._translate(f"read the {label} version"), self._session() as s:
+            return await s.execute_read(work)
 
     async def update_record(self, label: str, seq: int, changes: Mapping[str, str | int | float | bool | None]) -> None:
         """Change properties of a record (``None`` removes one). AuditEntry is append-only."""

@@ -72,6 +72,9 @@ class ReportData:
         self.tz_name = tz
         self.tz: tzinfo = ZoneInfo(tz)
         self.threshold_min = threshold_min
+        # Parsed imported history, kept while the store's Interruption version is unchanged (only
+        # write_records writes that label, and every write changes the version).
+        self._history: tuple[tuple[int, int], list[Interruption]] | None = None
 
     # -- imports ---------------------------------------------------------------------------------
 
@@ -119,13 +122,23 @@ class ReportData:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    async def interruptions(self, *, now: datetime) -> list[Interruption]:
+    async def imported(self) -> list[Interruption]:
+        """The imported history (label Interruption), parsed once per version of the records."""
+        version = await self.store.records_version(INTERRUPTION)
+        if self._history is not None and self._history[0] == version:
+            return self._history[1]
         out: list[Interruption] = []
         for rec in await self.store.list_records(INTERRUPTION, limit=ALL):
             try:
                 out.append(interruption_from_record(rec))
             except (KeyError, ValueError, TypeError) as exc:
                 log.error("interruption record seq=%s is malformed (%s); skipped", rec.get("seq"), exc)
+        self._history = (version, out)
+        return out
+
+    async def interruptions(self, *, now: datetime) -> list[Interruption]:
+        """Imported history and the head-end's own outage records (read each time: FDIR updates them)."""
+        out = list(await self.imported())
         for rec in await self.store.list_records("Outage", limit=ALL):
             try:
                 out.append(from_outage(Outage.from_record(rec), until=now))
