@@ -258,25 +258,27 @@ def _exposures(records: Sequence[Interruption], threshold_min: float, served: fl
     profiles: list[tuple[list[float], list[float]]] = []  # (cumulative customers, minutes)
     cuts: set[float] = {0.0}
     for segs, _ in sustained:
-        cum, mins, c = [], [], 0.0
+        cum: list[float] = []
+        durations: list[float] = []
+        c = 0.0
         for s in sorted(segs, key=lambda s: -s.minutes):
             c += s.customers
             cum.append(c)
-            mins.append(s.minutes)
+            durations.append(s.minutes)
             cuts.add(min(c, served) if served > 0 else c)
-        profiles.append((cum, mins))
+        profiles.append((cum, durations))
     edges = sorted(cuts)
     out: list[_Exposure] = []
     for a, b in itertools.pairwise(edges):
         if b <= a:
             continue
         count, total, longest = 0, 0.0, 0.0
-        for cum, mins in profiles:
-            k = bisect.bisect_right(cum, a)
-            if k < len(cum):
+        for cum_i, dur_i in profiles:
+            k = bisect.bisect_right(cum_i, a)
+            if k < len(cum_i):
                 count += 1
-                total += mins[k]
-                longest = max(longest, mins[k])
+                total += dur_i[k]
+                longest = max(longest, dur_i[k])
         if count:
             out.append(_Exposure(b - a, count, total, longest))
     return out
