@@ -78,9 +78,10 @@ def _redact(text: str, password: str) -> str:
 
 
 # Records of the regulatory reports (server/reports): imported interruption history, customers served
-# per feeder and year, report jobs and schedules. Same rules as cypher.RECORD_LABELS (a closed set,
-# checked before a label is interpolated into Cypher).
-REPORT_RECORD_LABELS: tuple[str, ...] = ("Interruption", "CustomersServed", "ReportJob", "ReportSchedule")
+# per feeder and year, report jobs, their files (so that every API replica can serve them) and
+# schedules. Same rules as cypher.RECORD_LABELS (a closed set, checked before a label is
+# interpolated into Cypher).
+REPORT_RECORD_LABELS: tuple[str, ...] = ("Interruption", "CustomersServed", "ReportJob", "ReportFile", "ReportSchedule")
 RECORD_LABELS: tuple[str, ...] = (*cypher.RECORD_LABELS, *REPORT_RECORD_LABELS)
 
 

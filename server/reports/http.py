@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from graph_schema.errors import DmsError
 from security.errors import Forbidden
@@ -47,8 +47,9 @@ async def report_file(request: Request) -> Response:
             authorize(principal, Permission.READ_AUDIT)
         if EXTENSIONS[job.format] != m.group(2):
             return _error("NOT_FOUND", f"report {job.id} is a {job.format}; take the url from report(id) {{ url }}")
-        path = svc.file(job)
+        body = await svc.content(job)
     except DmsError as exc:
         return _error(exc.code, exc.message)
-    return FileResponse(path, media_type=MEDIA_TYPES[job.format], filename=job.file_name,
-                        headers={"x-content-sha256": job.content_sha256 or "", "cache-control": "private, no-store"})
+    return Response(body, media_type=MEDIA_TYPES[job.format], headers={
+        "content-disposition": f'attachment; filename="{job.file_name}"', "x-content-sha256": job.content_sha256 or "",
+        "cache-control": "private, no-store"})

@@ -2,9 +2,10 @@
 
 ``createReport(kind, period, format)`` stores a ``ReportJob`` record (PENDING), builds the report
 (:mod:`server.reports.builders`) and renders it (:mod:`server.reports.render`) in a worker thread,
-writes the file under ``DMS_REPORTS_DIR`` (default ``<data_dir>/reports``) and marks the job DONE
-with the file's SHA-256 and the report's content hash, or FAILED with the reason. Files are served
-at ``/reports/<job id>.<ext>`` (READ_REPORTS; an AUDIT report also needs READ_AUDIT).
+stores the file in the graph store (a ``ReportFile`` record, so that any API replica can serve it)
+and a copy under ``DMS_REPORTS_DIR`` (default ``<data_dir>/reports``, a cache), and marks the job
+DONE with the file's SHA-256 and the report's content hash, or FAILED with the reason. Files are
+served at ``/reports/<job id>.<ext>`` (READ_REPORTS; an AUDIT report also needs READ_AUDIT).
 
 Rendering runs in a thread of the server, not as a Ray task: the work is a few seconds of Python
 over records the server has just read (a year's indices for 100 feeders take well under a second,
@@ -15,13 +16,16 @@ deployment that needs reports off the API replicas runs one replica with ``DMS_R
 Scheduled reports (``ReportSchedule`` records, configured with CHANGE_SETTINGS) run on APScheduler
 3's ``AsyncIOScheduler`` with cron triggers in the utility's time zone: DAILY at 01:00 for the day
 before, MONTHLY at 02:00 on the 1st for the month before, ANNUAL at 03:00 on 1 January for the year
-before. Every job, scheduled or not, is reproducible: the same inputs give the same figures and the
-same content hash (the generated-at time is not hashed).
+before. Every replica with the scheduler on reloads the stored schedules every few minutes, and a
+schedule's report of a period is made once (a second firing, on another replica, finds the job).
+Every job, scheduled or not, is reproducible: the same inputs give the same figures and the same
+content hash (the generated-at time is not hashed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import logging
@@ -42,7 +46,9 @@ from server.reports.render import EXTENSIONS, FORMATS
 log = logging.getLogger(__name__)
 
 JOB = "ReportJob"
+FILE = "ReportFile"
 SCHEDULE = "ReportSchedule"
+SYNC_MINUTES = 5
 FREQUENCIES = ("DAILY", "MONTHLY", "ANNUAL")
 _CRON = {"DAILY": {"hour": 1, "minute": 0}, "MONTHLY": {"day": 1, "hour": 2, "minute": 0},
          "ANNUAL": {"month": 1, "day": 1, "hour": 3, "minute": 0}}
@@ -179,6 +185,7 @@ class ReportService:
             from server.reports.render import render
 
             body = await asyncio.to_thread(render, doc, job.format)
+            await self.store.append_record(FILE, {"job_id": job.id, "content_b64": base64.b64encode(body).decode()})
             await asyncio.to_thread(self._write, job.file_name, body)
             await self.store.update_record(JOB, job.seq, {
                 "status": "DONE", "finished_at": self._now().isoformat(), "sha256": hashlib.sha256(body).hexdigest(),
@@ -209,11 +216,23 @@ class ReportService:
             raise NotFound(f"report {job_id!r} not found; list them with reportJobs", element_id=job_id)
         return Job.of(rows[0])
 
-    def file(self, job: Job) -> Path:
-        path = self.dir / job.file_name
-        if job.status != "DONE" or not path.is_file():
+    async def content(self, job: Job) -> bytes:
+        """The job's file: the local copy when it is intact, else from the store (and cached here)."""
+        if job.status != "DONE" or not job.sha256:
             raise NotFound(f"report {job.id!r} has no file ({job.status}); wait until it is DONE", element_id=job.id)
-        return path
+        path = self.dir / job.file_name
+        with contextlib.suppress(OSError):
+            body = await asyncio.to_thread(path.read_bytes)
+            if hashlib.sha256(body).hexdigest() == job.sha256:
+                return body
+        rows = await self.store.list_records(FILE, where={"job_id": job.id}, limit=1, newest_first=True)
+        body = base64.b64decode(str(rows[0]["content_b64"])) if rows else b""
+        if hashlib.sha256(body).hexdigest() != job.sha256:
+            raise NotFound(f"the file of report {job.id!r} is missing or damaged; create the report again",
+                           element_id=job.id)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._write, job.file_name, body)
+        return body
 
     async def wait(self) -> None:
         """Until every running job has finished (tests, shutdown)."""
@@ -258,6 +277,10 @@ class ReportService:
             raise NotFound(f"report schedule {schedule_id!r} not found", element_id=schedule_id)
         s = Schedule.of(rows[0])
         start, end = previous_period(s.frequency, now or self._now(), self.data.tz)
+        for row in await self.store.list_records(JOB, where={"schedule_id": s.id, "period_start": start.isoformat()},
+                                                 limit=10):
+            if row.get("status") != "FAILED":
+                return Job.of(row)  # made already (another replica's scheduler, or an earlier run)
         return await self.create(s.kind, start, end, s.format, by=f"schedule:{s.id}", schedule_id=s.id)
 
     def _add_job(self, s: Schedule) -> None:
@@ -280,9 +303,25 @@ class ReportService:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         self._scheduler = AsyncIOScheduler(timezone=self.data.tz)
-        for s in await self.schedules():
-            self._add_job(s)
+        await self.sync()
+        self._scheduler.add_job(self.sync, "interval", minutes=SYNC_MINUTES, id="_sync", coalesce=True)
         self._scheduler.start()
+
+    async def sync(self) -> None:
+        """The scheduler's jobs follow the stored schedules (added or deleted through another replica)."""
+        if self._scheduler is None:
+            return
+        try:
+            stored = {s.id: s for s in await self.schedules()}
+        except Exception:
+            log.warning("report schedules could not be read; the scheduler keeps its jobs", exc_info=True)
+            return
+        for job in self._scheduler.get_jobs():
+            if job.id != "_sync" and job.id not in stored:
+                self._scheduler.remove_job(job.id)
+        for s in stored.values():
+            if self._scheduler.get_job(s.id) is None:
+                self._add_job(s)
 
     async def stop(self) -> None:
         if self._scheduler is not None:
