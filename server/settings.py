@@ -150,8 +150,9 @@ class Settings:
     timezone: str = "UTC"
 
     # Reports: the IEEE 1366 momentary/sustained threshold (minutes; the standard's 5 by default;
-    # days follow ``timezone``), where report artefacts are stored (unset: <data_dir>/reports), and
-    # whether this replica runs the report scheduler (one replica of a deployment should).
+    # days follow ``timezone``), where local copies of report files are kept (unset:
+    # <data_dir>/reports; the graph store keeps them too), and whether this replica runs the report
+    # scheduler (replicas share the work: a schedule's report of a period is made once).
     reliability_momentary_min: float = 5.0
     reports_dir: str | None = None
     report_scheduler: bool = True

@@ -10,8 +10,7 @@ served at ``/reports/<job id>.<ext>`` (READ_REPORTS; an AUDIT report also needs 
 Rendering runs in a thread of the server, not as a Ray task: the work is a few seconds of Python
 over records the server has just read (a year's indices for 100 feeders take well under a second,
 a full PDF about two), it touches no live feeder state (the inputs are records, a frozen snapshot
-by nature), and a thread keeps matplotlib/openpyxl/fpdf2 out of the Ray workers' import set. A
-deployment that needs reports off the API replicas runs one replica with ``DMS_REPORT_SCHEDULER``.
+by nature), and a thread keeps matplotlib/openpyxl/fpdf2 out of the Ray workers' import set.
 
 Scheduled reports (``ReportSchedule`` records, configured with CHANGE_SETTINGS) run on APScheduler
 3's ``AsyncIOScheduler`` with cron triggers in the utility's time zone: DAILY at 01:00 for the day
