@@ -232,6 +232,7 @@ class StateEstimator:
         covariance_from: EstimationResult | None = None,
         limits: Limits | None = None,
         allocate: bool = True,
+        reuse_any_covariance: bool = False,
     ) -> EstimationResult:
         t0 = time.perf_counter()
         states = dict(switch_states or {})
@@ -281,7 +282,8 @@ class StateEstimator:
         t_est = time.perf_counter() - t0
         key = self._structure_key(table, states)
         t1 = time.perf_counter()
-        if covariance_from is not None and covariance_from.structure_key == key and covariance_from.buses:
+        if covariance_from is not None and covariance_from.buses and (
+                reuse_any_covariance or covariance_from.structure_key == key):
             prev = {b.bus_id: b for b in covariance_from.buses}
             std = np.array([prev[b.id].vm_std_pu if prev.get(b.id) and prev[b.id].vm_std_pu is not None
                             else np.nan for b in self.feeder.buses])
