@@ -96,7 +96,7 @@ def fmt(v: Cell, digits: int = 4) -> str:
     if isinstance(v, float):
         if v.is_integer():
             return str(int(v))
-        if 0.99 < abs(v) < 1:  # availability (ASAI): the digits that matter are the late ones
+        if 0.999 < abs(v) < 1:  # availability (ASAI): the digits that matter are the late ones
             return f"{v:.7f}"
         return f"{v:.{digits}f}" if abs(v) < 1e6 else f"{v:.0f}"
     return str(v)

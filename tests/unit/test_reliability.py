@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import statistics
 from datetime import UTC, date, datetime, timedelta
@@ -238,3 +239,71 @@ def test_csv_the_same_interruption_under_two_ids_is_refused() -> None:
     row = ",F,2024-03-01T10:00:00+00:00,2024-03-01T11:00:00+00:00,10,FAULT,false,,\n"
     with pytest.raises(BadInput, match=r"row 2 \(id 'y'\): the same interruption as row 1 \(id 'x'\)"):
         parse_outages_csv(HEADER + "x" + row + "y" + row, {"F": 1000}, now=NOW)
+
+
+# -- pure parts of the report builders and the renderers -----------------------------------------------
+
+
+def test_voltage_compliance_counts_ten_minute_values_in_each_band() -> None:
+    from server.reports.builders import voltage_rows
+
+    values = [1.0] * 90 + [0.93] * 4 + [1.055] * 2 + [0.89] * 4  # 100 ten-minute averages
+    (row,) = voltage_rows({("F", "bus7"): values})
+    fid, bus, n, en, en_ok, a, b_only, out_b, vmin, vmax = row
+    assert (fid, bus, n) == ("F", "bus7", 100)
+    assert en == 96.0 and en_ok is True  # 0.89 is outside 0.90-1.10: 96 % within, >= 95 %
+    assert a == 90.0 and b_only == 6.0 and out_b == 4.0
+    assert (vmin, vmax) == (0.89, 1.055)
+    worst, best = voltage_rows({("F", "good"): [1.0] * 10, ("F", "bad"): [0.94] * 10})
+    assert worst[1] == "bad" and best[1] == "good"
+
+
+def test_operations_tables_group_controls_plans_and_acknowledgements() -> None:
+    from actors.cores.events import Event, EventKind, Severity
+    from server.reports.builders import operations_tables
+
+    t0 = datetime(2024, 5, 1, 10, tzinfo=UTC)
+    controls = [{"operator": "alice", "status": "CONFIRMED"}, {"operator": "fdir", "status": "CONFIRMED"},
+                {"operator": "alice", "status": "FAILED"}]
+    events = [
+        Event(1, EventKind.ALARM, "F", "sw1", Severity.ALARM, "BREAKER_TRIP sw1", t0, {"alarm_kind": "BREAKER_TRIP"}),
+        Event(2, EventKind.PLAN, "F", None, Severity.INFO, "plan", t0 + timedelta(seconds=5),
+              {"plan_id": "p1", "state": "PROPOSED", "plan_kind": "RESTORATION"}),
+        Event(3, EventKind.PLAN, "F", None, Severity.INFO, "plan", t0 + timedelta(seconds=35),
+              {"plan_id": "p1", "state": "COMPLETED", "customers_restored": 40, "customers_left": 10}),
+        Event(4, EventKind.ALARM_ACKNOWLEDGED, "F", "sw1", Severity.INFO, "ack", t0 + timedelta(seconds=90),
+              {"alarm_kind": "BREAKER_TRIP", "by": "alice"}),
+    ]
+    summary, tables = operations_tables(controls, events)
+    s = dict(summary)
+    assert s["Control actions"] == 3 and s["FDIR plans completed"] == 1
+    assert s["Median acknowledgement time (s)"] == 90.0
+    by = {t.name: t for t in tables}
+    assert ("alice", "FAILED", 1) in by["controls_by_operator"].rows
+    assert ("fdir", "CONFIRMED", 1) in by["controls_by_application"].rows
+    assert ("operator (manual)", "CONFIRMED", 1) in by["controls_by_application"].rows
+    (plan,) = by["fdir_plans"].rows
+    assert plan[0] == "p1" and plan[3] == "COMPLETED" and plan[6] == 30.0 and plan[7] == 40
+
+
+def test_renderers_carry_the_same_figures_and_hash() -> None:
+    from openpyxl import load_workbook
+    from pypdf import PdfReader
+
+    from server.reports.builders import reliability_doc
+    from server.reports.render import to_csv, to_pdf, to_xlsx
+
+    gen = datetime(2025, 1, 2, tzinfo=UTC)
+    doc = reliability_doc(small_set(), {"F1": 1000}, {}, {}, *YEAR, tz=UTC, tz_name="UTC", threshold_min=5.0,
+                          generated_at=gen)
+    again = reliability_doc(small_set(), {"F1": 1000}, {}, {}, *YEAR, tz=UTC, tz_name="UTC", threshold_min=5.0,
+                            generated_at=gen + timedelta(days=9))
+    assert doc.content_sha256 == again.content_sha256  # generated-at is not part of the figures
+    assert dict(doc.summary)["SAIDI (min), all days"] == pytest.approx(24.0)
+    assert to_pdf(doc) == to_pdf(doc)  # byte for byte: fixed creation date, no PNG timestamps
+    text = "".join(p.extract_text() for p in PdfReader(io.BytesIO(to_pdf(doc))).pages).replace("\n", "")
+    assert doc.content_sha256 in text and "SAIDI (min), all days 24" in text and "reliability report 2024" in text
+    wb = load_workbook(io.BytesIO(to_xlsx(doc)))
+    cells = {r[0]: r[1] for r in wb["report"].iter_rows(values_only=True) if r and r[0]}
+    assert cells["SAIDI (min), all days"] == pytest.approx(24.0) and cells["content_sha256"] == doc.content_sha256
+    assert f"# content_sha256,{doc.content_sha256}" in to_csv(doc).decode()
