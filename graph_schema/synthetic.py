@@ -1,0 +1,92 @@
+"""Synthetic radial MV feeders of any size, for benchmarks and tests (deterministic per seed).
+
+:func:`synthetic_mv_feeder` builds a 110/20 kV substation (on-load tap changer) feeding ``feeders``
+radial 20 kV cable feeders grown as random trees with long main lines (each new bus hangs off the
+previous one with probability ``spine``, else off a random earlier bus of the same feeder), a
+constant-power load at most buses, PV at about one bus in ten, two switched capacitor banks,
+normally-open ties between feeders and, with ``closed_ties``, ties that are closed (a weakly meshed
+network). It goes through :func:`~graph_schema.importers.from_pandapower` like every other network,
+so the feeder model, the power flow and the importer agree on it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graph_schema.importers import from_pandapower
+from graph_schema.model import Feeder, Limits
+
+# NA2XS2Y 1x240 RM/25 12/20 kV cable, pandapower's standard type.
+_R_OHM_PER_KM, _X_OHM_PER_KM, _C_NF_PER_KM, _MAX_I_KA = 0.122, 0.112, 304.0, 0.421
+
+SYNTHETIC_LIMITS = Limits(vm_min_pu=0.92, vm_max_pu=1.06, emergency_vm_min_pu=0.90, emergency_vm_max_pu=1.08)
+
+
+def synthetic_mv_feeder(
+    n_buses: int = 1000,
+    *,
+    seed: int = 7,
+    feeders: int = 4,
+    spine: float = 0.9,
+    open_ties: int = 6,
+    closed_ties: int = 0,
+    feeder_id: str | None = None,
+) -> Feeder:
+    """A validated :class:`Feeder` with ``n_buses`` buses (one 110 kV, the rest 20 kV)."""
+    import warnings
+
+    import pandapower as pp
+
+    if n_buses < 2 + feeders:
+        raise ValueError(f"n_buses={n_buses}: need at least feeders + 2 = {feeders + 2}")
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = pp.create_empty_network(name=f"synthetic-{n_buses}", sn_mva=1.0)
+        hv = pp.create_bus(net, vn_kv=110.0, name="HV")
+        pp.create_ext_grid(net, hv, vm_pu=1.0, s_sc_max_mva=3000.0, rx_max=0.1)
+        mv = pp.create_bus(net, vn_kv=20.0, name="MV busbar")
+        pp.create_transformer_from_parameters(
+            net, hv, mv, sn_mva=40.0, vn_hv_kv=110.0, vn_lv_kv=20.0, vkr_percent=0.32, vk_percent=12.0,
+            pfe_kw=22.0, i0_percent=0.06, tap_side="hv", tap_neutral=0, tap_min=-9, tap_max=9,
+            tap_step_percent=1.5, tap_pos=0, tap_changer_type="Ratio",
+        )
+        rest = n_buses - 2
+        sizes = np.full(feeders, rest // feeders)
+        sizes[: rest % feeders] += 1
+        members: list[list[int]] = []
+        for m in sizes.tolist():
+            buses = pp.create_buses(net, m, vn_kv=20.0).tolist()
+            parents = [mv]
+            for j, b in enumerate(buses):
+                parent = buses[j - 1] if j and rng.random() < spine else parents[int(rng.integers(len(parents)))]
+                if j == 0:
+                    parent = mv
+                pp.create_line_from_parameters(
+                    net, parent, b, length_km=float(rng.uniform(0.2, 0.6)), r_ohm_per_km=_R_OHM_PER_KM,
+                    x_ohm_per_km=_X_OHM_PER_KM, c_nf_per_km=_C_NF_PER_KM, max_i_ka=_MAX_I_KA,
+                )
+                parents.append(b)
+            members.append(buses)
+        mv_buses = [b for group in members for b in group]
+        for b in mv_buses:
+            if rng.random() < 0.85:
+                p = float(rng.uniform(0.01, 0.06))
+                pp.create_load(net, b, p_mw=p, q_mvar=p * 0.33)
+            if rng.random() < 0.1:
+                sn = float(rng.uniform(0.05, 0.4))
+                pp.create_sgen(net, b, p_mw=0.5 * sn, q_mvar=0.0, sn_mva=sn, type="PV")
+        for group in members[:2]:
+            pp.create_shunt(net, group[len(group) // 2], q_mvar=-0.3, step=1, max_step=2)
+        for k in range(open_ties + closed_ties):
+            a, b = rng.choice(len(members), size=2, replace=False)
+            fb = members[int(a)][int(rng.integers(len(members[int(a)])))]
+            tb = members[int(b)][int(rng.integers(len(members[int(b)])))]
+            line = pp.create_line_from_parameters(
+                net, fb, tb, length_km=float(rng.uniform(0.2, 1.0)), r_ohm_per_km=_R_OHM_PER_KM,
+                x_ohm_per_km=_X_OHM_PER_KM, c_nf_per_km=_C_NF_PER_KM, max_i_ka=_MAX_I_KA,
+            )
+            pp.create_switch(net, fb, line, et="l", closed=k >= open_ties, type="LBS")
+    fid = feeder_id or f"synthetic-{n_buses}"
+    return from_pandapower(net, fid, f"Synthetic {n_buses}-bus MV feeder", limits=SYNTHETIC_LIMITS,
+                           feeder_breakers=True)
