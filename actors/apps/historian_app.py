@@ -2,7 +2,7 @@
 
 Telemetry, re-solves and the feeder's published events (``on_events``; MEASUREMENT events left
 out) reach it synchronously; it only appends to bounded buffers (no disk I/O on the scan path;
-a telemetry batch is kept by reference, nothing is done per value there). Values are kept by
+a telemetry batch is kept as column tuples, no Python code runs per value there). Values are kept by
 exception when the writing thread turns batches into columns: a value is kept when it or its
 quality changed, or once per ``heartbeat_s`` window while it stays the same. Every
 ``historian_flush_s`` seconds, or as soon as ``flush_rows`` rows are waiting, a background task
@@ -100,8 +100,9 @@ class HistorianApp:
     # -- host callbacks (cheap: buffer appends only) ---------------------------------------------
 
     def on_telemetry(self, change: TelemetryChange) -> None:
-        """Keep the batch by reference: nothing per value on the scan path (the writing thread turns
-        batches into columns and keeps values by exception; :mod:`graph_schema.historian.telemetry`)."""
+        """Keep the batch as five column tuples (C-level maps, no Python code per value; the
+        writing thread makes the table and keeps values by exception; see
+        :mod:`graph_schema.historian.telemetry` for why the ``PointValue`` objects are not kept)."""
         buf = self._telemetry
         if buf is None:
             return
