@@ -54,39 +54,48 @@ def synthetic_mv_feeder(
         rest = n_buses - 2
         sizes = np.full(feeders, rest // feeders)
         sizes[: rest % feeders] += 1
-        members: list[list[int]] = []
+        first = 2  # pandapower index of the next bus created
+        members: list[np.ndarray] = []
+        from_bus: list[int] = []
         for m in sizes.tolist():
-            buses = pp.create_buses(net, m, vn_kv=20.0).tolist()
-            parents = [mv]
-            for j, b in enumerate(buses):
-                parent = buses[j - 1] if j and rng.random() < spine else parents[int(rng.integers(len(parents)))]
+            buses = np.arange(first, first + m)
+            first += m
+            spine_draw = rng.random(m) < spine
+            pick = rng.random(m)
+            for j in range(m):
                 if j == 0:
-                    parent = mv
-                pp.create_line_from_parameters(
-                    net, parent, b, length_km=float(rng.uniform(0.2, 0.6)), r_ohm_per_km=_R_OHM_PER_KM,
-                    x_ohm_per_km=_X_OHM_PER_KM, c_nf_per_km=_C_NF_PER_KM, max_i_ka=_MAX_I_KA,
-                )
-                parents.append(b)
+                    from_bus.append(mv)
+                elif spine_draw[j]:
+                    from_bus.append(int(buses[j - 1]))
+                else:  # any earlier bus of this feeder, or the busbar
+                    k = int(pick[j] * (j + 1))
+                    from_bus.append(mv if k == j else int(buses[k]))
             members.append(buses)
-        mv_buses = [b for group in members for b in group]
-        for b in mv_buses:
-            if rng.random() < 0.85:
-                p = float(rng.uniform(0.01, 0.06))
-                pp.create_load(net, b, p_mw=p, q_mvar=p * 0.33)
-            if rng.random() < 0.1:
-                sn = float(rng.uniform(0.05, 0.4))
-                pp.create_sgen(net, b, p_mw=0.5 * sn, q_mvar=0.0, sn_mva=sn, type="PV")
+        mv_buses = np.concatenate(members)
+        pp.create_buses(net, len(mv_buses), vn_kv=20.0)
+        cable = {"r_ohm_per_km": _R_OHM_PER_KM, "x_ohm_per_km": _X_OHM_PER_KM, "c_nf_per_km": _C_NF_PER_KM,
+                 "max_i_ka": _MAX_I_KA}
+        pp.create_lines_from_parameters(net, from_bus, mv_buses, length_km=rng.uniform(0.2, 0.6, len(mv_buses)),
+                                        **cable)
+        has_load = rng.random(len(mv_buses)) < 0.85
+        p_load = rng.uniform(0.01, 0.06, int(has_load.sum()))
+        pp.create_loads(net, mv_buses[has_load], p_mw=p_load, q_mvar=p_load * 0.33)
+        has_pv = rng.random(len(mv_buses)) < 0.1
+        sn = rng.uniform(0.05, 0.4, int(has_pv.sum()))
+        pp.create_sgens(net, mv_buses[has_pv], p_mw=0.5 * sn, q_mvar=0.0, sn_mva=sn, type="PV")
         for group in members[:2]:
-            pp.create_shunt(net, group[len(group) // 2], q_mvar=-0.3, step=1, max_step=2)
-        for k in range(open_ties + closed_ties):
-            a, b = rng.choice(len(members), size=2, replace=False)
-            fb = members[int(a)][int(rng.integers(len(members[int(a)])))]
-            tb = members[int(b)][int(rng.integers(len(members[int(b)])))]
-            line = pp.create_line_from_parameters(
-                net, fb, tb, length_km=float(rng.uniform(0.2, 1.0)), r_ohm_per_km=_R_OHM_PER_KM,
-                x_ohm_per_km=_X_OHM_PER_KM, c_nf_per_km=_C_NF_PER_KM, max_i_ka=_MAX_I_KA,
+            pp.create_shunt(net, int(group[len(group) // 2]), q_mvar=-0.3, step=1, max_step=2)
+        ties = open_ties + closed_ties
+        if ties:
+            ends = []
+            for _ in range(ties):
+                a, b = rng.choice(len(members), size=2, replace=False)
+                ends.append((int(rng.choice(members[int(a)])), int(rng.choice(members[int(b)]))))
+            fb = [e[0] for e in ends]
+            lines = pp.create_lines_from_parameters(
+                net, fb, [e[1] for e in ends], length_km=rng.uniform(0.2, 1.0, ties), **cable
             )
-            pp.create_switch(net, fb, line, et="l", closed=k >= open_ties, type="LBS")
+            pp.create_switches(net, fb, lines, et="l", closed=[k >= open_ties for k in range(ties)], type="LBS")
     fid = feeder_id or f"synthetic-{n_buses}"
     return from_pandapower(net, fid, f"Synthetic {n_buses}-bus MV feeder", limits=SYNTHETIC_LIMITS,
                            feeder_breakers=True)
