@@ -114,6 +114,17 @@ def reliability_doc(records: Sequence[Interruption], model: Mapping[str, int], y
     by_feeder: dict[str, list[Interruption]] = defaultdict(list)
     for r in records:
         by_feeder[r.feeder_id].append(r)
+    # Each table below looks at one month or year: hand it only the records that begin in it.
+    by_month: dict[str, list[Interruption]] = defaultdict(list)
+    by_feeder_month: dict[tuple[str, str], list[Interruption]] = defaultdict(list)
+    by_year: dict[int, list[Interruption]] = defaultdict(list)
+    for r in records:
+        local = r.start.astimezone(tz)
+        by_year[local.year].append(r)
+        if start <= r.start < end:
+            key = local.strftime("%Y-%m")
+            by_month[key].append(r)
+            by_feeder_month[(r.feeder_id, key)].append(r)
     common: dict[str, Any] = {"threshold_min": threshold_min, "tz": tz}
 
     feeder_rows, worst = [], []
@@ -130,15 +141,15 @@ def reliability_doc(records: Sequence[Interruption], model: Mapping[str, int], y
     monthly_rows: list[tuple[Cell, ...]] = []
     sys_month_saidi, sys_month_saidi_all = [], []
     for label, lo, hi in months:
-        ex = compute_indices(records, served, lo, hi, exclude_days=med_days, **common)
-        ix = compute_indices(records, served, lo, hi, **common)
+        ex = compute_indices(by_month[label], served, lo, hi, exclude_days=med_days, **common)
+        ix = compute_indices(by_month[label], served, lo, hi, **common)
         sys_month_saidi.append(ex.saidi_min)
         sys_month_saidi_all.append(ix.saidi_min)
         monthly_rows.append((label, "SYSTEM", _r(ex.saidi_min), _r(ex.saifi), _r(ex.maifi_e), _r(ix.saidi_min),
                              _r(ix.saifi)))
     for fid in sorted(model):
-        recs = by_feeder.get(fid, [])
         for label, lo, hi in months:
+            recs = by_feeder_month.get((fid, label), [])
             ex = compute_indices(recs, {fid: served[fid]}, lo, hi, exclude_days=med_days, **common)
             monthly_rows.append((label, fid, _r(ex.saidi_min), _r(ex.saifi), _r(ex.maifi_e), None, None))
 
@@ -150,10 +161,14 @@ def reliability_doc(records: Sequence[Interruption], model: Mapping[str, int], y
         if lo >= end:
             continue
         served_y = served_in_period(model, years, lo, hi, tz)
-        sys_y = compute_indices(records, served_y, lo, hi, **common)
+        year_recs = by_year.get(y, [])
+        year_by_feeder: dict[str, list[Interruption]] = defaultdict(list)
+        for r in year_recs:
+            year_by_feeder[r.feeder_id].append(r)
+        sys_y = compute_indices(year_recs, served_y, lo, hi, **common)
         yearly_rows.append((y, "SYSTEM", _r(sys_y.saidi_min), _r(sys_y.saifi), _r(sys_y.maifi_e)))
         for fid in sorted(model):
-            iy = compute_indices(by_feeder.get(fid, []), {fid: served_y[fid]}, lo, hi, **common)
+            iy = compute_indices(year_by_feeder.get(fid, []), {fid: served_y[fid]}, lo, hi, **common)
             yearly_rows.append((y, fid, _r(iy.saidi_min), _r(iy.saifi), _r(iy.maifi_e)))
 
     zone_rows = []
