@@ -17,6 +17,9 @@ historian's same-time profile is not read here: DuckDB stays out of the actor pr
 server may push a historian profile through the same :meth:`set_pseudo_loads` (source PROFILE or
 FORECAST).
 
+While a trip or a latched fault indicator is up the estimator holds off: FDIR has the CPU and plans
+at the pre-fault estimate, and the host shows the model with the new topology meanwhile.
+
 Bad data becomes alarms (``BAD_DATA`` per point, ``SWITCH_STATUS_SUSPECT`` per switch) raised once
 and cleared when the point or switch fits again. An estimate that fails keeps the last good one,
 marked stale with the reason, and raises ``ESTIMATOR_STALE`` until an estimate succeeds again.
@@ -103,8 +106,21 @@ class EstimationApp:
     async def _run(self) -> None:
         while self._dirty:
             await asyncio.sleep(max(self._debounce_s, self._last_run + self._min_interval_s - time.monotonic()))
+            if self._disturbed():  # FDIR has the CPU; it plans with the pre-fault estimate
+                await asyncio.sleep(self._min_interval_s)
+                continue
             self._dirty = False
             await self.estimate_now()
+
+    def _disturbed(self) -> bool:
+        """A trip or a latched fault indicator is up: the estimator holds off (the host shows the
+        model with the new topology meanwhile) and resumes when the indications reset."""
+        assert self._ports is not None
+        try:
+            flags = self._ports.field_flags()
+        except AssertionError:
+            return False
+        return bool(flags.tripped or any(flags.fault_indicators.values()))
 
     # -- estimation ------------------------------------------------------------------------------
 
