@@ -94,7 +94,8 @@ def bench(name: str, build: Callable[[], Feeder], n: int, loop: int, repeats: in
     feeder = build()
     engine = BatchedPowerFlow(feeder)
     t0 = time.perf_counter()
-    engine._network(BASE_TOPOLOGY)  # one zero-load runpp + the LU: paid once per topology
+    unhandled = engine.prepare(BASE_TOPOLOGY)  # one zero-load runpp + the LU: paid once per topology
+    assert unhandled is None, unhandled
     compile_s = time.perf_counter() - t0
     net = copy.deepcopy(engine.model._net)  # the net the engine compiled from, at the feeder's baseline
     sc = random_scenarios(engine, n, seed=2026)

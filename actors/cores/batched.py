@@ -552,6 +552,13 @@ class BatchedPowerFlow:
         with self._lock:
             return self._solve(scenarios)
 
+    def prepare(self, topology: Topology = BASE_TOPOLOGY) -> str | None:
+        """Compile ``topology`` now (one zero-load pandapower solve and one LU, then cached): None
+        when the batched engine handles it, else the reason its scenarios will go to pandapower."""
+        with self._lock:
+            net = self._network(topology)
+        return net if isinstance(net, str) else None
+
     def _network(self, topo: Topology) -> _Network | str:
         cached = self._networks.get(topo)
         if cached is not None:

@@ -85,7 +85,7 @@ SCENARIO_COUNT = {"schutterwald": 2, "synthetic-1000": 3}
 def test_random_load_and_der_scenarios_match_pandapower(name: str) -> None:
     feeder = FEEDERS[name]()
     engine = BatchedPowerFlow(feeder)
-    count = SCENARIO_COUNT.get(name, 8)
+    count = SCENARIO_COUNT.get(name, 6)
     sc = random_scenarios(engine, count, seed=14, load_range=(0.3, 1.6), der_range=(0.0, 1.0))
     r = engine.solve(sc)
     assert r.count == count and r.topology_groups == 1
@@ -193,6 +193,8 @@ def test_slow_scenarios_fall_back_to_pandapower_and_say_so() -> None:
 
 def test_a_topology_without_source_falls_back_and_says_so(bw: BatchedPowerFlow) -> None:
     src = bw.feeder.sources[0].id
+    assert bw.prepare() is None
+    assert "no source" in (bw.prepare(Topology.of(out_of_service={src})) or "")
     r = bw.solve(Scenarios(count=2, topologies=(Topology.of(out_of_service={src}), Topology())))
     assert r.engine == ("pandapower-fallback", "batched")
     assert "does not handle this topology" in (r.reason[0] or "") and "no source" in (r.reason[0] or "")
