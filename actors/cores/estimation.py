@@ -461,7 +461,8 @@ class StateEstimator:
                 if row < 0 or kinds[row] != kind or etype[row] != "bus" or not pseudo_load[int(idx[row])]:
                     continue
                 z_sum += values[row]
-                est_sum += values[row] - float(run.r[k]) * sn
+                # z is pandapower's injection (-consumption / sn): consumption estimated = value + r sn
+                est_sum += values[row] + float(run.r[k]) * sn
             if abs(z_sum) > 1e-9:
                 factor[q] = min(5.0, max(0.2, est_sum / z_sum))
         out = []
