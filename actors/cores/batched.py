@@ -25,12 +25,15 @@ Method (current-injection fixed point, "Z-bus" iteration):
   without another product with ``Y``: ``S (V(k+1) / V(k) - 1)``; a scenario has converged when its
   largest bus mismatch is below ``tolerance_mva`` (default 1e-9 MVA, ten times tighter than
   pandapower's Newton-Raphson), so both agree well within 1e-6 pu. The iteration converges
-  linearly and fast on radial and weakly meshed distribution feeders (typically 4-12 iterations);
-  converged scenarios leave the active set.
+  linearly and fast on radial and weakly meshed distribution feeders (6-15 iterations on the
+  shipped feeders under random loads of 0.3-1.6 x nominal); converged scenarios leave the active
+  set. Each iteration is one sparse triangular solve pair with all scenarios as columns,
+  level-scheduled (see :class:`_LevelSolver`).
 * Results per scenario (rows) and element (columns), in the feeder's order: ``vm_pu`` and
   ``va_degree`` per bus (NaN where de-energized), line current and loading with pandapower's
   semantics (``max(i_from, i_to) / (max_i_ka * df * parallel)``), transformer loading (rated
-  current), losses (sum of line and transformer ``p_from + p_to``), source P/Q.
+  current), source P/Q, and losses of lines and transformers from the power balance (sources +
+  DER - loads - shunt conductance: pandapower's sum of ``pl_mw`` within the mismatch tolerance).
 
 Fallback to pandapower (one ``PowerFlowModel.solve`` per scenario, ``engine="pandapower-fallback"``
 and the reason in ``reason``):
@@ -43,7 +46,10 @@ and the reason in ``reason``):
 
 ``fallback=False`` turns this off (a non-converged scenario is then reported ``converged=False``
 by the batched engine). Scenarios are grouped by topology; each distinct topology costs one
-zero-load pandapower solve and one LU factorization, kept in a cache for the engine's lifetime.
+zero-load pandapower solve and one LU factorization (about one ``runpp``), kept in a cache of
+``max_topologies`` networks (oldest dropped first). The compile step reads pandapower internals
+(``PowerFlowModel._net``, ``net._ppc``, ``net._pd2ppc_lookups``) of pandapower 3.5; the tests
+compare every result with pandapower, so a change there shows up as a failing test.
 
 GPU: the iteration is array code (a sparse triangular solve with many right-hand sides plus
 elementwise complex arithmetic), so the same loop runs on a GPU by swapping the array module
@@ -68,7 +74,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
-from actors.cores.powerflow import PowerFlowModel, PowerFlowResult
+from actors.cores.powerflow import NOISE_I_KA, PowerFlowModel, PowerFlowResult
 from graph_schema.errors import BadInput
 from graph_schema.model import Feeder
 
@@ -482,8 +488,9 @@ class BatchedPowerFlow:
 
     ``tolerance_mva``: largest bus power mismatch accepted. ``max_iterations``: fixed-point steps
     before a scenario is handed to pandapower (``fallback=True``) or reported not converged.
-    ``chunk_size``: scenarios solved together (bounds memory at about 16 bytes x buses x chunk
-    per array).
+    ``chunk_size``: scenarios solved together (bounds the working memory at about 16 bytes x buses
+    x chunk per array; the results themselves are dense, 8 bytes x scenarios x elements per array).
+    ``max_topologies``: compiled networks kept.
     """
 
     def __init__(
@@ -494,6 +501,7 @@ class BatchedPowerFlow:
         max_iterations: int = 60,
         fallback: bool = True,
         chunk_size: int = 512,
+        max_topologies: int = 256,
     ) -> None:
         if tolerance_mva <= 0 or max_iterations < 1 or chunk_size < 1:
             raise BadInput(
@@ -506,6 +514,7 @@ class BatchedPowerFlow:
         self.max_iterations = max_iterations
         self.fallback = fallback
         self.chunk_size = chunk_size
+        self.max_topologies = max(1, max_topologies)
         self._lock = threading.Lock()
         self.bus_ids = tuple(b.id for b in feeder.buses)
         self.line_ids = tuple(ln.id for ln in feeder.lines)
@@ -574,6 +583,8 @@ class BatchedPowerFlow:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 compiled = _compile(self.model._net, len(self.load_ids), len(self.der_ids))
+        while len(self._networks) >= self.max_topologies:
+            self._networks.pop(next(iter(self._networks)))
         self._networks[topo] = compiled
         return compiled
 
@@ -712,7 +723,7 @@ class BatchedPowerFlow:
             i_ka = np.maximum(i_f, i_t)
             line_i = np.zeros((k, out.line_i.shape[1]))
             line_ld = np.zeros((k, out.line_i.shape[1]))
-            line_i[:, net.line_rows] = i_ka.T
+            line_i[:, net.line_rows] = np.where(i_ka < NOISE_I_KA, 0.0, i_ka).T  # as PowerFlowModel reports it
             line_ld[:, net.line_rows] = (i_ka * (100.0 / net.line_i_max_ka)[:, None]).T
             out.line_i[rows] = line_i
             out.line_loading[rows] = line_ld

@@ -247,3 +247,12 @@ def test_level_solver_matches_a_direct_solve() -> None:
     assert order is not None
     x = solver.solve(b[order])
     assert np.allclose(x, spsolve(a, b)[order], atol=1e-10)
+
+
+def test_the_topology_cache_is_bounded() -> None:
+    engine = BatchedPowerFlow(case33bw(), max_topologies=1)
+    topologies = (Topology(), Topology.of(switch_states={"sw6": True}), Topology())
+    r = engine.solve(random_scenarios(engine, 3, seed=4, topologies=topologies))
+    assert r.converged.all() and r.topology_groups == 2 and len(engine._networks) == 1
+    assert np.allclose(r.vm_pu[0], BatchedPowerFlow(case33bw()).solve(
+        random_scenarios(engine, 3, seed=4)).vm_pu[0], atol=1e-9)
