@@ -404,10 +404,15 @@ class FeederType:
             customers_out=sum(ld.customers for ld in v.model.loads if ld.bus_id in out),
         )
 
-    @strawberry.field(name="powerFlow")
-    async def power_flow(self, info: Info) -> PowerFlow:
+    @strawberry.field(name="powerFlow", description=(
+        "The feeder's live state: the state estimator's result over the field's measurements when there is "
+        "one (source ESTIMATED), else the model's power flow (source MODEL). source: MODEL asks for the "
+        "model's power flow (current switch states, nominal loads) whatever the estimator knows."))
+    async def power_flow(self, info: Info, source: StateSource | None = None) -> PowerFlow:  # type: ignore[valid-type]
         v = await _view(info, self.id)
         est = v.state.estimate
+        if source == StateSource.MODEL:  # type: ignore[attr-defined]
+            return power_flow_type(v.state.power_flow, "MODEL", False)
         return power_flow_type(v.state.live, v.state.source, bool(est is not None and est.stale))
 
 

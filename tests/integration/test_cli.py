@@ -206,9 +206,12 @@ async def test_demo_starts_serves_and_stops_cleanly_on_sigterm(tmp_path):
                 await asyncio.sleep(0.5)
             descendants = {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
             token = (await adms("token", "--role", "VIEWER", "--data-dir", str(tmp_path))).stdout.strip()
-            r = await c.post("/graphql", json={"query": '{ feeder(id: "case33bw") { powerFlow { lossesMw } } }'},
+            r = await c.post("/graphql", json={"query": '{ feeder(id: "case33bw") { model: powerFlow(source: MODEL) '
+                                                        '{ lossesMw } live: powerFlow { source lossesMw } } }'},
                              headers={"Authorization": f"Bearer {token}"})
-            assert r.json()["data"]["feeder"]["powerFlow"]["lossesMw"] == pytest.approx(0.2027, abs=1e-4)
+            feeder = r.json()["data"]["feeder"]
+            assert feeder["model"]["lossesMw"] == pytest.approx(0.2027, abs=1e-4)
+            assert feeder["live"]["source"] in ("MODEL", "ESTIMATED") and feeder["live"]["lossesMw"] > 0
             sim = await adms("sim", "load", "--feeder", "cigre-mv", "--scale", "1.1", "--data-dir", str(tmp_path))
             assert sim.returncode == 0, sim.stderr
         proc.send_signal(signal.SIGTERM)

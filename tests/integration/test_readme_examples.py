@@ -99,7 +99,8 @@ async def test_the_curl_example_answers_the_published_figures(gql):
         r = await gql(json.loads(body)["query"], role="VIEWER")
         assert "errors" not in r, r
     pf = r["data"]["feeder"]["powerFlow"]
-    assert pf["converged"] and round(pf["lossesMw"], 4) == 0.2027 and round(pf["minVmPu"], 4) == 0.9131
+    assert pf["source"] == "MODEL" and pf["converged"]
+    assert round(pf["lossesMw"], 4) == 0.2027 and round(pf["minVmPu"], 4) == 0.9131
     assert pf["minVmBusId"] == "bus18"
 
 
