@@ -14,6 +14,13 @@ only moved. Last-gasp / restore flags become ``event`` rows (``METER_LAST_GASP``
 :class:`AmiIngester` polls the inbox every ``poll_s`` seconds in a worker thread; the server's
 runtime starts and stops it. It can also run a one-off backfill of an empty historian in the
 background (``dms demo``), stopped with it.
+
+Pseudo-measurements for the state estimator: after each pass, the newest complete interval of each
+feeder in the files just ingested (:func:`latest_load_mw`: mean kW per meter present, times the
+load's meters, so a late meter does not shrink its load) is pushed to that feeder's ``estimation``
+application as source ``AMI`` (``set_pseudo_loads``), when the interval ended less than
+``ami_max_age_s`` ago; older files (a backlog, a backfill) only fill the historian. The estimator
+then scales these loads to the real measurements (load allocation) before its fit.
 """
 
 from __future__ import annotations
@@ -24,13 +31,14 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from graph_schema.aio import cancel_and_wait
-from graph_schema.historian.ami import MeterInfo, Rejection, parse_intervals
+from graph_schema.historian.ami import Interval, MeterInfo, Rejection, parse_intervals
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,32 @@ class IngestResult:
     rejected: list[Rejection] = field(default_factory=list)
     duplicate: bool = False
     parts: list[str] = field(default_factory=list)
+    # feeder id -> (end of its newest interval in the file, load id -> average MW over it)
+    latest: dict[str, tuple[datetime, dict[str, float]]] = field(default_factory=dict)
+
+
+def latest_load_mw(intervals: Sequence[Interval], meters: dict[str, MeterInfo]
+                   ) -> dict[str, tuple[datetime, dict[str, float]]]:
+    """Per feeder, the newest interval's average load per load id in MW: the mean energy of the
+    meters that reported it, times the load's meter count, over the interval's length."""
+    newest: dict[str, datetime] = {}
+    for iv in intervals:
+        if iv.kwh is not None and iv.end > iv.start and iv.end > newest.get(iv.feeder_id, iv.start):
+            newest[iv.feeder_id] = iv.end
+    sums: dict[tuple[str, str], list[float]] = {}
+    for iv in intervals:
+        if iv.kwh is None or newest.get(iv.feeder_id) != iv.end:
+            continue
+        hours = (iv.end - iv.start).total_seconds() / 3600.0
+        sums.setdefault((iv.feeder_id, iv.load_id), []).append(iv.kwh / hours)  # kW
+    meters_of: dict[tuple[str, str], int] = {}
+    for m in meters.values():
+        meters_of[(m.feeder_id, m.load_id)] = m.of
+    out: dict[str, tuple[datetime, dict[str, float]]] = {}
+    for (fid, load), kw in sorted(sums.items()):
+        n = meters_of.get((fid, load), len(kw))
+        out.setdefault(fid, (newest[fid], {}))[1][load] = sum(kw) / len(kw) * n / 1000.0
+    return out
 
 
 def ami_dirs(data_dir: str | Path) -> tuple[Path, Path, Path]:
@@ -89,6 +123,7 @@ def ingest_file(path: Path, root: str, meters: dict[str, MeterInfo], done_dir: P
         for fid, rows in sorted(by_feeder.items()):
             result.parts += write_named_parts(root, fid, rows, f"ami-{digest}")
         result.rows_kept = sum(1 for iv in good if iv.kwh is not None)
+        result.latest = latest_load_mw(good, meters)
         with ledger.open("a") as fh:
             fh.write(f"{digest} {path.name}\n")
     os.replace(path, done_dir / path.name)
@@ -135,8 +170,13 @@ class AmiIngester:
     """Polls ``<data_dir>/ami/inbox`` and writes what arrives into the historian."""
 
     def __init__(self, data_dir: str | Path, root: str, meters: Callable[[], Any], *, poll_s: float = 30.0,
-                 tz: str = "UTC") -> None:
+                 tz: str = "UTC",
+                 push_loads: Callable[[str, dict[str, float]], Awaitable[Any]] | None = None,
+                 ami_max_age_s: float = 1800.0) -> None:
         self.data_dir = Path(data_dir)
+        self._push_loads = push_loads  # (feeder id, load id -> MW): the estimator's AMI pseudo-measurements
+        self.ami_max_age_s = ami_max_age_s
+        self.pushed = 0
         self.tz = tz
         self.root = root
         self._meters = meters  # async () -> dict[str, MeterInfo] (the feeders' models may change)
@@ -154,7 +194,29 @@ class AmiIngester:
         meters = await self._meters()
         results = await asyncio.to_thread(ingest_inbox, self.data_dir, self.root, meters)
         self.files += len(results)
+        await self._push(results)
         return results
+
+    async def _push(self, results: Sequence[IngestResult]) -> None:
+        """The newest fresh interval of each feeder to its estimator (a feeder that cannot take it,
+        e.g. its actor is restarting, gets the next file's)."""
+        if self._push_loads is None:
+            return
+        newest: dict[str, tuple[datetime, dict[str, float]]] = {}
+        for r in results:
+            for fid, (end, loads) in r.latest.items():
+                if fid not in newest or end > newest[fid][0]:
+                    newest[fid] = (end, loads)
+        now = datetime.now(UTC)
+        for fid, (end, loads) in sorted(newest.items()):
+            if (now - end).total_seconds() > self.ami_max_age_s:
+                continue
+            try:
+                await self._push_loads(fid, loads)
+                self.pushed += 1
+            except Exception as exc:
+                log.warning("ami: the interval ending %s not given to feeder %s's estimator: %s", end.isoformat(),
+                            fid, exc)
 
     async def _run(self) -> None:
         while True:
@@ -206,6 +268,11 @@ def start_ami_ingest(settings: Any, grid: Any) -> AmiIngester:
         models = [await grid.model(f.id) for f in await grid.list_feeders()]
         return meter_map(models)
 
-    ing = AmiIngester(settings.data_dir, settings.historian_root, meters, tz=settings.timezone)
+    async def push_loads(feeder_id: str, loads: dict[str, float]) -> None:
+        if feeder_id in grid.fleet.feeder_ids:
+            await grid.fleet.call_app(feeder_id, "estimation", "set_pseudo_loads", loads, None, "AMI")
+
+    ing = AmiIngester(settings.data_dir, settings.historian_root, meters, tz=settings.timezone,
+                      push_loads=push_loads)
     ing.start()
     return ing

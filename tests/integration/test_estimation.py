@@ -100,6 +100,37 @@ async def _no_bad_data_alarm(runtime, pid: str) -> bool:
     return not any(a.key[1] == pid and a.key[2] == "BAD_DATA" for a in await runtime.fleet.call("case33bw", "alarms"))
 
 
+async def test_fresh_meter_intervals_become_the_estimators_pseudo_measurements(gql, sparse_field, runtime, settings):
+    """A 15-minute AMI file that just arrived in the drop folder: the ingester writes it to the
+    historian and hands each load's average to the feeder's estimator (source AMI)."""
+    from datetime import UTC, datetime, timedelta
+
+    from graph_schema.importers import case33bw
+    from protocols.ami_sim import AmiRecorder, floor_interval
+    from server.ami_ingest import ami_dirs
+
+    feeder = case33bw()
+    truth = sparse_field.truth("case33bw").load_p_mw
+    rec = AmiRecorder(ami_dirs(settings.data_dir)[0], [feeder], seed=3, noise=0.0)
+    end = floor_interval(datetime.now(UTC))
+    on = {ld.id: True for ld in feeder.loads}
+    for t in (end - timedelta(minutes=29), end - timedelta(minutes=15), end):  # a partial interval, then a whole one
+        rec.observe("case33bw", t, truth, on)
+    assert rec.files_written == 1
+    ingester = runtime.extras["ami_ingest"]
+    pushed = ingester.pushed
+    results = await ingester.run_once()
+    assert any(r.latest.get("case33bw") for r in results) and ingester.pushed == pushed + 1
+
+    async def from_ami():
+        se = (await gql(SE_Q, {"id": "case33bw"}))["data"]["stateEstimation"]
+        counts = {p["source"]: p["count"] for p in se["pseudoSources"]}
+        return counts if counts.get("AMI", 0) >= len(feeder.loads) else None  # P and Q of every load
+
+    counts = await wait_for(from_ami, within_s=60, step=0.5)
+    assert "PROFILE" not in counts, counts
+
+
 async def test_state_estimation_of_an_unknown_feeder_is_not_found(gql):
     r = await gql(SE_Q, {"id": "no-such-feeder"})
     assert r["errors"][0]["extensions"]["code"] == "NOT_FOUND"

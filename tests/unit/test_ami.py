@@ -183,3 +183,22 @@ async def test_ingester_task_ingests_and_backfills_an_empty_historian_then_stops
 
 def _parts(root: str) -> int:
     return len(list(Path(root).rglob("backfill.parquet")))
+
+
+def test_latest_load_mw_averages_the_newest_interval_and_counts_a_late_meter_at_its_loads_mean() -> None:
+    from graph_schema.historian.ami import Interval, MeterInfo
+    from server.ami_ingest import latest_load_mw
+
+    t0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
+    q = timedelta(minutes=15)
+    meters = {f"f1/load{j}/m{k}": MeterInfo(f"f1/load{j}/m{k}", "f1", f"load{j}", k, 2, 10)
+              for j in (1, 2) for k in (0, 1)}
+    ivs = [Interval(1, "f1/load1/m0", "load1", "f1", t0, t0 + q, 1.0, frozenset()),  # older: ignored
+           Interval(2, "f1/load1/m0", "load1", "f1", t0 + q, t0 + 2 * q, 2.0, frozenset()),
+           Interval(3, "f1/load1/m1", "load1", "f1", t0 + q, t0 + 2 * q, 4.0, frozenset()),
+           Interval(4, "f1/load2/m0", "load2", "f1", t0 + q, t0 + 2 * q, 1.5, frozenset()),  # m1 is late
+           Interval(5, "f1/load2/m1", "load2", "f1", t0 + q, t0 + 2 * q, None, frozenset({"LG"}))]
+    end, loads = latest_load_mw(ivs, meters)["f1"]
+    assert end == t0 + 2 * q
+    assert loads["load1"] == pytest.approx((2.0 + 4.0) * 4 / 1000)  # kWh per quarter hour -> MW
+    assert loads["load2"] == pytest.approx(1.5 * 4 * 2 / 1000)  # the late meter counted at the load's mean
