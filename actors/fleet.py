@@ -512,7 +512,14 @@ class Fleet:
 
     async def _replaced(self, feeder_id: str, dead: Any, reason: str) -> Any:
         sup = await self._supervisor()
-        handle, restarts = await sup.report_dead.remote(feeder_id, _actor_id(dead), reason)
+        ref = sup.report_dead.remote(feeder_id, _actor_id(dead), reason)
+        try:  # bounded like every other call: a request never waits on the supervisor forever
+            handle, restarts = await asyncio.wait_for(ref, timeout=self._call_timeout_s * 2)
+        except TimeoutError:
+            ray.cancel(ref)
+            raise ActorUnavailable(f"feeder {feeder_id!r} actor died and the fleet supervisor did not recreate it "
+                                   f"within {self._call_timeout_s * 2:.0f} s; retry shortly",
+                                   element_id=feeder_id) from None
         self._handles[feeder_id] = handle
         self._restarts[feeder_id] = restarts
         return handle
