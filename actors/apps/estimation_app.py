@@ -74,6 +74,7 @@ class EstimationApp:
         self.excluded_quality = 0
         self._pseudo: tuple[MeasSource, float, dict[str, float], dict[str, float]] | None = None
         self._alarmed: dict[str, str] = {}  # alarm element -> alarm kind (active ones we raised)
+        self._one_at_a_time = asyncio.Lock()
 
     @classmethod
     def from_options(cls, opts: Any) -> EstimationApp:
@@ -173,7 +174,13 @@ class EstimationApp:
         return out
 
     async def estimate_now(self) -> dict[str, Any]:
-        """Estimate now from the live values (also what the debounced task runs)."""
+        """Estimate now from the live values (also what the debounced task runs). One estimate at a
+        time: the estimator (its network and cached structures) is not safe to use from two threads,
+        and an API call could otherwise meet the debounced run (seen as sporadic failed estimates)."""
+        async with self._one_at_a_time:
+            return await self._estimate_now()
+
+    async def _estimate_now(self) -> dict[str, Any]:
         ports, est = self._ports, self._estimator
         if ports is None or est is None:
             raise DmsError("state estimation is still starting on this feeder; retry shortly",
