@@ -22,8 +22,6 @@ loading error in percentage points. Medians of ``--repeats`` runs; prints the ma
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -43,17 +41,9 @@ from protocols.pointmap import sparse_metering
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{platform.node()} | {cpu} | {os.cpu_count()} cores | {mem_gib:.1f} GiB | "
-            f"Python {platform.python_version()} | pandapower {pp.__version__}")
+    from bench.machine import describe
+
+    return describe(f"pandapower {pp.__version__}")
 
 
 NETWORKS: dict[str, Callable[[], Feeder]] = {"case33bw": case33bw, "cigre-mv": cigre_mv,

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,21 +37,11 @@ from graph_schema.store import GraphStore
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     import ray
 
-    return (
-        f"{platform.node()} | {cpu} | {os.cpu_count()} cores | {mem_gib:.1f} GiB | "
-        f"Python {platform.python_version()} | pandapower {pp.__version__} | ray {ray.__version__}"
-    )
+    from bench.machine import describe
+
+    return describe(f"pandapower {pp.__version__}", f"ray {ray.__version__}")
 
 
 NETWORKS = {

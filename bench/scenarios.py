@@ -23,7 +23,6 @@ import argparse
 import copy
 import importlib.util
 import os
-import platform
 import statistics
 import sys
 import time
@@ -50,21 +49,9 @@ FEEDERS: dict[str, Callable[[], Feeder]] = {
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{platform.node()} | {cpu} | {os.cpu_count()} cores ({usable} usable) | {mem_gib:.1f} GiB | "
-        f"Python {platform.python_version()} | pandapower {pp.__version__} | numpy {np.__version__} | "
-        f"scipy {scipy.__version__}"
-    )
+    from bench.machine import describe
+
+    return describe(f"pandapower {pp.__version__}", f"numpy {np.__version__}", f"scipy {scipy.__version__}")
 
 
 def gpu_line() -> str:
