@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -64,6 +63,7 @@ from graph_schema.model import (
     SwitchKind,
     Transformer,
 )
+from graph_schema.quiet import quiet_warnings
 from graph_schema.validate import ensure_valid
 
 DEFAULT_CUSTOMERS_PER_MW = 1000.0 / 3.0  # 3 kW average residential demand per customer
@@ -142,8 +142,7 @@ def _quietly(build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     absent, ``tap_dependency_table`` missing): warnings about pandapower's own files that a user
     cannot act on, and errors under the test suite's warnings-as-errors.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_warnings():
         return build(*args, **kwargs)
 
 

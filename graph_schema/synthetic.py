@@ -15,6 +15,7 @@ import numpy as np
 
 from graph_schema.importers import from_pandapower
 from graph_schema.model import Feeder, Limits
+from graph_schema.quiet import quiet_warnings
 
 # NA2XS2Y 1x240 RM/25 12/20 kV cable, pandapower's standard type.
 _R_OHM_PER_KM, _X_OHM_PER_KM, _C_NF_PER_KM, _MAX_I_KA = 0.122, 0.112, 304.0, 0.421
@@ -33,15 +34,13 @@ def synthetic_mv_feeder(
     feeder_id: str | None = None,
 ) -> Feeder:
     """A validated :class:`Feeder` with ``n_buses`` buses (one 110 kV, the rest 20 kV)."""
-    import warnings
 
     import pandapower as pp
 
     if n_buses < 2 + feeders:
         raise ValueError(f"n_buses={n_buses}: need at least feeders + 2 = {feeders + 2}")
     rng = np.random.default_rng(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_warnings():
         net = pp.create_empty_network(name=f"synthetic-{n_buses}", sn_mva=1.0)
         hv = pp.create_bus(net, vn_kv=110.0, name="HV")
         pp.create_ext_grid(net, hv, vm_pu=1.0, s_sc_max_mva=3000.0, rx_max=0.1)

@@ -65,7 +65,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -77,6 +76,7 @@ from scipy.sparse.linalg import splu
 from actors.cores.powerflow import NOISE_I_KA, PowerFlowModel, PowerFlowResult
 from graph_schema.errors import BadInput
 from graph_schema.model import Feeder
+from graph_schema.quiet import quiet_warnings
 
 Engine = Literal["batched", "pandapower-fallback"]
 
@@ -580,8 +580,7 @@ class BatchedPowerFlow:
         elif not r.converged:
             compiled = f"the zero-load power flow of this topology failed: {r.reason}"
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_warnings():
                 compiled = _compile(self.model._net, len(self.load_ids), len(self.der_ids))
         while len(self._networks) >= self.max_topologies:
             self._networks.pop(next(iter(self._networks)))

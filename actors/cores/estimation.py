@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -61,6 +60,7 @@ from actors.cores.powerflow import (
 )
 from graph_schema.errors import NotFound
 from graph_schema.model import Feeder, Limits
+from graph_schema.quiet import quiet_warnings
 
 MeasQuantity = Literal["VM_PU", "P_MW", "Q_MVAR", "I_KA"]
 
@@ -380,8 +380,7 @@ class StateEstimator:
 
         net.measurement = table.reset_index(drop=True)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_warnings():
                 net, ppc, eppci = pp2eppci(net, v_start="results", delta_start="results",
                                            calculate_voltage_angles=True, zero_injection=None)
                 sem = BaseAlgebra(eppci)
@@ -647,8 +646,7 @@ class StateEstimator:
         from pandapower.estimation.results import eppci2pp
 
         net = self._pf._net
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_warnings():
             eppci2pp(net, run.ppc, run.eppci)
         rb = net.res_bus_est
         vm = rb["vm_pu"].to_numpy(dtype=float).copy()

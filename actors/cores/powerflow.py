@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -39,6 +38,7 @@ from pandapower.auxiliary import LoadflowNotConverged
 
 from graph_schema.errors import NotFound
 from graph_schema.model import ElementType, Feeder, Limits
+from graph_schema.quiet import quiet_warnings
 from graph_schema.validate import ensure_valid
 
 T = TypeVar("T")
@@ -436,8 +436,7 @@ class PowerFlowModel:
         if not cols[("ext_grid", "in_service")].any():
             return self._dead_result(t0, "no source is in service: every bus is de-energized")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with quiet_warnings():
                 pp.runpp(net, numba=False, init=init)
         except LoadflowNotConverged:
             return self._failed(
