@@ -106,6 +106,14 @@ def _check(
     return ok, why
 
 
+def check_request(load_level: float, power_factor: float) -> None:
+    """BadInput unless the load level and power factor are usable."""
+    if not (math.isfinite(load_level) and load_level >= 0):
+        raise BadInput(f"loadLevel={load_level}: give a load multiplier >= 0 (0.3 ~ minimum load, 1.0 = as is)")
+    if not (math.isfinite(power_factor) and 0 < power_factor <= 1):
+        raise BadInput(f"powerFactor={power_factor}: give a power factor in (0, 1] (1.0 = unity)")
+
+
 def hosting_capacity(
     feeder: Feeder,
     *,
@@ -117,10 +125,7 @@ def hosting_capacity(
     progress: Progress = NO_PROGRESS,
 ) -> HostingCapacity:
     """Hosting capacity of each candidate bus (default: every energized bus without a source)."""
-    if not (math.isfinite(load_level) and load_level >= 0):
-        raise BadInput(f"loadLevel={load_level}: give a load multiplier >= 0 (0.3 ~ minimum load, 1.0 = as is)")
-    if not (math.isfinite(power_factor) and 0 < power_factor <= 1):
-        raise BadInput(f"powerFactor={power_factor}: give a power factor in (0, 1] (1.0 = unity)")
+    check_request(load_level, power_factor)
     if not (tolerance_mw > 0):
         raise BadInput(f"tolerance_mw={tolerance_mw}: give a positive tolerance")
     topo = process_topology(feeder)

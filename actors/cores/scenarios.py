@@ -58,18 +58,9 @@ class ScenarioAnalysis:
     fallbacks: int  # draws the batched engine handed to pandapower
 
 
-def run_scenarios(
-    feeder: Feeder,
-    *,
-    years: int = 5,
-    load_growth_percent: float = 2.0,
-    der_growth_percent: float = 10.0,
-    samples: int = 200,
-    load_sigma: float = 0.1,
-    der_sigma: float = 0.5,
-    seed: int = 0,
-    progress: Progress = NO_PROGRESS,
-) -> ScenarioAnalysis:
+def check_request(*, years: int = 5, load_growth_percent: float = 2.0, der_growth_percent: float = 10.0,
+                  samples: int = 200, load_sigma: float = 0.1, der_sigma: float = 0.5, seed: int = 0) -> None:
+    """BadInput unless the request is usable and within MAX_SCENARIOS."""
     for name, v in (("loadGrowthPercent", load_growth_percent), ("derGrowthPercent", der_growth_percent)):
         if not math.isfinite(v) or v <= -100:
             raise BadInput(f"{name}={v}: give a yearly growth in percent above -100")
@@ -84,6 +75,23 @@ def run_scenarios(
     if total > MAX_SCENARIOS:
         raise too_large("scenario analysis", total, "MAX_SCENARIOS", MAX_SCENARIOS,
                         "give fewer samples or fewer years ((years + 1) x samples power flows)")
+
+
+def run_scenarios(
+    feeder: Feeder,
+    *,
+    years: int = 5,
+    load_growth_percent: float = 2.0,
+    der_growth_percent: float = 10.0,
+    samples: int = 200,
+    load_sigma: float = 0.1,
+    der_sigma: float = 0.5,
+    seed: int = 0,
+    progress: Progress = NO_PROGRESS,
+) -> ScenarioAnalysis:
+    check_request(years=years, load_growth_percent=load_growth_percent, der_growth_percent=der_growth_percent,
+                  samples=samples, load_sigma=load_sigma, der_sigma=der_sigma)
+    total = (years + 1) * samples
     engine = BatchedPowerFlow(feeder)
     rng = np.random.default_rng(seed)
     lp0, lq0 = engine._load_p, engine._load_q

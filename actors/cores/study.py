@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from actors.cores.powerflow import PowerFlowModel, PowerFlowResult
+from actors.cores.powerflow import PowerFlowModel, PowerFlowResult, Violation
 from actors.cores.topology import process_topology
 from graph_schema.errors import BadInput, NotFound
 from graph_schema.model import Capacitor, Der, DerKind, Feeder, Load
@@ -74,7 +74,7 @@ class StudyResult:
     max_vm_pu: float | None
     max_vm_bus_id: str | None
     max_line_loading_percent: float | None
-    violations: tuple[str, ...]  # "KIND element (value vs limit, band)"
+    violations: tuple[Violation, ...]
     customers_out: int
 
 
@@ -87,7 +87,7 @@ class StudyDiff:
     max_vm_pu: float | None
     max_line_loading_percent: float | None
     customers_out: int
-    violations_added: tuple[str, ...]
+    violations_added: tuple[str, ...]  # "KIND element" in the result, not in the base
     violations_removed: tuple[str, ...]
 
 
@@ -240,10 +240,6 @@ def apply_changes(base: Feeder, changes: Sequence[StudyChange]) -> Feeder:
     return f
 
 
-def _violation_text(v: object) -> str:
-    return f"{v.kind} {v.element_id} ({v.value:.4g} vs {v.limit:.4g}, {v.band})"  # type: ignore[attr-defined]
-
-
 def solve(feeder: Feeder) -> StudyResult:
     """The feeder at its recorded state, solved (never raises for a solver failure)."""
     r: PowerFlowResult = PowerFlowModel(feeder).solve()
@@ -251,7 +247,7 @@ def solve(feeder: Feeder) -> StudyResult:
     out = sum(ld.customers for ld in feeder.loads if ld.bus_id in topo.deenergized_bus_ids)
     return StudyResult(
         r.converged, r.reason, r.losses_mw, r.min_vm_pu, r.min_vm_bus_id, r.max_vm_pu, r.max_vm_bus_id,
-        r.max_line_loading_percent, tuple(_violation_text(v) for v in r.violations), out,
+        r.max_line_loading_percent, tuple(r.violations), out,
     )
 
 
@@ -260,13 +256,13 @@ def _d(a: float | None, b: float | None) -> float | None:
 
 
 def diff(base: StudyResult, result: StudyResult) -> StudyDiff:
-    kb = {v.split(" (")[0]: v for v in base.violations}
-    kr = {v.split(" (")[0]: v for v in result.violations}
+    kb = {f"{v.kind} {v.element_id}": v for v in base.violations}
+    kr = {f"{v.kind} {v.element_id}": v for v in result.violations}
     return StudyDiff(
         _d(base.losses_mw, result.losses_mw), _d(base.min_vm_pu, result.min_vm_pu),
         _d(base.max_vm_pu, result.max_vm_pu), _d(base.max_line_loading_percent, result.max_line_loading_percent),
         result.customers_out - base.customers_out,
-        tuple(kr[k] for k in kr if k not in kb), tuple(kb[k] for k in kb if k not in kr),
+        tuple(k for k in kr if k not in kb), tuple(k for k in kb if k not in kr),
     )
 
 
