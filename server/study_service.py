@@ -210,14 +210,14 @@ class StudyService:
                  "load_p_mw": {ld.id: ld.p_mw for ld in base.loads},
                  "load_q_mvar": {ld.id: ld.q_mvar for ld in base.loads}}
         rec: dict[str, Any] = {
-            "id": uuid.uuid4().hex, "feeder_id": feeder_id, "owner": owner,
+            "id": uuid.uuid4().hex, "owner": owner,
             "at": at.isoformat() if at is not None else None, "created_at": self._now().isoformat(),
             "changes_json": json.dumps([_jsonable(c) for c in changes]),
             "base_json": json.dumps(_jsonable(outcome.base)), "result_json": json.dumps(_jsonable(outcome.result)),
             "diff_json": json.dumps(_jsonable(outcome.diff)), "state_json": json.dumps(state),
         }
         seq = await self.store.append_record(STUDY, rec, feeder_id=feeder_id)
-        return StudyRecord.of({**rec, "seq": seq})
+        return StudyRecord.of({**rec, "seq": seq, "feeder_id": feeder_id})
 
     async def get(self, study_id: str) -> StudyRecord | None:
         rows = await self.store.list_records(STUDY, where={"id": study_id, "deleted": None}, limit=1)
@@ -264,11 +264,11 @@ class StudyService:
         else:
             feeder = await self.live_base(feeder_id)
         _check(kind, feeder, params)
-        rec: dict[str, Any] = {"id": uuid.uuid4().hex, "kind": kind, "feeder_id": feeder_id, "study_id": study_id,
+        rec: dict[str, Any] = {"id": uuid.uuid4().hex, "kind": kind, "study_id": study_id,
                                "status": "QUEUED", "percent": 0.0, "created_by": by,
                                "created_at": self._now().isoformat(), "params_json": json.dumps(params)}
         seq = await self.store.append_record(JOB, rec, feeder_id=feeder_id)
-        job = JobRecord.of({**rec, "seq": seq})
+        job = JobRecord.of({**rec, "seq": seq, "feeder_id": feeder_id})
         from actors import analysis_jobs
 
         ref, tracker = analysis_jobs.submit(kind, feeder, params, job.id)

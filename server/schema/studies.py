@@ -246,7 +246,7 @@ AnalysisResult = Annotated[
 
 def _pick(cls: type, d: dict[str, Any], **over: Any) -> Any:
     names = {f.python_name for f in cls.__strawberry_definition__.fields}  # type: ignore[attr-defined]
-    return cls(**{k: v for k, v in d.items() if k in names}, **over)
+    return cls(**{**{k: v for k, v in d.items() if k in names}, **over})
 
 
 def result_type(kind: str, d: dict[str, Any]) -> Any:
