@@ -266,7 +266,8 @@ class StudyService:
         _check(kind, feeder, params)
         rec: dict[str, Any] = {"id": uuid.uuid4().hex, "kind": kind, "study_id": study_id,
                                "status": "QUEUED", "percent": 0.0, "created_by": by,
-                               "created_at": self._now().isoformat(), "params_json": json.dumps(params)}
+                               "created_at": self._now().isoformat(), "params_json": json.dumps(params),
+                               "switch_key": switch_key(feeder)}
         seq = await self.store.append_record(JOB, rec, feeder_id=feeder_id)
         job = JobRecord.of({**rec, "seq": seq, "feeder_id": feeder_id})
         from actors import analysis_jobs
@@ -336,11 +337,21 @@ class StudyService:
         analysis_jobs.cancel(running[0], running[1], job_id)
         return job
 
-    async def latest_done(self, feeder_id: str, kind: str) -> JobRecord | None:
-        rows = await self.store.list_records(JOB, feeder_id=feeder_id, where={"kind": kind, "status": "DONE",
-                                                                               "study_id": None},
-                                             limit=1, newest_first=True)
-        return JobRecord.of(rows[0]) if rows else None
+    async def latest_done(self, feeder_id: str, kind: str, *, switch_key: str | None = None,
+                          max_age_s: float | None = None) -> JobRecord | None:
+        """The newest DONE job of ``kind`` on the live feeder (not a study); with ``switch_key``, one
+        started at those switch positions; with ``max_age_s``, one finished that recently."""
+        where: dict[str, object] = {"kind": kind, "status": "DONE", "study_id": None}
+        if switch_key is not None:
+            where["switch_key"] = switch_key
+        rows = await self.store.list_records(JOB, feeder_id=feeder_id, where=where, limit=1, newest_first=True)
+        if not rows:
+            return None
+        job = JobRecord.of(rows[0])
+        if max_age_s is not None and (job.finished_at is None
+                                      or (self._now() - job.finished_at).total_seconds() > max_age_s):
+            return None
+        return job
 
     async def wait(self) -> None:
         while self._tasks:
@@ -354,6 +365,14 @@ class StudyService:
                 analysis_jobs.cancel(ref, tracker, job_id)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.wait(), timeout=10)
+
+
+def switch_key(feeder: Feeder) -> str:
+    """A short digest of the feeder's switch positions (which configuration an analysis ran on)."""
+    import hashlib
+
+    text = ",".join(f"{s.id}={int(s.is_open)}" for s in sorted(feeder.switches, key=lambda s: s.id))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 async def _await_ref(ref: Any) -> Any:

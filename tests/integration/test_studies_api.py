@@ -171,17 +171,20 @@ async def test_hosting_capacity_job(gql, grid_field) -> None:
     assert codes(bad) == ["BAD_INPUT"] and "powerFactor" in bad["errors"][0]["message"]
 
 
-async def test_reconfiguration_job_progress_cancel_and_recommendations(gql, mint, server, grid_field) -> None:
+async def test_cancelled_job_ends_cancelled(gql, mint, grid_field) -> None:
     token = mint("PLANNER", sub="pia")
-    # A job cancelled while it runs ends CANCELLED (never FAILED), and nothing reached the field.
-    commands_before = sum(grid_field.commands_received.values())
     r = await gql('mutation { optimalReconfiguration(feederId: "case33bw") { id status } }', token=token)
     cancelled_id = r["data"]["optimalReconfiguration"]["id"]
     await asyncio.sleep(1.0)
     r = await gql("mutation C($id: ID!) { cancelJob(id: $id) { id status } }", {"id": cancelled_id}, token=token)
     assert "errors" not in r, r
-    assert (await wait_job(gql, cancelled_id))["status"] == "CANCELLED"
+    job = await wait_job(gql, cancelled_id)
+    assert job["status"] == "CANCELLED" and job["result"] is None  # never FAILED, nothing half-written
 
+
+async def test_reconfiguration_job_progress_and_recommendations(gql, mint, server, grid_field) -> None:
+    token = mint("PLANNER", sub="pia")
+    commands_before = sum(grid_field.commands_received.values())
     # A full run, followed over the jobProgress subscription until it is DONE.
     r = await gql('mutation { optimalReconfiguration(feederId: "case33bw") { id status } }', token=token)
     job_id = r["data"]["optimalReconfiguration"]["id"]
@@ -220,5 +223,6 @@ async def test_reconfiguration_job_progress_cancel_and_recommendations(gql, mint
     assert "errors" not in r, r
     items = r["data"]["recommendations"]
     assert items and items[0]["rank"] == 1 and items[0]["plan"]
-    assert "losses" in items[0]["predictedEffect"] and "optimalReconfiguration" in items[0]["analysis"]
+    assert "losses" in items[0]["predictedEffect"]
+    assert items[0]["analysis"].startswith(f"optimalReconfiguration job {job_id}")  # the job's answer, reused
     assert sum(grid_field.commands_received.values()) == commands_before
