@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 from datetime import datetime
-from enum import Enum
 from typing import Annotated, Any
 
 import strawberry
@@ -21,28 +20,17 @@ from strawberry.types import Info
 
 from actors.cores.study import ChangeKind, StudyChange
 from security.roles import Permission, authorize, feeder_in_scope, requires
-from server.schema.enums import LimitBand, ViolationKind
+from server.schema.enums import (
+    ControlAction,
+    JobKind,
+    JobStatus,
+    LimitBand,
+    ScenarioRiskKind,
+    StudyChangeKind,
+    ViolationKind,
+)
 from server.schema.feeder import Violation
 from server.study_service import TERMINAL, JobRecord, StudyRecord, studies_of
-
-StudyChangeKind = strawberry.enum(ChangeKind, name="StudyChangeKind")
-
-
-@strawberry.enum
-class JobStatus(Enum):
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    DONE = "DONE"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-
-@strawberry.enum
-class JobKind(Enum):
-    RECONFIGURATION = "RECONFIGURATION"
-    HOSTING_CAPACITY = "HOSTING_CAPACITY"
-    CONTINGENCY = "CONTINGENCY"
-    SCENARIOS = "SCENARIOS"
 
 
 @strawberry.input
@@ -143,7 +131,7 @@ def study_type(s: StudyRecord) -> Study:
 class SwitchingStep:
     order: int
     device_id: strawberry.ID
-    action: str = strawberry.field(description="OPEN or CLOSE (a ControlAction)")
+    action: ControlAction = strawberry.field(description="OPEN or CLOSE")  # type: ignore[valid-type]
     losses_mw: float | None = strawberry.field(description="After the close/open pair this step completes")
     min_vm_pu: float | None
 
@@ -212,7 +200,7 @@ class ContingencyResult:
 
 @strawberry.type
 class ViolationProbability:
-    kind: str
+    kind: ScenarioRiskKind
     element_id: strawberry.ID | None
     probability: float
 
@@ -251,14 +239,15 @@ def _pick(cls: type, d: dict[str, Any], **over: Any) -> Any:
 
 def result_type(kind: str, d: dict[str, Any]) -> Any:
     if kind == "RECONFIGURATION":
-        return _pick(ReconfigurationResult, d, steps=[_pick(SwitchingStep, s) for s in d["steps"]],
-                     power_flows=d["evaluations"])
+        steps = [_pick(SwitchingStep, s, action=ControlAction(s["action"])) for s in d["steps"]]
+        return _pick(ReconfigurationResult, d, steps=steps, power_flows=d["evaluations"])
     if kind == "HOSTING_CAPACITY":
         return _pick(HostingCapacityResult, d, buses=[_pick(BusHostingCapacity, b) for b in d["buses"]])
     if kind == "CONTINGENCY":
         return _pick(ContingencyResult, d, cases=[_pick(ContingencyCase, c) for c in d["cases"]])
     return _pick(ScenarioResult, d, years=[
-        _pick(YearOutlook, y, violations=[_pick(ViolationProbability, v) for v in y["violations"]])
+        _pick(YearOutlook, y, violations=[_pick(ViolationProbability, v, kind=ScenarioRiskKind(v["kind"]))
+                                          for v in y["violations"]])
         for y in d["years"]])
 
 
@@ -290,7 +279,7 @@ def job_type(j: JobRecord) -> Job:
 @strawberry.type
 class PlanStepType:
     device_id: strawberry.ID
-    action: str = strawberry.field(description="OPEN or CLOSE (a ControlAction), in order")
+    action: ControlAction = strawberry.field(description="OPEN or CLOSE, in order")  # type: ignore[valid-type]
 
 
 @strawberry.type
@@ -370,7 +359,8 @@ class StudyQuery:
 
         items = await recommendations(_svc(info), str(feeder_id))
         return [Recommendation(rank=i + 1, title=r.title, predicted_effect=r.predicted_effect, analysis=r.analysis,
-                               plan=[PlanStepType(device_id=strawberry.ID(d), action=a) for d, a in r.plan])
+                               plan=[PlanStepType(device_id=strawberry.ID(d), action=ControlAction(a))
+                                     for d, a in r.plan])
                 for i, r in enumerate(items)]
 
 
@@ -379,7 +369,7 @@ class StudyMutation:
     @strawberry.mutation(permission_classes=[requires(Permission.WHAT_IF, feeder_arg="feeder_id")])
     async def create_study(self, info: Info, feeder_id: strawberry.ID, changes: list[StudyChangeInput],
                            at: datetime | None = None) -> Study:
-        chg = [StudyChange(kind=ChangeKind(c.kind.value if isinstance(c.kind, Enum) else c.kind),
+        chg = [StudyChange(kind=ChangeKind(c.kind),
                            element_id=None if c.element_id is None else str(c.element_id),
                            bus_id=None if c.bus_id is None else str(c.bus_id), p_mw=c.p_mw, q_mvar=c.q_mvar,
                            is_open=c.is_open, scale=c.scale) for c in changes]
