@@ -140,7 +140,9 @@ class StudyService:
         (graph store) with each switch at its last STATUS and each load at its last P/Q measurement
         in the hour before ``at``; unmeasured loads keep their model values, scaled so that the total
         load matches the feeder's last solve before ``at`` (source power minus losses) when there
-        is one."""
+        is one. A switch without a STATUS sample in that hour keeps the position the graph store
+        records now (the store keeps current positions only). NOT_FOUND when the historian has
+        nothing of the feeder in that hour."""
         if at.tzinfo is None:
             raise BadInput("at needs a UTC offset (e.g. 2024-01-01T12:00:00+00:00)")
         if at > self._now():
@@ -182,10 +184,10 @@ class StudyService:
                 lp[element] = float(vals[-1])
             else:
                 lq[element] = float(vals[-1])
-        if not states and not lp:
-            raise NotFound(f"the historian has no switch or load values of feeder {model.id!r} in the hour before "
-                           f"{at.isoformat()}; choose a time the historian covers", element_id=model.id)
         solves = reader.feeder_history(model.id, start, at, None)
+        if not states and not lp and not solves:
+            raise NotFound(f"the historian has no values of feeder {model.id!r} in the hour before "
+                           f"{at.isoformat()}; choose a time the historian covers", element_id=model.id)
         scale = 1.0
         if solves and solves[-1].p_source_mw is not None and solves[-1].losses_mw is not None:
             total = solves[-1].p_source_mw - solves[-1].losses_mw
