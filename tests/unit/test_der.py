@@ -148,7 +148,7 @@ def test_a_setpoint_beyond_the_rating_is_refused_naming_the_limit(control: DerCo
 
 def test_storage_set_point_within_rating() -> None:
     validate_control(rating(BAT), DerControl(storage_p_mw=-0.5))
-    with pytest.raises(BadInput, match="p_max_mw=0.5"):
+    with pytest.raises(BadInput, match=r"p_max_mw=0\.5"):
         validate_control(rating(BAT), DerControl(storage_p_mw=0.6))
 
 
