@@ -350,20 +350,27 @@ class CurtailmentInput:
 
 
 def curtailment(feeder: Feeder, state: CurtailmentInput, *, vm_max_pu: float | None = None,
-                max_loading_percent: float | None = None, margin: float = 0.05,
-                current: Mapping[str, Curtailment] | None = None) -> dict[str, Curtailment]:
+                max_loading_percent: float | None = None, margin: float = 0.05, deadband: float = 0.05,
+                current: Mapping[str, Curtailment] | None = None,
+                exempt: frozenset[str] = frozenset()) -> dict[str, Curtailment]:
     """Which DERs to limit now, and to what.
 
-    A line or transformer loaded beyond ``max_loading_percent`` with DER generation downstream of
-    the head (PV and wind export is what loads it when load is low), or a bus above ``vm_max_pu``:
-    every producing DER of the feeder is limited in proportion to how far beyond the limit the
-    worst element is (plus ``margin``). A curtailment in ``current`` stays while its reason holds
-    or while lifting it would bring it back (its element is within ``margin`` of the limit:
-    hysteresis, so limits do not hunt); it is dropped (released) when its element has margin."""
+    A line or transformer loaded beyond ``max_loading_percent`` or a bus above ``vm_max_pu`` (the
+    feeder's limits unless given): every producing (or already curtailed) PV/wind DER not in
+    ``exempt`` is limited to its rating times ``1 - excess - margin``, where ``excess`` is how far
+    beyond its limit the worst element is (loading ratio; for voltage, the rise above the limit
+    over the rise above 1 pu). Limits only tighten while a reason holds (a new limit within
+    ``deadband`` of the rating of the one in force keeps the one in force), so they do not hunt;
+    a curtailment whose element is back within ``1 - 2 x margin`` of its loading limit (0.01 pu
+    below the voltage limit) is dropped: released. Storage is never curtailed here (its schedule
+    rules it). Limitation: every producing DER of the feeder shares the curtailment; which DERs
+    actually feed the element (sensitivities) is not computed."""
     vmax = vm_max_pu if vm_max_pu is not None else feeder.limits.vm_max_pu
     lmax = max_loading_percent if max_loading_percent is not None else feeder.limits.max_loading_percent
-    producing = {d.id: state.der_p_mw.get(d.id, 0.0) for d in feeder.ders if d.in_service
-                 and d.kind is not DerKind.STORAGE and state.der_p_mw.get(d.id, 0.0) > 1e-6}
+    current = current or {}
+    ratings = {d.id: rating(d).p_max_mw for d in feeder.ders}
+    candidates = [d.id for d in feeder.ders if d.in_service and d.kind is not DerKind.STORAGE and d.id not in exempt
+                  and (state.der_p_mw.get(d.id, 0.0) > 1e-6 or d.id in current)]
     worst: tuple[float, str, str] | None = None  # (excess ratio, element, reason)
     for eid, loading in {**state.line_loading_percent, **state.trafo_loading_percent}.items():
         if loading > lmax:
@@ -372,25 +379,27 @@ def curtailment(feeder: Feeder, state: CurtailmentInput, *, vm_max_pu: float | N
                 worst = (ratio, eid, f"{eid} loaded {loading:.1f} % beyond its limit {lmax:g} %")
     for bid, vm in state.vm_pu.items():
         if vm is not None and vm > vmax:
-            # Voltage rise is roughly linear in injected P: scale by the rise over 1 pu.
             ratio = (vm - vmax) / max(vm - 1.0, 1e-3)
             if worst is None or ratio > worst[0]:
                 worst = (ratio, bid, f"{bid} at {vm:.3f} pu above its limit {vmax:g} pu")
     out: dict[str, Curtailment] = {}
-    if worst is not None and producing:
+    if worst is not None:
         ratio, eid, reason = worst
         factor = max(0.0, 1.0 - ratio - margin)
-        for did, p in producing.items():
-            prev = (current or {}).get(did)
-            limit = p * factor if prev is None else min(prev.p_limit_mw, p * factor)
-            out[did] = Curtailment(did, round(limit, 6), reason, eid)
-    for did, prev in (current or {}).items():
+        for did in candidates:
+            base = ratings[did]
+            limit = round(base * factor, 6)
+            prev = current.get(did)
+            if prev is not None and limit >= prev.p_limit_mw - deadband * base:
+                out[did] = prev
+            else:
+                out[did] = Curtailment(did, limit, reason, eid)
+    for did, prev in current.items():
         if did in out:
             continue
         el = prev.element_id
         loading = state.line_loading_percent.get(el, state.trafo_loading_percent.get(el))
         vm = state.vm_pu.get(el)
-        near = (loading is not None and loading > lmax * (1.0 - margin)) or (vm is not None and vm > vmax - margin / 5)
-        if near:
+        if (loading is not None and loading > lmax * (1.0 - 2 * margin)) or (vm is not None and vm > vmax - 0.01):
             out[did] = prev
     return out

@@ -42,6 +42,9 @@ EXPECTED: dict[Role, set[Permission]] = {
                       P.READ_ENERGY_USAGE, P.CONTROL, P.TAG, P.APPROVE_PLAN, P.WHAT_IF, P.SET_MODE, P.ACK_ALARMS,
                       P.OVERRIDE_TAG},
 }
+# DER management (#12): operators and supervisors.
+EXPECTED[Role.OPERATOR] |= {P.CONTROL_DER, P.SET_DER_MODE}
+EXPECTED[Role.SUPERVISOR] |= {P.CONTROL_DER, P.SET_DER_MODE}
 
 
 def principal(*roles: Role, feeders: set[str] | None = None) -> Principal:
