@@ -58,10 +58,22 @@ class DerMode(StrEnum):
     OFF = "OFF"  # no curtailment decisions (operators' commands still go)
 
 
+class DerCommandStatus(StrEnum):
+    CONFIRMED = "CONFIRMED"  # sent once and read back from the SunSpec registers
+    FAILED = "FAILED"  # sent; the device did not answer, refused or read back another value (code says which)
+    REFUSED = "REFUSED"  # not sent: arbitration, a tag, a selection by someone else, the store
+
+
+class DerConnectionState(StrEnum):
+    ONLINE = "ONLINE"
+    OFFLINE = "OFFLINE"  # bound, does not answer
+    UNBOUND = "UNBOUND"  # no SunSpec endpoint bound
+
+
 @dataclass(frozen=True, slots=True)
 class DerCommandResult:
     der_id: str
-    status: str  # CONFIRMED, FAILED, REFUSED
+    status: str  # DerCommandStatus
     code: str | None
     message: str
 

@@ -17,7 +17,7 @@ control events reach the existing event stream.
 from __future__ import annotations
 
 from dataclasses import replace
-from enum import Enum
+from datetime import datetime
 
 import strawberry
 from strawberry.types import Info
@@ -28,13 +28,7 @@ from actors.cores.der import DerControl, default_volt_var, default_volt_watt
 from security.audit import AuditAction
 from security.roles import Permission, requires
 from server.schema.audit import audited
-
-
-@strawberry.enum(description="DER management mode of a feeder")
-class DerMode(Enum):
-    AUTOMATIC = "AUTOMATIC"
-    ADVISORY = "ADVISORY"
-    OFF = "OFF"
+from server.schema.enums import DerCommandStatus, DerConnectionState, DerKind, DerMode
 
 
 @strawberry.type
@@ -59,13 +53,13 @@ class DerCurtailment:
 
 @strawberry.type
 class ScheduleEntry:
-    starts_at: str
+    starts_at: datetime
     p_mw: float = strawberry.field(description="+ discharges, - charges")
 
 
 @strawberry.input
 class ScheduleEntryInput:
-    starts_at: str = strawberry.field(description="ISO 8601 with a time zone")
+    starts_at: datetime = strawberry.field(description="With a time zone")
     p_mw: float
 
 
@@ -73,13 +67,14 @@ class ScheduleEntryInput:
 class DerState:
     id: strawberry.ID
     name: str
-    kind: str
+    kind: DerKind  # type: ignore[valid-type]
     bus_id: strawberry.ID
     ieee1547_category: str
     sn_mva: float
     p_max_mw: float
     q_max_mvar: float
-    connection_state: str = strawberry.field(description="ONLINE, OFFLINE (does not answer) or UNBOUND")
+    connection_state: DerConnectionState = strawberry.field(  # type: ignore[valid-type]
+        description="ONLINE, OFFLINE (does not answer) or UNBOUND")
     connected: bool | None = strawberry.field(description="Connected to the grid (SunSpec 701 ConnSt)")
     enter_service: bool | None
     p_mw: float | None
@@ -95,7 +90,7 @@ class DerState:
     soc_max_pct: float
     volt_var: list[CurvePoint] | None
     volt_watt: list[CurvePoint] | None
-    read_at: str | None
+    read_at: datetime | None
     last_error: str | None
     curtailment: DerCurtailment | None
     proposed_curtailment: DerCurtailment | None
@@ -105,7 +100,7 @@ class DerState:
 @strawberry.type
 class DerCommandResult:
     der_id: strawberry.ID
-    status: str = strawberry.field(description="CONFIRMED, FAILED (sent; reason in code) or REFUSED (not sent)")
+    status: DerCommandStatus  # type: ignore[valid-type]
     code: str | None
     message: str
 
@@ -113,7 +108,7 @@ class DerCommandResult:
 @strawberry.type
 class DerManagement:
     feeder_id: strawberry.ID
-    mode: DerMode
+    mode: DerMode  # type: ignore[valid-type]
 
 
 def _curve(points: object) -> list[CurvePoint] | None:
@@ -132,9 +127,9 @@ def _state(v: DerView) -> DerState:
     r = v.reading
     pmax = r.p_max_mw if r is not None and r.p_max_mw else v.rating.p_max_mw
     return DerState(
-        id=strawberry.ID(v.der_id), name=v.name, kind=v.kind, bus_id=strawberry.ID(v.bus_id),
+        id=strawberry.ID(v.der_id), name=v.name, kind=DerKind(v.kind), bus_id=strawberry.ID(v.bus_id),
         ieee1547_category=v.category, sn_mva=v.rating.s_mva, p_max_mw=v.rating.p_max_mw,
-        q_max_mvar=v.rating.q_max_mvar, connection_state=v.comm_state,
+        q_max_mvar=v.rating.q_max_mvar, connection_state=DerConnectionState(v.comm_state),
         connected=r.connected if r is not None else None, enter_service=r.enter_service if r is not None else None,
         p_mw=r.p_mw if r is not None else None, q_mvar=r.q_mvar if r is not None else None,
         v_pu=r.v_pu if r is not None else None,
@@ -147,14 +142,16 @@ def _state(v: DerView) -> DerState:
         soc_max_pct=v.rating.soc_max_pct,
         volt_var=_curve(r.volt_var) if r is not None else None,
         volt_watt=_curve(r.volt_watt) if r is not None else None,
-        read_at=v.read_at, last_error=v.last_error, curtailment=_curt(v.curtailment),
+        read_at=datetime.fromisoformat(v.read_at) if v.read_at else None, last_error=v.last_error,
+        curtailment=_curt(v.curtailment),
         proposed_curtailment=_curt(v.proposed_curtailment),
-        schedule=[ScheduleEntry(starts_at=t, p_mw=p) for t, p in v.schedule],
+        schedule=[ScheduleEntry(starts_at=datetime.fromisoformat(t), p_mw=p) for t, p in v.schedule],
     )
 
 
 def _result(r: DerCommandRecord) -> DerCommandResult:
-    return DerCommandResult(der_id=strawberry.ID(r.der_id), status=r.status, code=r.code, message=r.message)
+    return DerCommandResult(der_id=strawberry.ID(r.der_id), status=DerCommandStatus(r.status), code=r.code,
+                            message=r.message)
 
 
 @strawberry.type
@@ -219,10 +216,10 @@ class DerMutation:
                 from graph_schema.errors import BadInput
 
                 raise BadInput("a storage schedule names exactly one DER in derIds")
-            entries = [(e.starts_at, e.p_mw) for e in schedule]
+            entries = [(e.starts_at.isoformat(), e.p_mw) for e in schedule]
             await audited(info, AuditAction.SETTING_CHANGE, f"{fid}/{ids[0]}", detail,
                           fleet.call_app(fid, "der", "set_schedule", ids[0], entries, by))
-            return [DerCommandResult(der_id=strawberry.ID(ids[0]), status="CONFIRMED", code=None,
+            return [DerCommandResult(der_id=strawberry.ID(ids[0]), status=DerCommandStatus.CONFIRMED, code=None,
                                      message=f"schedule of {len(entries)} entries stored; each entry is sent when "
                                              f"its time comes")]
         if use_category_defaults:
@@ -256,7 +253,8 @@ class DerMutation:
         return [_result(r) for r in res]
 
     @strawberry.mutation(permission_classes=[requires(Permission.SET_DER_MODE, feeder_arg="feeder_id")])
-    async def set_der_mode(self, info: Info, feeder_id: strawberry.ID, mode: DerMode) -> DerMode:
+    async def set_der_mode(self, info: Info, feeder_id: strawberry.ID,
+                           mode: DerMode) -> DerMode:  # type: ignore[valid-type]
         by = info.context["principal"].sub
         grid = info.context["services"].grid
         fid = str(feeder_id)
