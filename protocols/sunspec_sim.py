@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,10 @@ class SimInverter:
     writes: int = 0  # writes applied (what tests assert on to prove that nothing was sent)
 
     def __post_init__(self) -> None:
+        # The simulator steps and publishes in a worker thread while Modbus writes arrive on the event
+        # loop: one lock keeps a write and the image rebuilt from it together (a rebuild from an older
+        # snapshot would otherwise overwrite a write just acknowledged).
+        self._lock = threading.RLock()
         r = rating(self.der)
         s_w = r.s_mva * 1e6
         self.w_sf = _sf_for(s_w * 1.2)
@@ -209,6 +214,10 @@ class SimInverter:
 
     def write(self, address: int, values: Sequence[int]) -> ExcCodes | None:
         """A Modbus write: validated as the device would, applied (or refused) whole."""
+        with self._lock:
+            return self._write(address, values)
+
+    def _write(self, address: int, values: Sequence[int]) -> ExcCodes | None:
         if self.fault == "refuse":
             return ExcCodes.DEVICE_FAILURE
         for mid, m in self.models.items():
@@ -317,6 +326,10 @@ class SimInverter:
 
     def step(self, v_pu: float, p_avail_mw: float, now: float) -> tuple[float, float]:
         """Advance to ``now`` (monotonic seconds) at terminal voltage ``v_pu``; returns (p_mw, q_mvar)."""
+        with self._lock:
+            return self._step(v_pu, p_avail_mw, now)
+
+    def _step(self, v_pu: float, p_avail_mw: float, now: float) -> tuple[float, float]:
         dt = 0.0 if self.last_step is None else max(0.0, now - self.last_step)
         first = self.last_step is None
         self.last_step = now
@@ -334,6 +347,10 @@ class SimInverter:
 
     def publish(self, energized: bool) -> None:
         """Measurements into model 701 (and 713)."""
+        with self._lock:
+            self._publish(energized)
+
+    def _publish(self, energized: bool) -> None:
         m = self.models[701].points
         p, q = (self.p_mw, self.q_mvar) if energized else (0.0, 0.0)
         s = math.hypot(p, q)
