@@ -24,6 +24,8 @@ SET_Q = """mutation S($f: ID!, $ids: [ID!], $p: Float, $q: Float, $vv: [CurvePoi
   setDerControl(feederId: $f, derIds: $ids, pLimitMw: $p, qMvar: $q, voltVar: $vv, groupPLimitMw: $g) {
     derId status code message } }"""
 MODE_Q = "mutation M($f: ID!, $m: DerMode!) { setDerMode(feederId: $f, mode: $m) }"
+EVENTS_Q = """query E($f: ID!) { events(feederId: $f, eventKinds: [DER], first: 500) {
+  events { kind elementId message data } } }"""
 RELEASE_Q = "mutation R($f: ID!, $ids: [ID!]) { releaseCurtailment(feederId: $f, derIds: $ids) { derId status code } }"
 
 
@@ -151,6 +153,15 @@ async def test_curtailment_on_a_forced_overload_and_its_release(gql, der_field, 
     assert d["curtailment"]["pLimitMw"] < 1.5
     m = await asyncio.to_thread(independent, der_field, WIND)
     assert m[704]["WMaxLimPctEna"] == 1
+
+    async def der_events(phase: str):
+        await runtime.fleet.call(F, "flush_events")
+        r = await gql(EVENTS_Q, {"f": F})
+        assert "errors" not in r, r
+        return [e for e in r["data"]["events"]["events"] if e["data"].get("phase") == phase
+                and e["elementId"] == WIND]
+
+    assert "beyond its limit" in (await wait_for(lambda: der_events("CURTAILED"), 10))[-1]["message"]
     # the reason goes: released, through the same path
     await runtime.fleet.call_app(F, "der", "set_limits", "test")
 
@@ -161,5 +172,22 @@ async def test_curtailment_on_a_forced_overload_and_its_release(gql, der_field, 
     await wait_for(released, 20)
     m = await asyncio.to_thread(independent, der_field, WIND)
     assert m[704]["WMaxLimPctEna"] == 0
+    assert "the reason is gone" in (await wait_for(lambda: der_events("CURTAILMENT_RELEASED"), 10))[-1]["message"]
     r = await gql(MODE_Q, {"f": F, "m": "ADVISORY"}, role="OPERATOR")
     assert r["data"]["setDerMode"] == "ADVISORY"
+
+
+async def test_a_volt_var_plan_operation_goes_through_the_same_path(runtime, der_field) -> None:
+    """SET_DER_Q / CURTAIL_DER_P, as the Volt/VAR planner's operations carry them: checked, sent
+    through select-before-operate, confirmed by read-back; beyond the rating: BAD_INPUT, nothing sent."""
+    res = await runtime.fleet.call_app(F, "der", "operation", WIND, "SET_DER_Q", -0.1, "operator1")
+    assert res.status == "CONFIRMED", res
+    m = await asyncio.to_thread(independent, der_field, WIND)
+    assert m[704]["VarSet"] == pytest.approx(-0.1e6, abs=100)
+    before = der_field.sunspec.inverter(WIND).writes
+    from graph_schema.errors import DmsError
+
+    with pytest.raises(DmsError) as err:
+        await runtime.fleet.call_app(F, "der", "operation", WIND, "SET_DER_Q", 1.0, "operator1")
+    assert err.value.code == "BAD_INPUT" and "q_max_mvar=0.66" in err.value.message
+    assert der_field.sunspec.inverter(WIND).writes == before
