@@ -55,10 +55,12 @@ class DerReading:
     p_set_mw: float | None  # 704 WSet when enabled
     q_set_mvar: float | None  # 704 VarSet when enabled
     power_factor: tuple[float, bool] | None  # 704 PFWInj when enabled (pf, over-excited)
-    volt_var: Curve | None  # 705 active curve when enabled
-    volt_watt: Curve | None  # 706 active curve when enabled
+    volt_var: Curve | None  # 705 active curve
+    volt_watt: Curve | None  # 706 active curve
     soc_pct: float | None  # 713
     category: str | None  # 702 NorOpCatRtg
+    volt_var_enabled: bool = False  # 705 Ena
+    volt_watt_enabled: bool = False  # 706 Ena
 
 
 def _cv(point: Any) -> float | None:
@@ -162,8 +164,6 @@ class SunSpecClient:
             if mid not in dev.models:
                 return None
             m = dev.models[mid][0]
-            if not m.points["Ena"].value:
-                return None
             act = m.groups["Crv"][0]
             n = int(act.points["ActPt"].value or 0)
             return tuple((float(p.points["V"].cvalue), float(p.points[key].cvalue)) for p in act.groups["Pt"][:n])
@@ -184,6 +184,8 @@ class SunSpecClient:
             p_limit_pct=p_limit, p_set_mw=p_set, q_set_mvar=q_set, power_factor=pf,
             volt_var=curve(705, "Var"), volt_watt=curve(706, "W"), soc_pct=soc,
             category={0: "A", 1: "B"}.get(cat) if cat is not None else None,
+            volt_var_enabled=705 in dev.models and bool(dev.models[705][0].points["Ena"].value),
+            volt_watt_enabled=706 in dev.models and bool(dev.models[706][0].points["Ena"].value),
         )
 
     # -- writing ---------------------------------------------------------------------------------
@@ -281,10 +283,10 @@ class SunSpecClient:
             if got is None or len(got) != len(crv) or any(
                     abs(a[0] - b[0]) > 0.51 or abs(a[1] - b[1]) > 0.51 for a, b in zip(got, crv, strict=True)):
                 mismatch(f"{name} curve", crv, got)
-        for _mid, name, ena, got in ((705, "volt-var", c.volt_var_enabled, r.volt_var),
-                                    (706, "volt-watt", c.volt_watt_enabled, r.volt_watt)):
-            if ena is not None and (got is not None) != ena:
-                mismatch(f"{name} Ena", int(ena), int(got is not None))
+        for name, ena, got in (("volt-var", c.volt_var_enabled, r.volt_var_enabled),
+                               ("volt-watt", c.volt_watt_enabled, r.volt_watt_enabled)):
+            if ena is not None and got != ena:
+                mismatch(f"{name} Ena", int(ena), int(got))
 
 
 def _exception_code(text: str) -> int:

@@ -11,7 +11,10 @@ the layout is the one a pysunspec2 client discovers by scanning, not a copy of i
 The inverters behave (:func:`actors.cores.der.inverter_target` and :func:`ramp_towards`): every
 tick they take their terminal voltage from the simulator's last solve and the power their resource
 offers, follow their active volt-var / volt-watt curve, P limit, power factor or Q set point within
-their kVA, P and Q ratings, ramp, and their output goes into the next solve. Storage integrates its
+their kVA, P and Q ratings, ramp, and their output goes into the next solve. They start as shipped:
+the category's default curves loaded but not enabled (unity power factor), so a feeder behaves as
+before until someone enables a function (``Ena`` of 705/706, e.g. ``setDerControl`` with
+``useCategoryDefaults``). Storage integrates its
 state of charge and respects its SOC limits. Frequency is nominal in the simulator, so the droop
 settings (711) are served and stored but never act.
 
@@ -160,10 +163,10 @@ class SimInverter:
                    "VarSet_SF": self.w_sf, "VarSetPct_SF": 0,
                    "PFWInj": {"PF": 1000, "Ext": 0}, "PFWInjRvrt": {"PF": 1000, "Ext": 0},
                    "PFWAbs": {"PF": 1000, "Ext": 1}, "PFWAbsRvrt": {"PF": 1000, "Ext": 1}}),
-            (705, {"ID": 705, "Ena": 1, "AdptCrvReq": 0, "AdptCrvRslt": 1, "NPt": 4, "NCrv": 2, "RvrtTms": 0,
+            (705, {"ID": 705, "Ena": 0, "AdptCrvReq": 0, "AdptCrvRslt": 1, "NPt": 4, "NCrv": 2, "RvrtTms": 0,
                    "RvrtRem": 0, "RvrtCrv": 0, "V_SF": 0, "DeptRef_SF": 0, "RspTms_SF": 0,
                    "Crv": [crv(vv, 1, "Var"), crv(vv, 0, "Var")]}),
-            (706, {"ID": 706, "Ena": 1, "AdptCrvReq": 0, "AdptCrvRslt": 1, "NPt": 2, "NCrv": 2, "RvrtTms": 0,
+            (706, {"ID": 706, "Ena": 0, "AdptCrvReq": 0, "AdptCrvRslt": 1, "NPt": 2, "NCrv": 2, "RvrtTms": 0,
                    "RvrtRem": 0, "RvrtCrv": 0, "V_SF": 0, "DeptRef_SF": 0, "RspTms_SF": 0,
                    "Crv": [{"ActPt": 2, "DeptRef": 0, "RspTms": 10, "ReadOnly": 1,
                             "Pt": [{"V": round(v), "W": round(y)} for v, y in vw]},

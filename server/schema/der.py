@@ -88,8 +88,10 @@ class DerState:
     soc_pct: float | None
     soc_min_pct: float
     soc_max_pct: float
-    volt_var: list[CurvePoint] | None
-    volt_watt: list[CurvePoint] | None
+    volt_var: list[CurvePoint] | None = strawberry.field(description="The active volt-var curve (SunSpec 705)")
+    volt_var_enabled: bool | None
+    volt_watt: list[CurvePoint] | None = strawberry.field(description="The active volt-watt curve (SunSpec 706)")
+    volt_watt_enabled: bool | None
     read_at: datetime | None
     last_error: str | None
     curtailment: DerCurtailment | None
@@ -142,6 +144,8 @@ def _state(v: DerView) -> DerState:
         soc_max_pct=v.rating.soc_max_pct,
         volt_var=_curve(r.volt_var) if r is not None else None,
         volt_watt=_curve(r.volt_watt) if r is not None else None,
+        volt_var_enabled=r.volt_var_enabled if r is not None else None,
+        volt_watt_enabled=r.volt_watt_enabled if r is not None else None,
         read_at=datetime.fromisoformat(v.read_at) if v.read_at else None, last_error=v.last_error,
         curtailment=_curt(v.curtailment),
         proposed_curtailment=_curt(v.proposed_curtailment),

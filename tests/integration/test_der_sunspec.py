@@ -107,6 +107,12 @@ async def test_the_inverter_follows_its_volt_var_curve_at_its_terminal_voltage(s
         expected = curve_value(curve, v_pct) / 100.0 * m[702]["VarMaxInj"]
         return v_pct < 98.0 and abs(m[701]["Var"] - expected) <= VV_Q_TOLERANCE_PCT_S / 100.0 * s_va / 4
 
+    c = client(sim, WIND)
+    try:
+        reading = await c.apply(DerControl(volt_var_enabled=True))  # shipped loaded, not enabled
+    finally:
+        await c.close()
+    assert reading.volt_var_enabled and reading.volt_var == curve
     # cigre-mv sits below 98 % at bus7 under load: the curve injects; 1/4 of the tolerance asked
     await wait_for(settled, within_s=20.0)
     assert sim.sunspec.inverter(WIND).q_mvar > 0.0
