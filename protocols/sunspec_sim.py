@@ -35,7 +35,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pymodbus.constants import ExcCodes
@@ -118,6 +118,7 @@ class SimInverter:
         # loop: one lock keeps a write and the image rebuilt from it together (a rebuild from an older
         # snapshot would otherwise overwrite a write just acknowledged).
         self._lock = threading.RLock()
+        self._settings: InverterSettings | None = None
         r = rating(self.der)
         s_w = r.s_mva * 1e6
         self.w_sf = _sf_for(s_w * 1.2)
@@ -201,8 +202,24 @@ class SimInverter:
     def pt(self, mid: int, name: str) -> Any:
         return self.models[mid].points[name]
 
+    def set_local(self, mid: int, name: str, value: Any) -> None:
+        """Change a setting at the device itself (its front panel; tests), as a write would."""
+        with self._lock:
+            self.models[mid].points[name].value = value
+            self._settings = None
+            self.rebuild(mid)
+
     # -- register image --------------------------------------------------------------------------
-    def rebuild(self) -> None:
+    def rebuild(self, mid: int | None = None) -> None:
+        """The register image again: whole, or only model ``mid``'s registers (a tick republishes
+        701/713 only: rebuilding every model of every DER each tick cost tens of ms per feeder)."""
+        if mid is not None and self.image:
+            off = self.addr[mid] - BASE_ADDR
+            regs = _regs(self.models[mid].get_mb())
+            image = list(self.image)
+            image[off:off + len(regs)] = regs
+            self.image = image
+            return
         regs = _regs(b"SunS")
         for m in self.models.values():
             regs.extend(_regs(m.get_mb()))
@@ -246,7 +263,8 @@ class SimInverter:
         m.set_mb(data)
         self._adopt(mid)
         self.writes += 1
-        self.rebuild()
+        self._settings = None
+        self.rebuild(mid)
         return None
 
     def _check(self, mid: int, m: Any) -> str | None:
@@ -297,6 +315,13 @@ class SimInverter:
 
     # -- behaviour -------------------------------------------------------------------------------
     def settings(self) -> InverterSettings:
+        """The settings the registers hold (cached until the next write; SOC is live)."""
+        cached = getattr(self, "_settings", None)
+        if cached is None:
+            cached = self._settings = self._read_settings()
+        return replace(cached, soc_pct=self.soc_pct) if self.rating.storage else cached
+
+    def _read_settings(self) -> InverterSettings:
         r = self.rating
         c = self.models[704].points
         w_max = (self.pt(702, "WMax").cvalue or 0.0) / 1e6 or r.p_max_mw
@@ -376,7 +401,8 @@ class SimInverter:
             st["SoC"].value = round(self.soc_pct * 10)
             e_wh = (self.der.max_e_mwh or 0.0) * 1e6
             st["WHAvail"].value = round(e_wh * self.soc_pct / 100.0 / 10**self.wh_sf)
-        self.rebuild()
+            self.rebuild(713)
+        self.rebuild(701)
 
 
 class _SunSpecContext(ModbusServerContext):

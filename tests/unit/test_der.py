@@ -56,7 +56,7 @@ def test_volt_var_response_of_a_category_b_inverter_is_within_1547_tolerance(v_p
     """Steady state: the inverter's Q at each voltage is Table 8's curve within 5 % of rated S."""
     inv = SimInverter(PV, 1, 230.0)
     assert inv.settings().volt_var is None  # shipped with the curve loaded, not enabled
-    inv.pt(705, "Ena").value = 1
+    inv.set_local(705, "Ena", 1)
     p, q = inv.step(v_pu, 0.5, now=0.0)  # first step: settled at once
     assert abs(q / PV.sn_mva * 100.0 - q_pct_s) <= VV_Q_TOLERANCE_PCT_S
     assert math.hypot(p, q) <= PV.sn_mva + 1e-9
@@ -64,7 +64,7 @@ def test_volt_var_response_of_a_category_b_inverter_is_within_1547_tolerance(v_p
 
 def test_volt_var_open_loop_response_reaches_90_percent_within_its_response_time() -> None:
     inv = SimInverter(PV, 1, 230.0)
-    inv.pt(705, "Ena").value = 1
+    inv.set_local(705, "Ena", 1)
     inv.step(1.0, 0.5, now=0.0)
     q_final = -0.44  # at 1.08 pu
     t, q = 0.0, 0.0
