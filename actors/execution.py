@@ -543,6 +543,80 @@ class ControlRoom:
 _UNKNOWN = object()
 
 
+# -- DER set points (#12): select-before-operate, then a SunSpec write confirmed by read-back -------
+
+DerWrite = Callable[[], Awaitable[str]]  # writes once, reads back; returns what confirmed it; raises on failure
+
+
+async def operate_der(room: ControlRoom, holder: str, der_id: str, action: str, value: float | None,
+                      describe: str, write: DerWrite, priority: Priority) -> Outcome:
+    """A DER command (a P limit, a Q or PF set point, curves, enter service, a storage set point,
+    or the Volt/VAR planner's ``SET_DER_Q`` / ``CURTAIL_DER_P``) through the same path as any
+    control: arbitration (``holder`` at ``priority``: an operator's name at OPERATOR, an
+    application's at its own), the control core's select and operate (tags, selections by others,
+    interlocks), the intent recorded before anything is sent, ``write`` called ONCE (it confirms by
+    reading the SunSpec registers back), the outcome recorded and an event. The set point's range
+    was checked before (``actors.cores.der.validate_control``); refusals raise and send nothing.
+
+    ``value`` is what the record shows (MW or Mvar); the core's DER check sees the P limit when
+    there is one, else the DER's rating (a command that does not move P)."""
+    from protocols.base import ProtocolError
+
+    started = datetime.now(UTC)
+    device = room.core.device(der_id)
+    if not isinstance(device, Der):
+        from graph_schema.errors import NotFound
+
+        raise NotFound(f"{der_id!r} is not a DER of feeder {room.feeder_id!r}", element_id=der_id)
+    core_value = value if action in ("CURTAIL_DER_P", "P_LIMIT") and value is not None else device.sn_mva
+    try:
+        room.arbiter.acquire(der_id, holder, priority)
+    except DmsError as exc:
+        await room._refused(der_id, action, value, holder, exc, started)
+        raise
+    try:
+        states = room._switch_states()
+        sel = room.core.select(der_id, ControlAction.SET, core_value, holder, switch_states=states)
+        room.core.operate(sel.id, der_id, ControlAction.SET, core_value, holder, switch_states=states)
+    except DmsError as exc:
+        room.arbiter.release(der_id, holder)
+        await room._refused(der_id, action, value, holder, exc, started)
+        raise
+    except BaseException:
+        room.arbiter.release(der_id, holder)
+        raise
+    room.arbiter.sent(der_id, holder)
+
+    async def send() -> Outcome:
+        try:
+            intent: RecordProps = {"intent_id": uuid.uuid4().hex, "device_id": der_id, "action": action,
+                                   "value": value, "control": describe, "operator": holder, "status": PENDING,
+                                   "phase": "INTENT", "requested_at": started.isoformat()}
+            intent = {k: v for k, v in intent.items() if v is not None}
+            try:
+                seq: int | None = await room.recorder.intent(intent)
+            except DmsError as exc:
+                refusal = StoreUnavailable(
+                    f"{action} of {der_id} was refused and nothing was sent: its intent could not be recorded "
+                    f"({exc.message}). Retry once the store answers (see /readyz)")
+                await room._outcome(intent, None, Outcome("REFUSED", refusal.code, refusal.message))
+                raise refusal from None
+            room._outbox.event(EventKind.CONTROL, der_id, f"{holder} operates {der_id}: {action} ({describe})",
+                               durable=True, data={"phase": "OPERATE_SENT", "action": action, "value": value,
+                                                   "operator": holder})
+            try:
+                confirmed = await write()
+                outcome = Outcome("CONFIRMED", None, f"{action} of {der_id} confirmed by read-back: {confirmed}")
+            except ProtocolError as exc:
+                outcome = Outcome("FAILED", exc.code, f"{exc.message} (not retried)")
+            await room._outcome(intent, seq, outcome)
+            return outcome
+        finally:
+            room.arbiter.release(der_id, holder)
+
+    return await asyncio.shield(send())
+
+
 def raise_for(outcome: Outcome, device_id: str, action: str, timeout_s: float) -> bool:
     """For applications: True when confirmed; the control errors otherwise."""
     if outcome.status in ("CONFIRMED", "ACCEPTED"):

@@ -27,7 +27,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -681,6 +681,20 @@ class _HostPorts:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    async def operate_der(self, der_id: str, action: str, value: float | None, describe: str,
+                          write: Callable[[], Awaitable[str]], *, operator: str | None = None) -> Any:
+        """A DER command through select-before-operate (:func:`actors.execution.operate_der`): under
+        this application's identity and priority, or an operator's (``operator``) at OPERATOR."""
+        from actors.arbiter import Priority
+        from actors.execution import operate_der
+
+        room = self._host._control()
+        if operator:
+            holder, priority = operator, Priority.OPERATOR
+        else:
+            holder, priority = self.app_name, self._host.apps.get(self.app_name).priority
+        return await operate_der(room, holder, der_id, action, value, describe, write, priority)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -202,6 +202,14 @@ class Der:
     name: str = ""
     max_e_mwh: float | None = None  # storage only
     in_service: bool = True
+    # DER management (#12): capability beyond the rating, storage limits, IEEE 1547-2018 category
+    # and the SunSpec Modbus unit id the inverter answers on (None: derived from its position).
+    p_max_mw: float | None = None  # active power capability; None: sn_mva
+    q_max_mvar: float | None = None  # reactive capability (inject and absorb); None: 0.44 x sn_mva (cat. B)
+    soc_min_pct: float = 10.0  # storage only: the state of charge it is never discharged below
+    soc_max_pct: float = 95.0  # storage only: the state of charge it is never charged above
+    ieee1547_category: str = "B"  # normal performance category A or B (volt-var defaults)
+    sunspec_unit_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

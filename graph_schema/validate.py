@@ -227,6 +227,14 @@ def validate_feeder(feeder: Feeder) -> list[ModelProblem]:
             add(d.id, f"sn_mva={d.sn_mva} must be > 0; set the DER's rated apparent power")
         if d.max_e_mwh is not None and d.max_e_mwh < 0:
             add(d.id, f"max_e_mwh={d.max_e_mwh} must be >= 0 or left unset")
+        if d.ieee1547_category not in ("A", "B"):
+            add(d.id, f"ieee1547_category={d.ieee1547_category!r} must be 'A' or 'B' (IEEE 1547-2018 normal category)")
+        if not 0.0 <= d.soc_min_pct < d.soc_max_pct <= 100.0:
+            add(d.id, f"soc_min_pct={d.soc_min_pct} and soc_max_pct={d.soc_max_pct} must satisfy 0 <= min < max <= 100")
+        for name in ("p_max_mw", "q_max_mvar"):
+            cap = getattr(d, name)
+            if cap is not None and not 0.0 <= cap <= d.sn_mva * 1.0001:
+                add(d.id, f"{name}={cap} must be within [0, sn_mva={d.sn_mva}] or left unset")
 
     for c in feeder.capacitors:
         bus_ref(c.id, "bus_id", c.bus_id)

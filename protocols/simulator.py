@@ -63,6 +63,7 @@ from protocols.pointmap import (
     Table,
     generate_point_map,
 )
+from protocols.sunspec_sim import SunSpecField
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +356,8 @@ class FieldSimulator:
         self._bg: set[asyncio.Task[Any]] = set()
         self._started = False
         self.solves = 0
+        # DER inverters over SunSpec Modbus (protocols.sunspec_sim): one server per feeder with DERs.
+        self.sunspec = SunSpecField(host, self._resolve_soon)
         # Smart meters: 15-minute interval files in ``ami_inbox`` (protocols.ami_sim), when given.
         self.ami: Any = None
         if ami_inbox is not None:
@@ -398,6 +401,7 @@ class FieldSimulator:
             with contextlib.suppress(Exception):
                 await srv.shutdown()
         self._modbus_servers.clear()
+        await self.sunspec.stop()
         for o in self._opcua.values():
             with contextlib.suppress(Exception):
                 if o.down:
@@ -442,6 +446,7 @@ class FieldSimulator:
             self._points[p.point_id] = (feeder.id, p)
         await self._start_modbus(pm)
         await self._start_opcua(pm)
+        await self.sunspec.start_feeder(feeder, free_port(self.host))
 
     def _assign_ports(self, pm: PointMap) -> PointMap:
         """Replace port 0 / ':0' endpoints by free ports (devices sharing host:0 share one port)."""
@@ -608,11 +613,14 @@ class FieldSimulator:
     def _solve(self, fs: _FeederSim) -> None:
         now = self.sim_time()
         loads, ders = self._profile_inputs(fs, now)
+        vm_last = {b.bus_id: b.vm_pu for b in fs.last_result.buses} if fs.last_result is not None else {}
+        ders, der_q = self.sunspec.outputs(fs.feeder.id, ders, vm_last)  # the inverters follow their settings
         res = fs.model.solve(
             switch_states=dict(fs.switch_open),
             load_p_mw=loads,
             load_q_mvar={ld.id: ld.q_mvar / ld.p_mw * loads[ld.id] if ld.p_mw else 0.0 for ld in fs.feeder.loads},
             der_p_mw=ders or None,
+            der_q_mvar=der_q or None,
             tap_pos=fs.tap_pos or None,
             load_scale=fs.load_scale,
         )
@@ -627,6 +635,8 @@ class FieldSimulator:
         else:
             log.warning("simulator: power flow of %s did not converge (%s)", fs.feeder.id, res.reason)
             fs.energized = fs.graph.process(dict(fs.switch_open)).energized_bus_ids
+        self.sunspec.publish(fs.feeder.id, fs.energized, {b.bus_id: b.vm_pu for b in fs.last_result.buses}
+                             if fs.last_result is not None else {})
         if self.ami is not None:
             try:
                 self.ami.observe(fs.feeder.id, now, {k: v * fs.load_scale for k, v in loads.items()},
@@ -961,6 +971,7 @@ class FieldSimulator:
         self._wrong_status.clear()
         self._forced.clear()
         self._value_hook = None
+        self.sunspec.reset()
         await self.tick()
 
     # -- for tests and benchmarks -----------------------------------------------------------------
@@ -1037,6 +1048,7 @@ class FieldSimulator:
             "comm_loss": sorted(self._silent),
             "malformed_frames": dict(sorted(self._garbled.items())),
             "stuck": sorted(self._stuck),
+            "sunspec": {fid: [e.to_dict() for e in self.sunspec.endpoints(fid)] for fid in self._sims},
         }
 
 

@@ -81,6 +81,8 @@ class Permission(StrEnum):
     DEMAND_RESPONSE_ENROLL = "DEMAND_RESPONSE_ENROLL"  # a customer enrols in demand response
     READ_ENERGY_USAGE = "READ_ENERGY_USAGE"  # smart-meter intervals (a customer: only its own meters)
     RUN_STUDIES = "RUN_STUDIES"  # analysis jobs: reconfiguration, hosting capacity, N-1, scenarios (#14)
+    CONTROL_DER = "CONTROL_DER"  # DER set points, curves, schedules, curtailment release (select-before-operate)
+    SET_DER_MODE = "SET_DER_MODE"  # DER management mode (automatic / advisory / off) of a feeder
 
 
 P = Permission
@@ -91,6 +93,8 @@ _VIEW = frozenset({P.READ_GRID, P.READ_OUTAGES, P.READ_ALARMS, P.READ_REPORTS, P
                    P.READ_ENERGY_USAGE})
 
 _OPERATE = _VIEW | {P.CONTROL, P.TAG, P.APPROVE_PLAN, P.WHAT_IF, P.SET_MODE, P.ACK_ALARMS}
+# DER management (#12) is operating the grid: operators (and supervisors) command DERs and set its mode.
+_OPERATE = _OPERATE | {P.CONTROL_DER, P.SET_DER_MODE}
 
 PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
     {

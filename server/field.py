@@ -90,6 +90,9 @@ async def start_field(runtime: Runtime, settings: Settings, *, speed: float = 1.
         for fid in ids:
             info = await attach(runtime, settings, handle.simulator.point_maps[fid], simulator=True)
             log.info("feeder %s attached to the simulator: %s", fid, info)
+            ders = [e.to_dict() for e in handle.simulator.sunspec.endpoints(fid)]
+            if ders:  # DER management (#12): the simulated inverters' SunSpec endpoints (persisted by the app)
+                await runtime.fleet.call_app(fid, "der", "attach", ders, "demo")
     except BaseException:
         await handle.stop()
         raise

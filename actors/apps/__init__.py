@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+from actors.apps.der_app import DerApp
 from actors.apps.estimation_app import EstimationApp
 from actors.apps.fdir_app import FdirApp
 from actors.apps.historian_app import HistorianApp
 
 # The estimator starts first: the other applications read the state it estimates.
 DEFAULT_APPS = (EstimationApp, FdirApp, HistorianApp)
+DEFAULT_APPS += (DerApp,)  # DER management (#12): SunSpec telemetry, commands, curtailment
 
-__all__ = ["DEFAULT_APPS", "EstimationApp", "FdirApp", "HistorianApp"]
+__all__ = ["DEFAULT_APPS", "DerApp", "EstimationApp", "FdirApp", "HistorianApp"]

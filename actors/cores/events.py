@@ -66,6 +66,7 @@ class EventKind(StrEnum):
     LIMIT_VIOLATION = "LIMIT_VIOLATION"
     OUTAGE = "OUTAGE"
     PLAN = "PLAN"
+    DER = "DER"  # DER management (#12): curtailment applied/released, mode, schedules, DER comm state
 
 
 class Severity(StrEnum):

@@ -29,6 +29,7 @@ from server.errors import DmsErrors
 from server.metrics import OperationMetrics
 from server.schema.audit import AuditQuery
 from server.schema.control import ControlMutation
+from server.schema.der import DerMutation, DerQuery
 from server.schema.fdir import FdirMutation, FdirQuery
 from server.schema.feeder import FeederQuery
 from server.schema.history import HistoryQuery
@@ -41,13 +42,13 @@ from server.settings import Settings
 
 @strawberry.type
 class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery,
-            StudyQuery):
+            StudyQuery, DerQuery):
     pass
 
 
 @strawberry.type
 class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation,
-               StudyMutation):
+               StudyMutation, DerMutation):
     pass
 
 

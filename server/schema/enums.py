@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import strawberry
 
+from actors.apps import der_app as _der_app
 from actors.apps import fdir_engine as _fdir_engine
 from actors.cores import control as _control
 from actors.cores import events as _events
@@ -181,3 +182,10 @@ class ScenarioRiskKind(StrEnum):
     OVERVOLTAGE = "OVERVOLTAGE"
     OVERLOAD = "OVERLOAD"
     DIVERGES = "DIVERGES"
+
+# -- DER management (#12) ---------------------------------------------------------------------------
+
+DerMode = strawberry.enum(_der_app.DerMode, name="DerMode", description="DER management mode of a feeder")
+DerCommandStatus = strawberry.enum(_der_app.DerCommandStatus, name="DerCommandStatus",
+                                   description="CONFIRMED (read back), FAILED (sent; see code) or REFUSED (not sent)")
+DerConnectionState = strawberry.enum(_der_app.DerConnectionState, name="DerConnectionState")

@@ -44,6 +44,9 @@ EXPECTED: dict[Role, set[Permission]] = {
     Role.PLANNER: {P.READ_GRID, P.READ_OUTAGES, P.READ_ALARMS, P.READ_REPORTS, P.READ_PUBLIC_FEED, P.READ_ENERGY_USAGE,
                    P.WHAT_IF, P.RUN_STUDIES},
 }
+# DER management (#12): operators and supervisors.
+EXPECTED[Role.OPERATOR] |= {P.CONTROL_DER, P.SET_DER_MODE}
+EXPECTED[Role.SUPERVISOR] |= {P.CONTROL_DER, P.SET_DER_MODE}
 
 
 def principal(*roles: Role, feeders: set[str] | None = None) -> Principal:
