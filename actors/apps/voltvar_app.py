@@ -71,6 +71,16 @@ class VoltVarMode(StrEnum):
     AUTOMATIC = "AUTOMATIC"
 
 
+class PlanState(StrEnum):
+    PROPOSED = "PROPOSED"
+    EXECUTING = "EXECUTING"
+    EXECUTED = "EXECUTED"
+    PARTIAL = "PARTIAL"
+    FAILED = "FAILED"
+    SUPERSEDED = "SUPERSEDED"
+    NOTHING_TO_DO = "NOTHING_TO_DO"
+
+
 @dataclass(slots=True)
 class PlanRecord:
     """A plan and what became of it."""
@@ -78,7 +88,7 @@ class PlanRecord:
     id: str
     plan: VoltVarPlan
     created_at: datetime
-    state: str = "PROPOSED"  # PROPOSED, EXECUTING, EXECUTED, PARTIAL, FAILED, SUPERSEDED, NOTHING_TO_DO
+    state: PlanState = PlanState.PROPOSED
     trigger: str = ""
     load_basis: str = "MODEL"
     executed: list[str] = field(default_factory=list)  # "device:action=value" confirmed
@@ -250,9 +260,9 @@ class VoltVarApp:
             opt = VoltVarOptions(objective=self.objective)
             plan = await asyncio.to_thread(self.planner.plan, state, opt)
             if self.last is not None and self.last.state == "PROPOSED":
-                self.last.state = "SUPERSEDED"
+                self.last.state = PlanState.SUPERSEDED
             rec = PlanRecord(uuid.uuid4().hex[:12], plan, datetime.now(UTC), trigger=trigger, load_basis=basis,
-                             state="PROPOSED" if plan.operations else "NOTHING_TO_DO")
+                             state=PlanState.PROPOSED if plan.operations else PlanState.NOTHING_TO_DO)
             self.last = rec
             self.plans = [*self.plans[-19:], rec]
             self.suspended = self._suspension()
@@ -279,7 +289,7 @@ class VoltVarApp:
     async def _execute(self, rec: PlanRecord, by: str) -> None:
         assert self._ports is not None
         ports = self._ports
-        rec.state, rec.decided_by = "EXECUTING", by
+        rec.state, rec.decided_by = PlanState.EXECUTING, by
         hook = getattr(ports, "der_setpoint", None)
         for op in rec.plan.operations:
             label = f"{op.device_id}:{op.action}={op.value:g}"
@@ -307,9 +317,9 @@ class VoltVarApp:
                 steps = abs(int(op.value - op.from_value))
                 self._ops_today[op.device_id] = self._ops_today.get(op.device_id, 0) + steps
         if rec.failed is not None:
-            rec.state = "FAILED" if not rec.executed else "PARTIAL"
+            rec.state = PlanState.FAILED if not rec.executed else PlanState.PARTIAL
         else:
-            rec.state = "EXECUTED"
+            rec.state = PlanState.EXECUTED
             self.held = {}
         self._emit_plan(rec, f"executed by {by}")
 

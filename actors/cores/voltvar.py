@@ -97,6 +97,11 @@ class VoltVarAction(StrEnum):
     CURTAIL_DER_P = "CURTAIL_DER_P"
 
 
+class RegulatorKind(StrEnum):
+    OLTC = "OLTC"
+    REGULATOR = "REGULATOR"
+
+
 class DeviceKind(StrEnum):
     CAPACITOR = "CAPACITOR"
     TAP_CHANGER = "TAP_CHANGER"

@@ -35,16 +35,19 @@ from server.schema.history import HistoryQuery
 from server.schema.outages import OutageQuery, OutageSubscription
 from server.schema.realtime import RealtimeMutation, RealtimeQuery, RealtimeSubscription
 from server.schema.reports import ReportMutation, ReportQuery
+from server.schema.voltvar import VoltVarMutation, VoltVarQuery
 from server.settings import Settings
 
 
 @strawberry.type
-class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery):
+class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery,
+            VoltVarQuery):
     pass
 
 
 @strawberry.type
-class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation):
+class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation,
+               VoltVarMutation):
     pass
 
 
