@@ -64,7 +64,8 @@ def bench_plans(label: str, feeder, state: VoltVarState, repeats: int) -> None: 
         w = statistics.median(warm)
         b, a = plan.before, plan.after
         print(f"  {label:<22} {name:<20} cold {cold:7.2f} s  warm {w:6.2f} s  ({plan.evaluations:5d} flows; "
-              f"warm/solve {w * 1000 / base_ms:6.1f}x)  losses {b.losses_mw * 1000:7.1f} -> {a.losses_mw * 1000:7.1f} kW"
+              f"warm/solve {w * 1000 / base_ms:6.1f}x)  "
+              f"losses {b.losses_mw * 1000:7.1f} -> {a.losses_mw * 1000:7.1f} kW"
               f"  V {b.min_vm_pu:.3f}-{b.max_vm_pu:.3f} -> {a.min_vm_pu:.3f}-{a.max_vm_pu:.3f} pu"
               f"  demand {b.demand_mw:.3f} -> {a.demand_mw:.3f} MW  ops {len(plan.operations)}"
               f"{'' if a.feasible else '  INFEASIBLE'}", flush=True)
