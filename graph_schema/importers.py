@@ -605,6 +605,6 @@ def from_pandapower_json(path: str | Path, feeder_id: str | None = None, name: s
 
 DEMO_FEEDERS: dict[str, Callable[[], Feeder]] = {"case33bw": case33bw, "cigre-mv": cigre_mv}
 BENCH_FEEDERS: dict[str, Callable[[], Feeder]] = {**DEMO_FEEDERS, "schutterwald": lv_schutterwald}
-# Built on request (``dms demo --feeder case33bw-vvo``, the Volt/VAR tests and bench), not in every
+# Built on request (the Volt/VAR tests and bench, or a caller that imports it), not in every
 # demo and test fixture: a third feeder actor costs every server fixture its start-up.
 VOLTVAR_FEEDERS: dict[str, Callable[[], Feeder]] = {"case33bw-vvo": case33bw_vvo}
