@@ -682,6 +682,20 @@ class _HostPorts:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
+    async def der_setpoint(self, der_id: str, action: str, value: float) -> bool:
+        """A ``SET_DER_Q`` / ``CURTAIL_DER_P`` operation of this application (Volt/VAR) through the DER
+        application's SunSpec path: the same checks, select-before-operate and read-back. A refusal
+        (arbitration, a tag, a limit: nothing sent) raises with its code; a command sent but not
+        confirmed answers False."""
+        from actors.apps.der_app import execute_operation
+
+        r = await execute_operation(self, der_id, action, value)
+        if r.status == "CONFIRMED":
+            return True
+        if r.status == "REFUSED":
+            raise DmsError(f"DER {der_id}: {action} refused: {r.message}", code=r.code or "REFUSED")
+        return False
+
     async def operate_der(self, der_id: str, action: str, value: float | None, describe: str,
                           write: Callable[[], Awaitable[str]], *, operator: str | None = None) -> Any:
         """A DER command through select-before-operate (:func:`actors.execution.operate_der`): under

@@ -502,6 +502,61 @@ def case33bw() -> Feeder:
     return place_schematic(feeder, origin_lon_lat=DEMO_ORIGIN_LON_LAT, metres_per_unit=300.0)
 
 
+# Volt/VAR demo: ANSI C84.1 Range A/B, which Baran & Wu's base case (0.913 pu) only meets under control.
+CASE33BW_VVO_LIMITS = Limits(vm_min_pu=0.95, vm_max_pu=1.05, emergency_vm_min_pu=0.917, emergency_vm_max_pu=1.058)
+
+
+def case33bw_vvo() -> Feeder:
+    """Baran & Wu 33-bus made a Volt/VAR demo feeder (``case33bw`` itself stays as published).
+
+    Added to it: a 66/12.66 kV substation transformer ``oltc`` with an on-load tap changer (hv side,
+    -8..+8 x 1.25 %, band 1.00 pu +- 0.0125) feeding ``bus1`` from the new source bus ``bus0``; a line
+    voltage regulator ``reg1`` (1:1, lv side, -16..+16 x 0.625 %, band 1.00 pu +- 0.01, LDC) between
+    ``bus6`` and the new bus ``bus6r`` that now feeds ``line6`` (its sectionalizer ``sw6`` moves to
+    ``bus6r``); three switched capacitor banks with local voltage control (``cap12``: 3 x 150 kvar at
+    ``bus12``, ``cap25``: 2 x 200 kvar at ``bus25``, ``cap30``: 4 x 150 kvar at ``bus30``, all out);
+    and four PV plants (``pv18``, ``pv22``, ``pv25``, ``pv33``, 6.5 MW in all at the feeder ends,
+    rated 10 % above their output, at unity power factor). The source holds 1.02 pu on the 66 kV side.
+    The model's loads and PV output are a sunny midday at nominal load: without control ``bus18``
+    rises to 1.065 pu (see the tests); with the PV at zero (evening) it falls to 0.910 pu. Limits: ANSI C84.1 Range A
+    (0.95-1.05 pu) and Range B (0.917-1.058 pu).
+    """
+    base = case33bw()
+    src = base.sources[0]
+    b1 = base.bus("bus1")
+    hv = Bus("bus0", 66.0, name="Substation 66 kV", lon=b1.lon, lat=b1.lat)
+    reg_bus = replace(base.bus("bus6"), id="bus6r", name="Bus 6 (regulated)")
+    oltc = Transformer("oltc", "bus0", "bus1", sn_mva=10.0, vn_hv_kv=66.0, vn_lv_kv=12.66, vk_percent=8.0,
+                       vkr_percent=0.5, name="Substation OLTC", tap_side="hv", tap_neutral=0, tap_min=-8,
+                       tap_max=8, tap_step_percent=1.25, tap_pos=0, band_centre_pu=1.0, bandwidth_pu=0.025)
+    reg = Transformer("reg1", "bus6", "bus6r", sn_mva=5.0, vn_hv_kv=12.66, vn_lv_kv=12.66, vk_percent=0.5,
+                      vkr_percent=0.05, name="Line regulator 1", tap_side="lv", tap_neutral=0, tap_min=-16,
+                      tap_max=16, tap_step_percent=0.625, tap_pos=0, regulator=True, band_centre_pu=1.0,
+                      bandwidth_pu=0.02, ldc_r_ohm=1.0, ldc_x_ohm=0.5)
+    lines = tuple(replace(ln, from_bus_id="bus6r") if ln.id == "line6" else ln for ln in base.lines)
+    switches = tuple(replace(s, bus_id="bus6r") if s.id == "sw6" else s for s in base.switches)
+    caps = (
+        Capacitor("cap12", "bus12", 0.15, name="Capacitor bank 12", steps=3, step=0, local_control=True,
+                  v_on_pu=0.96, v_off_pu=1.04),
+        Capacitor("cap25", "bus25", 0.2, name="Capacitor bank 25", steps=2, step=0, local_control=True,
+                  v_on_pu=0.96, v_off_pu=1.04),
+        Capacitor("cap30", "bus30", 0.15, name="Capacitor bank 30", steps=4, step=0, local_control=True,
+                  v_on_pu=0.96, v_off_pu=1.04),
+    )
+    pv = tuple(
+        Der(f"pv{b}", f"bus{b}", DerKind.PV, sn_mva=round(1.1 * p, 4), p_mw=p, name=f"PV plant {b}")
+        for b, p in ((18, 1.8), (22, 1.35), (25, 1.35), (33, 2.0))
+    )
+    feeder = replace(
+        base, id="case33bw-vvo", name="Baran & Wu 33-bus, Volt/VAR demo",
+        sources=(replace(src, bus_id="bus0", vm_pu=1.02),), buses=(hv, *base.buses, reg_bus), lines=lines,
+        transformers=(oltc, reg, *base.transformers), switches=switches, capacitors=caps, ders=pv,
+        limits=CASE33BW_VVO_LIMITS,
+    )
+    ensure_valid(feeder)
+    return feeder
+
+
 def cigre_mv(with_der: str = "pv_wind") -> Feeder:
     """CIGRE MV benchmark (20 kV, two feeders from 110 kV) with its switches; S1, S2, S3 are open ties.
 
@@ -550,3 +605,6 @@ def from_pandapower_json(path: str | Path, feeder_id: str | None = None, name: s
 
 DEMO_FEEDERS: dict[str, Callable[[], Feeder]] = {"case33bw": case33bw, "cigre-mv": cigre_mv}
 BENCH_FEEDERS: dict[str, Callable[[], Feeder]] = {**DEMO_FEEDERS, "schutterwald": lv_schutterwald}
+# Built on request (the Volt/VAR tests and bench, or a caller that imports it), not in every
+# demo and test fixture: a third feeder actor costs every server fixture its start-up.
+VOLTVAR_FEEDERS: dict[str, Callable[[], Feeder]] = {"case33bw-vvo": case33bw_vvo}

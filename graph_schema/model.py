@@ -151,6 +151,16 @@ class Transformer:
     tap_pos: int | None = None
     vector_group: str | None = None
     in_service: bool = True
+    # Automatic voltage control of the tap changer (an OLTC at a substation, or a line voltage
+    # regulator when ``regulator`` is set: a 1:1 transformer on a line). The local controller holds
+    # the regulated voltage within ``band_centre_pu`` +- ``bandwidth_pu``/2 at the load centre seen
+    # through line-drop compensation (``ldc_r_ohm``/``ldc_x_ohm``, ohms on the lv side); Volt/VAR
+    # optimisation pushes these settings as the fallback for when the head-end is away.
+    regulator: bool = False
+    band_centre_pu: float | None = None
+    bandwidth_pu: float | None = None
+    ldc_r_ohm: float = 0.0
+    ldc_x_ohm: float = 0.0
 
     @property
     def has_tap_changer(self) -> bool:
@@ -214,7 +224,12 @@ class Der:
 
 @dataclass(frozen=True, slots=True)
 class Capacitor:
-    """Shunt capacitor bank; ``q_mvar`` is the rated reactive power per step (generation is positive)."""
+    """Shunt capacitor bank; ``q_mvar`` is the rated reactive power per step (generation is positive).
+
+    A switched bank has ``steps`` > 1 (``step`` of them in service, 0..``steps``). With
+    ``local_control`` its own controller switches one step in below ``v_on_pu`` and one out above
+    ``v_off_pu`` (at its bus) when nobody commands it: the fallback Volt/VAR optimisation pushes.
+    """
 
     id: str
     bus_id: str
@@ -223,6 +238,9 @@ class Capacitor:
     steps: int = 1
     step: int = 1  # steps in service
     in_service: bool = True
+    local_control: bool = False
+    v_on_pu: float | None = None
+    v_off_pu: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,7 @@ class Permission(StrEnum):
     RUN_STUDIES = "RUN_STUDIES"  # analysis jobs: reconfiguration, hosting capacity, N-1, scenarios (#14)
     CONTROL_DER = "CONTROL_DER"  # DER set points, curves, schedules, curtailment release (select-before-operate)
     SET_DER_MODE = "SET_DER_MODE"  # DER management mode (automatic / advisory / off) of a feeder
+    SET_VOLTVAR_MODE = "SET_VOLTVAR_MODE"  # Volt/VAR optimisation mode and objective of a feeder
 
 
 P = Permission
@@ -95,6 +96,9 @@ _VIEW = frozenset({P.READ_GRID, P.READ_OUTAGES, P.READ_ALARMS, P.READ_REPORTS, P
 _OPERATE = _VIEW | {P.CONTROL, P.TAG, P.APPROVE_PLAN, P.WHAT_IF, P.SET_MODE, P.ACK_ALARMS}
 # DER management (#12) is operating the grid: operators (and supervisors) command DERs and set its mode.
 _OPERATE = _OPERATE | {P.CONTROL_DER, P.SET_DER_MODE}
+# Volt/VAR mode and objective: the operator's (suspends optimisation with crews on site) and the
+# engineer's (a configuration choice per feeder), as FDIR's mode, but a permission of its own.
+_OPERATE = _OPERATE | {P.SET_VOLTVAR_MODE}
 
 PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
     {
@@ -113,7 +117,7 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
         # 62351-8 ENGINEER: view + configuration/data sets. Operational settings, the grid model,
         # what-if studies and FDIR mode (a configuration choice per feeder). Deliberately no
         # CONTROL/TAG/APPROVE_PLAN: engineers do not switch the live grid (separation of duties).
-        Role.ENGINEER: _VIEW | {P.CHANGE_SETTINGS, P.CHANGE_MODEL, P.WHAT_IF, P.SET_MODE},
+        Role.ENGINEER: _VIEW | {P.CHANGE_SETTINGS, P.CHANGE_MODEL, P.WHAT_IF, P.SET_MODE, P.SET_VOLTVAR_MODE},
         # 62351-8 INSTALLER: install/replace devices and their configuration. Point maps and device
         # records (CHANGE_MODEL) and reading the grid to commission against. Nothing else.
         Role.INSTALLER: frozenset({P.CHANGE_MODEL, P.READ_GRID}),

@@ -9,9 +9,11 @@ from actors.apps.der_app import DerApp
 from actors.apps.estimation_app import EstimationApp
 from actors.apps.fdir_app import FdirApp
 from actors.apps.historian_app import HistorianApp
+from actors.apps.voltvar_app import VoltVarApp
 
 # The estimator starts first: the other applications read the state it estimates.
-DEFAULT_APPS = (EstimationApp, FdirApp, HistorianApp)
-DEFAULT_APPS += (DerApp,)  # DER management (#12): SunSpec telemetry, commands, curtailment
+# DER management (#12): SunSpec telemetry, commands, curtailment. Volt/VAR is OFF until an operator
+# sets a mode: it costs nothing before.
+DEFAULT_APPS = (EstimationApp, FdirApp, HistorianApp, DerApp, VoltVarApp)
 
-__all__ = ["DEFAULT_APPS", "DerApp", "EstimationApp", "FdirApp", "HistorianApp"]
+__all__ = ["DEFAULT_APPS", "DerApp", "EstimationApp", "FdirApp", "HistorianApp", "VoltVarApp"]

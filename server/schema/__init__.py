@@ -37,18 +37,19 @@ from server.schema.outages import OutageQuery, OutageSubscription
 from server.schema.realtime import RealtimeMutation, RealtimeQuery, RealtimeSubscription
 from server.schema.reports import ReportMutation, ReportQuery
 from server.schema.studies import StudyMutation, StudyQuery, StudySubscription
+from server.schema.voltvar import VoltVarMutation, VoltVarQuery
 from server.settings import Settings
 
 
 @strawberry.type
 class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery,
-            StudyQuery, DerQuery):
+            StudyQuery, DerQuery, VoltVarQuery):
     pass
 
 
 @strawberry.type
 class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation,
-               StudyMutation, DerMutation):
+               StudyMutation, DerMutation, VoltVarMutation):
     pass
 
 

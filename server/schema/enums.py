@@ -189,3 +189,20 @@ DerMode = strawberry.enum(_der_app.DerMode, name="DerMode", description="DER man
 DerCommandStatus = strawberry.enum(_der_app.DerCommandStatus, name="DerCommandStatus",
                                    description="CONFIRMED (read back), FAILED (sent; see code) or REFUSED (not sent)")
 DerConnectionState = strawberry.enum(_der_app.DerConnectionState, name="DerConnectionState")
+
+# Volt/VAR optimisation (server/schema/voltvar.py).
+from actors.apps import voltvar_app as _voltvar_app  # noqa: E402
+from actors.cores import voltvar as _voltvar  # noqa: E402
+
+VoltVarMode = strawberry.enum(_voltvar_app.VoltVarMode, name="VoltVarMode",
+                              description="OFF, ADVISORY (plans wait for approval), AUTOMATIC")
+VoltVarObjective = strawberry.enum(_voltvar.Objective, name="VoltVarObjective",
+                                   description="LOSSES: least losses; CVR: lowest voltage in the service band "
+                                               "(load voltage dependence: CVR factor 0.8 %P per %V)")
+VoltVarAction = strawberry.enum(_voltvar.VoltVarAction, name="VoltVarAction",
+                                description="What a Volt/VAR operation sets")
+VoltVarDeviceKind = strawberry.enum(_voltvar.DeviceKind, name="VoltVarDeviceKind")
+VoltVarPlanState = strawberry.enum(_voltvar_app.PlanState, name="VoltVarPlanState",
+                                   description="Where a Volt/VAR plan is in its life")
+RegulatorKind = strawberry.enum(_voltvar.RegulatorKind, name="RegulatorKind",
+                                description="OLTC: substation on-load tap changer; REGULATOR: line regulator")

@@ -17,6 +17,7 @@ from actors.feeder_actor import FeederState
 from graph_schema import model as m
 from security.roles import Permission, feeder_in_scope, requires
 from server.schema.enums import DerKind, EstimatorQuality, LimitBand, StateSource, SwitchKind, ViolationKind
+from server.schema.voltvar import Regulator, regulators_of
 from server.services import GridService
 
 
@@ -390,6 +391,11 @@ class FeederType:
                       steps=c.steps, step=c.step)
             for c in v.model.capacitors
         ]
+
+    @strawberry.field(description="Tap changers under voltage control (OLTCs and line regulators)")
+    async def regulators(self, info: Info) -> list[Regulator]:
+        v = await _view(info, self.id)
+        return regulators_of(v.model)
 
     @strawberry.field
     async def energization(self, info: Info) -> Energization:

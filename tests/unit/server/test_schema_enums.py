@@ -21,6 +21,7 @@ OPEN_SETS = {
     "AuditEntry.outcome",  # OK, an error code, or a control status
     "OutageStep.action",  # what the outage tracker was told happened (FAULT, ISOLATED, a plan step...)
     "Measurement.quantity",  # a point map kind: one of three domain enums (Quantity | Signal | CommandKind)
+    "VoltVarStatus.status",  # free text: what Volt/VAR is doing, who holds it off and why (mode is the enum)
 }
 CLOSED_NAMES = {"kind", "severity", "status", "quality", "state", "cause", "action", "mode", "band"}
 # Timestamps kept as text on purpose.
