@@ -31,6 +31,7 @@ from server.schema.audit import AuditQuery
 from server.schema.control import ControlMutation
 from server.schema.fdir import FdirMutation, FdirQuery
 from server.schema.feeder import FeederQuery
+from server.schema.forecast import ForecastQuery
 from server.schema.history import HistoryQuery
 from server.schema.outages import OutageQuery, OutageSubscription
 from server.schema.realtime import RealtimeMutation, RealtimeQuery, RealtimeSubscription
@@ -39,7 +40,8 @@ from server.settings import Settings
 
 
 @strawberry.type
-class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery):
+class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery,
+            ForecastQuery):
     pass
 
 

@@ -27,6 +27,7 @@ from actors.apps import fdir_engine as _fdir_engine
 from actors.cores import control as _control
 from actors.cores import events as _events
 from actors.cores import fdir as _fdir
+from actors.cores import forecast as _forecast
 from actors.cores import outages as _outages
 from graph_schema import model as _model
 from graph_schema.errors import BadInput
@@ -67,6 +68,9 @@ EstimatorQuality = strawberry.enum(_EstimatorQuality, name="EstimatorQuality",
 OutageCause = strawberry.enum(_outages.Cause, name="OutageCause")
 SwitchKind = strawberry.enum(_model.SwitchKind, description="IEC 61970 switch classes")
 DerKind = strawberry.enum(_model.DerKind)
+ForecastHorizon = strawberry.enum(_forecast.Horizon, name="ForecastHorizon",
+                                  description="DAY_AHEAD: the next 48 hours, made daily; INTRA_DAY: the next 24 "
+                                              "hours, made every quarter hour with the latest telemetry")
 
 
 # -- enums of sets the domain passes as strings -----------------------------------------------------
@@ -109,6 +113,7 @@ class AlarmKind(StrEnum):
     PF_UNDERVOLTAGE = "PF_UNDERVOLTAGE"  # power flow: undervoltage
     PF_OVERVOLTAGE = "PF_OVERVOLTAGE"  # power flow: overvoltage
     PF_OVERLOAD = "PF_OVERLOAD"  # power flow: overload
+    FORECAST_OVERLOAD = "FORECAST_OVERLOAD"  # a load forecast's peak is above the feeder's limit (ahead of time)
     OTHER = "OTHER"  # a kind this server version does not know; the message says what it is
 
 
