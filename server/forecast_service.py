@@ -21,7 +21,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from actors.cores.forecast import Forecast, Horizon, feeder_limit_mw
-from actors.forecast_task import ForecastJob, quarter_floor
+from actors.tasks.forecast import ForecastJob, quarter_floor
 from graph_schema.errors import DmsError
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,9 @@ EXTRAS_KEY = "forecast"
 
 
 async def _ray_forecast(job: ForecastJob) -> Forecast:
-    from actors.tasks import forecast  # Ray: the server is a Ray driver already
+    from actors.tasks import forecast_in_task  # Ray: the server is a Ray driver already
 
-    return await forecast(job)
+    return await forecast_in_task(job)
 
 
 class ForecastService:

@@ -1,6 +1,6 @@
 """Forward-looking alarms from load forecasts, as a hosted application.
 
-The forecast itself is made elsewhere (a Ray task, :mod:`actors.forecast_task`: LightGBM and DuckDB
+The forecast itself is made elsewhere (a Ray task, :mod:`actors.tasks.forecast`: LightGBM and DuckDB
 never load in the feeder actor's process); the server hands this application the summary of each
 new forecast (``publish``). A forecast peak above the feeder's limit raises the alarm
 ``FORECAST_OVERLOAD`` (kind ALARM, severity WARNING: nothing is wrong yet, the operator has time to

@@ -3,7 +3,7 @@
 Everything works on one 15-minute grid (:data:`STEP_S`): index ``i`` is ``start + i * 15 min``
 (UTC). ``load_p_mw`` holds the feeder's history (NaN where missing) up to the issue time; a
 forecast covers the indices after it. The regression model is handed in (:class:`Regressor`), so
-this module imports neither LightGBM nor Ray: the task that trains (``actors/forecast_task.py``, run
+this module imports neither LightGBM nor Ray: the task that trains (``actors/tasks/forecast.py``, run
 in a Ray worker) supplies it.
 
 Method:

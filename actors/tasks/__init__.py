@@ -1,5 +1,9 @@
 """Heavy work as Ray tasks: the one place, besides the fleet supervisor, that calls Ray.
 
+The modules of this package run in Ray workers, not in a feeder actor's process: they may import
+what analyses need (LightGBM, DuckDB); nothing the actor imports may import them
+(``tests/unit/test_layers.py``).
+
 A task takes a frozen job and returns a frozen result; it runs in a Ray worker process (one CPU
 each), never in a feeder actor, so the libraries only analyses need (LightGBM, DuckDB) load there.
 The caller (the server, a benchmark) must already be connected to Ray
@@ -17,7 +21,7 @@ from typing import Any
 import ray
 
 from actors.cores.forecast import Forecast
-from actors.forecast_task import ForecastJob, run_forecast
+from actors.tasks.forecast import ForecastJob, run_forecast
 
 _forecast_task: Any = ray.remote(num_cpus=1, max_retries=1)(run_forecast)
 
@@ -27,12 +31,12 @@ def submit_forecast(job: ForecastJob) -> Any:
     return _forecast_task.remote(job)
 
 
-async def forecast(job: ForecastJob) -> Forecast:
+async def forecast_in_task(job: ForecastJob) -> Forecast:
     result: Forecast = await submit_forecast(job)
     return result
 
 
-async def forecasts(jobs: Sequence[ForecastJob]) -> list[Forecast]:
+async def forecasts_in_tasks(jobs: Sequence[ForecastJob]) -> list[Forecast]:
     """Run the jobs in parallel, as many at once as the cluster has CPUs; results in job order."""
     return list(await asyncio.gather(*(submit_forecast(j) for j in jobs)))
 

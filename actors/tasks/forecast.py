@@ -2,7 +2,7 @@
 
 A plain function over a frozen :class:`ForecastJob` that returns a frozen
 :class:`actors.cores.forecast.Forecast`; :mod:`actors.tasks` runs it as a Ray task, so LightGBM and
-DuckDB load in a Ray worker and never in a feeder actor's process (``tests/unit/test_forecast_layers``
+DuckDB load in a Ray worker and never in a feeder actor's process (``tests/unit/test_layers.py``
 checks that no module the actor imports reaches this one). The maths is in
 :mod:`actors.cores.forecast`; this module only feeds it and supplies the regressor.
 
