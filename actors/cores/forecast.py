@@ -372,11 +372,15 @@ def _fit_predict(g: Grid, origin: int, steps: int, fit: Regressor, *, live: bool
 def _residual_correction(g: Grid, origin: int, model: Predictor, phi: float, steps: int) -> np.ndarray:
     """The intra-day correction per step: the last hour's mean residual, decayed by ``phi`` per step."""
     assert g.temp is not None
+    temp = g.temp[:origin].copy()
+    finite = np.flatnonzero(np.isfinite(temp))
+    if len(finite) and finite[-1] + 1 < origin:  # the weather series ends before the telemetry does
+        temp = temperature_outlook(temp[:finite[-1] + 1], int(finite[-1]) + 1, origin)
     rows = np.arange(max(0, origin - 4), origin)
-    rows = rows[np.isfinite(g.y[rows]) & np.isfinite(g.temp[rows])]
+    rows = rows[np.isfinite(g.y[rows]) & np.isfinite(temp[rows])]
     if len(rows) == 0:
         return np.zeros(steps)
-    f = model.predict(model_features(g.cal, g.y, g.temp, rows, None))
+    f = model.predict(model_features(g.cal, g.y, temp, rows, None))
     r = float(np.mean(g.y[rows] - f))
     return r * phi ** np.arange(1, steps + 1)
 
@@ -488,10 +492,14 @@ def forecast(inp: ForecastInput, horizon: Horizon, fit: Regressor, *, with_backt
                     over_limit=over, corrected_by_mw=float(correction[0]) if steps else 0.0)
 
 
+UNRATED_KA = 1000.0
+
+
 def feeder_limit_mw(feeder: object) -> float | None:
     """The feeder's load limit at its head (MW, unity power factor): the rating of the transformers
     at its source buses, else the thermal limit of the lines leaving them, times the feeder's
-    ``max_loading_percent``. None when neither is known."""
+    ``max_loading_percent``. None when neither is known (a line rated at :data:`UNRATED_KA` or more
+    is pandapower's "no limit" placeholder, as in the Baran & Wu case)."""
     sources = {s.bus_id for s in getattr(feeder, "sources", ())}
     limits = getattr(feeder, "limits", None)
     pct = getattr(limits, "max_loading_percent", 100.0) / 100.0
@@ -500,7 +508,7 @@ def feeder_limit_mw(feeder: object) -> float | None:
         return sum(float(t.sn_mva) for t in trafos) * pct
     volts = {b.id: b.vn_kv for b in getattr(feeder, "buses", ())}
     lines = [ln for ln in getattr(feeder, "lines", ()) if ln.from_bus_id in sources or ln.to_bus_id in sources]
-    if not lines:
+    if not lines or any(ln.max_i_ka >= UNRATED_KA for ln in lines):
         return None
     side = [ln.from_bus_id if ln.from_bus_id in sources else ln.to_bus_id for ln in lines]
     return sum(math.sqrt(3) * volts.get(b, 0.0) * ln.max_i_ka for ln, b in zip(lines, side, strict=True)) * pct
