@@ -341,7 +341,9 @@ def grid(inp: ForecastInput, steps: int) -> Grid:
     n_hist = len(inp.load_p_mw)
     n = n_hist + steps
     temp = None
-    if inp.temperature_c is not None and np.isfinite(inp.temperature_c[:n_hist]).mean() > 0.9:
+    has_load = np.isfinite(inp.load_p_mw)
+    if inp.temperature_c is not None and has_load.any() and \
+            np.isfinite(inp.temperature_c[:n_hist][has_load]).mean() > 0.9:  # weather for most of the history
         temp = np.full(n, np.nan)
         m = min(n, len(inp.temperature_c))
         temp[:m] = inp.temperature_c[:m]
