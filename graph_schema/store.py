@@ -83,6 +83,9 @@ def _redact(text: str, password: str) -> str:
 # interpolated into Cypher).
 REPORT_RECORD_LABELS: tuple[str, ...] = ("Interruption", "CustomersServed", "ReportJob", "ReportFile", "ReportSchedule")
 RECORD_LABELS: tuple[str, ...] = (*cypher.RECORD_LABELS, *REPORT_RECORD_LABELS)
+# Demand response (server/dr_service.py): programmes, their enrolled resources, events.
+DR_RECORD_LABELS: tuple[str, ...] = ("DrProgram", "DrResource", "DrEvent")
+RECORD_LABELS = (*RECORD_LABELS, *DR_RECORD_LABELS)
 
 
 def _check_record_label(label: str) -> str:

@@ -357,3 +357,21 @@ class HistorianReader:
             f"{src} WHERE epoch_us(ts) >= ? AND epoch_us(ts) < ?) AS s {bucket_of} GROUP BY i ORDER BY i"),
             [_us(s), _us(e)], extra=extra, hive=False)
         return [(edges[i], _f(v)) for i, v in rows]
+
+    # -- load energy (demand response baselines) -------------------------------------------------
+
+    def load_energy(self, feeder_id: str, load_ids: Sequence[str], start: datetime, end: datetime
+                    ) -> list[tuple[str, datetime, float]]:
+        """(load id, interval start, kWh of all its meters) per 15-minute interval in ``[start, end)``;
+        an interval delivered twice by a meter counts once."""
+        s, e = check_range(start, end, None)
+        self.skipped = []
+        if not load_ids:
+            return []
+        files = self.files("meter", s, e, [feeder_id])
+        rows = self._run("meter", files, lambda src: (
+            "SELECT load_id, t, sum(kwh) FROM (SELECT meter_id, load_id, epoch_us(interval_start) AS t, "
+            f"max(kwh) AS kwh FROM {src} WHERE load_id = ANY(?) AND epoch_us(interval_start) >= ? "
+            "AND epoch_us(interval_start) < ? "
+            "GROUP BY 1, 2, 3) GROUP BY 1, 2 ORDER BY 1, 2"), [list(load_ids), _us(s), _us(e)], hive=False)
+        return [(str(ld), _dt(t), float(k)) for ld, t, k in rows]

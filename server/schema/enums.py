@@ -25,6 +25,7 @@ import strawberry
 
 from actors.apps import fdir_engine as _fdir_engine
 from actors.cores import control as _control
+from actors.cores import dr as _dr
 from actors.cores import events as _events
 from actors.cores import fdir as _fdir
 from actors.cores import forecast as _forecast
@@ -68,6 +69,11 @@ EstimatorQuality = strawberry.enum(_EstimatorQuality, name="EstimatorQuality",
 OutageCause = strawberry.enum(_outages.Cause, name="OutageCause")
 SwitchKind = strawberry.enum(_model.SwitchKind, description="IEC 61970 switch classes")
 DerKind = strawberry.enum(_model.DerKind)
+DrProgramKind = strawberry.enum(_dr.ProgramKind, name="DrProgramKind")
+DrResourceKind = strawberry.enum(_dr.ResourceKind, name="DrResourceKind")
+DrEventStatus = strawberry.enum(_dr.EventStatus, name="DrEventStatus",
+                                description="SCHEDULED before its start, ACTIVE in its window, then COMPLETED; "
+                                            "or CANCELLED")
 ForecastHorizon = strawberry.enum(_forecast.Horizon, name="ForecastHorizon",
                                   description="DAY_AHEAD: the next 48 hours, made daily; INTRA_DAY: the next 24 "
                                               "hours, made every quarter hour with the latest telemetry")
