@@ -29,6 +29,7 @@ from server.errors import DmsErrors
 from server.metrics import OperationMetrics
 from server.schema.audit import AuditQuery
 from server.schema.control import ControlMutation
+from server.schema.customer import CustomerMutation, CustomerQuery
 from server.schema.dr import DrMutation, DrQuery
 from server.schema.fdir import FdirMutation, FdirQuery
 from server.schema.feeder import FeederQuery
@@ -42,12 +43,12 @@ from server.settings import Settings
 
 @strawberry.type
 class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery,
-            ForecastQuery, DrQuery):
+            ForecastQuery, DrQuery, CustomerQuery):
     pass
 
 
 @strawberry.type
-class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation, DrMutation):
+class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation, DrMutation, CustomerMutation):
     pass
 
 
