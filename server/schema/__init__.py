@@ -29,7 +29,7 @@ from server.errors import DmsErrors
 from server.metrics import OperationMetrics
 from server.schema.audit import AuditQuery
 from server.schema.control import ControlMutation
-from server.schema.customer import CustomerMutation, CustomerQuery
+from server.schema.customer import CustomerMutation, CustomerQuery, CustomerSubscription
 from server.schema.dr import DrMutation, DrQuery
 from server.schema.fdir import FdirMutation, FdirQuery
 from server.schema.feeder import FeederQuery
@@ -53,7 +53,7 @@ class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation, 
 
 
 @strawberry.type
-class Subscription(RealtimeSubscription, OutageSubscription):
+class Subscription(RealtimeSubscription, OutageSubscription, CustomerSubscription):
     pass
 
 

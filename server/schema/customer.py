@@ -13,7 +13,8 @@ involve the account is NOT_FOUND, whether it exists or not. Audited.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
 from typing import Any
 
 import strawberry
@@ -23,7 +24,11 @@ from security.errors import Forbidden
 from security.roles import Permission, requires
 from server.dr_service import DrService, EventView
 from server.schema.audit import audited
-from server.schema.enums import DrEventStatus, OutageStatus
+from server.schema.enums import CustomerNotificationKind, DrEventStatus, OutageStatus
+
+# How often the subscription re-reads the account's DR events (the store is the record: every API
+# replica sees the same, whichever replica changed them).
+DR_POLL_S = 2.0
 
 
 @strawberry.type
@@ -53,6 +58,14 @@ class CustomerDrEvent:
     resource_ids: list[strawberry.ID] = strawberry.field(description="Your resources dispatched in it")
     requested_kw: float = strawberry.field(description="The reduction asked of your resources")
     opted_out: bool
+
+
+@strawberry.type
+class CustomerNotification:
+    kind: CustomerNotificationKind  # type: ignore[valid-type]
+    at: datetime
+    dr_event: CustomerDrEvent | None
+    outage: CustomerOutage | None
 
 
 @strawberry.type
@@ -120,12 +133,9 @@ class CustomerQuery:
             loads = {ld for f, ld in premises if f == fid}
             for _, o in await runtime.outages.page(active=None, feeder_id=fid, feeders_in_scope=None,
                                                    before_seq=None, limit=50):
-                hit = sorted(loads & set(o.load_ids_interrupted))
-                if hit:
-                    outages.append(CustomerOutage(id=strawberry.ID(o.id), status=o.status, started_at=o.started_at,
-                                                  estimated_restoration=o.estimated_restoration,
-                                                  restored_at=o.restored_at,
-                                                  premises_ids=[strawberry.ID(x) for x in hit]))
+                view = _outage_view(o, loads)
+                if view is not None:
+                    outages.append(view)
         resources, views = await _mine(DrService.of(runtime), account)
         return Customer(
             account=strawberry.ID(account),
@@ -163,3 +173,61 @@ class CustomerMutation:
         after = await audited(info, "DR_OPT_OUT", f"{view.event.feeder_id}/{event_id}",
                               {"account": account, "resources": ",".join(dispatched)}, all_out())
         return _dr_event(after, resources)
+
+
+def _outage_view(o: Any, loads: set[str]) -> CustomerOutage | None:
+    hit = sorted(loads & set(o.load_ids_interrupted))
+    if not hit:
+        return None
+    return CustomerOutage(id=strawberry.ID(o.id), status=o.status, started_at=o.started_at,
+                          estimated_restoration=o.estimated_restoration, restored_at=o.restored_at,
+                          premises_ids=[strawberry.ID(x) for x in hit])
+
+
+@strawberry.type
+class CustomerSubscription:
+    @strawberry.subscription(permission_classes=[requires(Permission.DEMAND_RESPONSE_ENROLL)],
+                             description="The account's DR events (now, then each change) and outages of its "
+                                         "premises; nothing of any other account")
+    async def customer_events(self, info: Info) -> AsyncGenerator[CustomerNotification, None]:
+        from actors.cores.events import EventKind
+        from graph_schema.errors import DmsError
+
+        account = account_of(info)
+        services = info.context["services"]
+        runtime = services.runtime
+        premises = await _known_premises(runtime, _premises(account))
+        feeders = {f for f, _ in premises}
+        svc = DrService.of(runtime)
+        seen: dict[str, tuple[Any, ...]] = {}
+
+        async def dr_changes() -> list[CustomerNotification]:
+            resources, views = await _mine(svc, account)
+            out = []
+            for v in views:
+                view = _dr_event(v, resources)
+                key = (view.status, tuple(view.resource_ids), view.opted_out, view.requested_kw)
+                if seen.get(v.event.id) != key:
+                    seen[v.event.id] = key
+                    out.append(CustomerNotification(kind=CustomerNotificationKind.DR_EVENT, at=datetime.now(UTC),
+                                                    dr_event=view, outage=None))
+            return out
+
+        for n in await dr_changes():
+            yield n
+        async for batch in services.hub.stream(after_seq=None, feeder_id=None, kinds={str(EventKind.OUTAGE)},
+                                               feeder_visible=lambda fid: fid in feeders, tick_s=DR_POLL_S):
+            for e in batch:
+                outage_id = e.data.get("outage_id")
+                if not isinstance(outage_id, str):
+                    continue
+                try:
+                    o = await runtime.outages.get(outage_id)
+                except DmsError:
+                    continue
+                view = _outage_view(o, {ld for f, ld in premises if f == o.feeder_id})
+                if view is not None:
+                    yield CustomerNotification(kind=CustomerNotificationKind.OUTAGE, at=datetime.now(UTC),
+                                               dr_event=None, outage=view)
+            for n in await dr_changes():
+                yield n

@@ -159,3 +159,9 @@ def parse_values(enum: type[E], values: Iterable[str], arg: str, *, use_instead:
         hint = f"; or pass {use_instead} (an enum)" if use_instead else ""
         raise BadInput(f"{arg}: unknown value(s) {', '.join(repr(b) for b in bad)}; use one of {accepted}{hint}")
     return out
+
+
+@strawberry.enum(description="What a customer notification is about")
+class CustomerNotificationKind(StrEnum):
+    DR_EVENT = "DR_EVENT"
+    OUTAGE = "OUTAGE"

@@ -4,6 +4,7 @@ event (the operator sees the replacement), and every other DR/forecast field ref
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,3 +87,74 @@ async def test_customer_scope_and_opt_out(gql: Any, settings: Any) -> None:
             assert _code(await gql(q, v, token=tok_a)) == "FORBIDDEN", q
     finally:
         await gql(CANCEL, {"id": ev["id"]}, role="OPERATOR")
+
+
+SUB = """subscription { customerEvents { kind at drEvent { id status resourceIds optedOut requestedKw }
+  outage { id premisesIds } } }"""
+
+
+async def _ws(server: Any, token: str) -> Any:
+    import json
+
+    import websockets
+
+    conn = await websockets.connect(server.ws_url, subprotocols=["graphql-transport-ws"])
+    await conn.send(json.dumps({"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}))
+    assert json.loads(await asyncio.wait_for(conn.recv(), 10))["type"] == "connection_ack"
+    await conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": SUB}}))
+    return conn
+
+
+async def _next(conn: Any) -> dict[str, Any]:
+    import json
+
+    while True:
+        msg = json.loads(await asyncio.wait_for(conn.recv(), 30))
+        if msg["type"] == "ping":
+            await conn.send(json.dumps({"type": "pong"}))
+            continue
+        assert msg["type"] == "next", msg
+        return dict(msg["payload"]["data"]["customerEvents"])
+
+
+async def test_customer_events_carry_only_the_accounts_own_changes(gql: Any, settings: Any, server: Any) -> None:
+    d = (datetime.now(UTC) + timedelta(days=2)).date()
+    start = datetime(d.year, d.month, d.day, 10, tzinfo=UTC)
+    r = await gql(CREATE, {"s": start.isoformat(), "e": (start + timedelta(hours=1)).isoformat()}, role="OPERATOR")
+    ev = r["data"]["createDrEvent"]
+    progs = await gql("{ drPrograms { id resources { id loadId capacityKw } } }")
+    res = next(p for p in progs["data"]["drPrograms"] if p["id"] == P)["resources"]
+    load_of = {x["id"]: x["loadId"] for x in res}
+    mine = ev["resources"][0]["resourceId"]
+    other = next(x["id"] for x in res if x["id"] not in {y["resourceId"] for y in ev["resources"]})
+    tok_a = _token(settings, f"acct:{F}/{load_of[mine]}/0")
+    tok_b = _token(settings, f"acct:{F}/{load_of[other]}/0")
+    conn_a, conn_b = await _ws(server, tok_a), await _ws(server, tok_b)
+    big = None
+    try:
+        first = await _next(conn_a)  # A's current events, this one among them
+        while first["drEvent"]["id"] != ev["id"]:
+            first = await _next(conn_a)
+        assert first["kind"] == "DR_EVENT" and first["drEvent"]["resourceIds"] == [mine]
+        assert not first["drEvent"]["optedOut"]
+        assert "errors" not in await gql(OPT_OUT, {"id": ev["id"]}, token=tok_a)
+        change = await _next(conn_a)
+        while change["drEvent"]["id"] != ev["id"]:
+            change = await _next(conn_a)
+        assert change["drEvent"]["optedOut"] is True and change["drEvent"]["resourceIds"] == []
+        # an event that dispatches every resource reaches B; A's event, created and changed before, never did
+        r = await gql(CREATE.replace("targetKw: 30", "targetKw: 100000"),
+                      {"s": (start + timedelta(hours=3)).isoformat(), "e": (start + timedelta(hours=4)).isoformat()},
+                      role="OPERATOR")
+        big = r["data"]["createDrEvent"]["id"]
+        got = await _next(conn_b)
+        while got["drEvent"]["id"] != big:
+            assert got["drEvent"]["id"] != ev["id"], got  # A's event never reaches B
+            got = await _next(conn_b)
+        assert got["drEvent"]["resourceIds"] == [other]
+    finally:
+        await conn_a.close()
+        await conn_b.close()
+        await gql(CANCEL, {"id": ev["id"]}, role="OPERATOR")
+        if big is not None:
+            await gql(CANCEL, {"id": big}, role="OPERATOR")
