@@ -55,6 +55,8 @@ class Role(StrEnum):
     RBACMNT = "RBACMNT"  # RBAC management: role assignments only
     CUSTOMER = "CUSTOMER"  # not 62351-8: customer apps (public feed, demand response)
     SUPERVISOR = "SUPERVISOR"  # not 62351-8: shift supervisor, operator + removing others' tags
+    VEN = "VEN"  # not 62351-8: an OpenADR 3 VEN (client credentials; its own ven, resources, events)
+    VTN_BL = "VTN_BL"  # not 62351-8: OpenADR 3 business logic (creates programmes' events on the VTN)
 
 
 class Permission(StrEnum):
@@ -79,6 +81,8 @@ class Permission(StrEnum):
     READ_PUBLIC_FEED = "READ_PUBLIC_FEED"  # the public outage feed (no personal data)
     DEMAND_RESPONSE_ENROLL = "DEMAND_RESPONSE_ENROLL"  # a customer enrols in demand response
     READ_ENERGY_USAGE = "READ_ENERGY_USAGE"  # smart-meter intervals (a customer: only its own meters)
+    OPENADR_VEN = "OPENADR_VEN"  # OpenADR 3 VTN as a VEN: its own ven/resources, its programmes' events
+    OPENADR_BL = "OPENADR_BL"  # OpenADR 3 VTN as business logic: all programmes, events, reports
 
 
 P = Permission
@@ -122,6 +126,10 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
         # Project role for customer apps: the public outage feed, demand-response enrolment and the
         # energy use of the customer's own meters (the service checks the token's account per meter).
         Role.CUSTOMER: frozenset({P.READ_PUBLIC_FEED, P.DEMAND_RESPONSE_ENROLL, P.READ_ENERGY_USAGE}),
+        # OpenADR 3 clients (server/openadr3): a VEN reaches only the VTN, scoped to the customer
+        # account its token names; the business-logic client creates and cancels events there.
+        Role.VEN: frozenset({P.OPENADR_VEN}),
+        Role.VTN_BL: frozenset({P.OPENADR_BL}),
     }
 )
 

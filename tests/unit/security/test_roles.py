@@ -41,6 +41,8 @@ EXPECTED: dict[Role, set[Permission]] = {
     Role.SUPERVISOR: {P.READ_GRID, P.READ_OUTAGES, P.READ_ALARMS, P.READ_REPORTS, P.READ_PUBLIC_FEED,
                       P.READ_ENERGY_USAGE, P.CONTROL, P.TAG, P.APPROVE_PLAN, P.WHAT_IF, P.SET_MODE, P.ACK_ALARMS,
                       P.OVERRIDE_TAG},
+    Role.VEN: {P.OPENADR_VEN},
+    Role.VTN_BL: {P.OPENADR_BL},
 }
 
 
