@@ -13,6 +13,9 @@ Events created through GraphQL ``createDrEvent`` and here are the same graph-sto
 records. VENs, reports and subscriptions are graph-store records too (``OadrVen``, ``OadrReport``,
 ``OadrSubscription``). Refusals are Problems (``application/problem+json``).
 
+Tokens: ``POST /openadr3/auth/token`` (client credentials of clients registered by business logic,
+server/openadr3/clients.py) or ``dms token --role VEN --customer-account ACCOUNT``.
+
 Not yet: subscription callbacks (webhooks) are stored but not called; VENs poll. No rate limit of
 its own (the GraphQL limiter covers ``/graphql`` only).
 """
@@ -338,7 +341,10 @@ def mount(services: Any) -> Mount:
     """The VTN's routes, mounted at ``/openadr3`` by server/app.py."""
     v = Vtn(services)
     r = v.route
+    from server.openadr3.clients import routes as auth_routes
+
     return Mount(PREFIX, routes=[
+        *auth_routes(v),
         Route("/programs", r(v.programs), methods=["GET"]),
         Route("/programs/{id}", r(v.program), methods=["GET"]),
         Route("/events", r(v.events), methods=["GET"]),

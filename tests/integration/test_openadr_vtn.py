@@ -234,3 +234,48 @@ async def test_simulated_vens_shed_in_the_field_and_report(http: httpx.AsyncClie
         assert (await http.delete(f"{base}/events/{ev['id']}", headers=bl)).status_code == 200
         await poll_all(vens)
     assert fs.load_reduction_kw == {}
+
+
+async def test_client_credentials(http: httpx.AsyncClient, settings: Any, gql: Any) -> None:
+    """Business logic registers a VEN client; the VEN fetches a token with its client credentials
+    (the URL from /auth/server) and acts as that account's VEN; wrong credentials are refused."""
+    base = "/openadr3"
+    bl = _h(_token(settings, "VTN_BL", "bl-client"))
+    res = next(p for p in (await gql(PROGRAMS))["data"]["drPrograms"] if p["id"] == P)["resources"]
+    account = f"acct:{F}/{res[-1]['loadId']}/0"
+    r = await http.post(f"{base}/auth/clients", json={"clientName": "meter-gw", "role": "VEN",
+                                                      "customerAccount": account}, headers=bl)
+    assert r.status_code == 201, r.text
+    cred = r.json()
+    url = (await http.get(f"{base}/auth/server")).json()["tokenURL"]
+    assert url.endswith("/openadr3/auth/token")
+    form = {"grant_type": "client_credentials", "client_id": cred["clientID"], "client_secret": cred["clientSecret"]}
+    r = await http.post(url, data=form)
+    assert r.status_code == 200, r.text
+    tok = r.json()
+    assert tok["token_type"] == "Bearer" and tok["expires_in"] == 3600
+    ven = _h(tok["access_token"])
+    r = await http.post(f"{base}/vens", json={"venName": "meter-gw"}, headers=ven)
+    assert r.status_code == 201, r.text
+    assert [x["resourceName"] for x in (await http.get(f"{base}/resources", headers=ven)).json()] == [res[-1]["id"]]
+    # HTTP Basic works too
+    import base64
+
+    basic = base64.b64encode(f"{cred['clientID']}:{cred['clientSecret']}".encode()).decode()
+    r = await http.post(url, data={"grant_type": "client_credentials"}, headers={"Authorization": f"Basic {basic}"})
+    assert r.status_code == 200, r.text
+
+    # refusals
+    for data, status, error in (({**form, "client_secret": "wrong"}, 401, "invalid_client"),
+                                ({**form, "client_id": "oadr-nope"}, 401, "invalid_client"),
+                                ({**form, "grant_type": "password"}, 400, "unsupported_grant_type"),
+                                ({"grant_type": "client_credentials"}, 401, "invalid_client")):
+        r = await http.post(url, data=data)
+        assert r.status_code == status and r.json()["error"] == error, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+    _problem(await http.post(f"{base}/auth/clients", json={"clientName": "x", "role": "VEN", "customerAccount": "a"},
+                             headers=ven), 403, "VTN_BL")
+    _problem(await http.post(f"{base}/auth/clients", json={"clientName": "x", "role": "VEN"}, headers=bl),
+             400, "customerAccount")
+    _problem(await http.post(f"{base}/auth/clients", json={"clientName": "x", "role": "ADMIN"}, headers=bl),
+             400, "role")
