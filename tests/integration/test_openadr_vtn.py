@@ -241,8 +241,9 @@ async def test_client_credentials(http: httpx.AsyncClient, settings: Any, gql: A
     (the URL from /auth/server) and acts as that account's VEN; wrong credentials are refused."""
     base = "/openadr3"
     bl = _h(_token(settings, "VTN_BL", "bl-client"))
-    res = next(p for p in (await gql(PROGRAMS))["data"]["drPrograms"] if p["id"] == P)["resources"]
-    account = f"acct:{F}/{res[-1]['loadId']}/0"
+    # case33bw: the other tests register VENs for cigre-mv's accounts (one ven per account)
+    res = next(p for p in (await gql(PROGRAMS))["data"]["drPrograms"] if p["id"] == "case33bw-capacity")["resources"]
+    account = f"acct:case33bw/{res[-1]['loadId']}/0"
     r = await http.post(f"{base}/auth/clients", json={"clientName": "meter-gw", "role": "VEN",
                                                       "customerAccount": account}, headers=bl)
     assert r.status_code == 201, r.text
