@@ -85,6 +85,12 @@ REPORT_RECORD_LABELS: tuple[str, ...] = ("Interruption", "CustomersServed", "Rep
 # Saved what-if studies and analysis jobs (server/study_service.py, issue #14).
 STUDY_RECORD_LABELS: tuple[str, ...] = ("Study", "AnalysisJob")
 RECORD_LABELS: tuple[str, ...] = (*cypher.RECORD_LABELS, *REPORT_RECORD_LABELS, *STUDY_RECORD_LABELS)
+# Demand response (server/dr_service.py): programmes, their enrolled resources, events.
+DR_RECORD_LABELS: tuple[str, ...] = ("DrProgram", "DrResource", "DrEvent")
+RECORD_LABELS = (*RECORD_LABELS, *DR_RECORD_LABELS)
+# OpenADR 3 VTN (server/openadr3): registered VENs, their reports, subscriptions and OAuth2 clients.
+OPENADR_RECORD_LABELS: tuple[str, ...] = ("OadrVen", "OadrReport", "OadrSubscription", "OadrClient")
+RECORD_LABELS = (*RECORD_LABELS, *OPENADR_RECORD_LABELS)
 
 
 def _check_record_label(label: str) -> str:

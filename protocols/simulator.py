@@ -264,6 +264,7 @@ class _FeederSim:
     last_loads: dict[str, tuple[float, float]] = field(default_factory=dict)  # load id -> (p_mw, q_mvar) served
     energized: frozenset[str] = frozenset()
     dirty: bool = True
+    load_reduction_kw: dict[str, float] = field(default_factory=dict)  # load id -> kW shed (demand response)
 
 
 @dataclass
@@ -593,6 +594,8 @@ class FieldSimulator:
         for ld in fs.feeder.loads:
             shape = commercial_profile(hour) if ld.id in fs.commercial else residential_profile(hour)
             loads[ld.id] = ld.p_mw * shape * (1 + rng.gauss(0, self.noise))
+            if ld.id in fs.load_reduction_kw:  # a VEN shedding load (protocols/ven_sim.py)
+                loads[ld.id] = max(0.0, loads[ld.id] - fs.load_reduction_kw[ld.id] / 1000)
         ders: dict[str, float] = {}
         for d in fs.feeder.ders:
             if d.kind is DerKind.PV:
@@ -895,6 +898,20 @@ class FieldSimulator:
         if not 0 <= scale <= 10:
             raise BadInput(f"load scale {scale} is outside 0..10")
         self._fs(feeder_id).load_scale = scale
+        self._resolve_soon()
+
+    def reduce_load(self, feeder_id: str, load_id: str, kw: float) -> None:
+        """Shed ``kw`` from one load (0 ends it): what a simulated VEN does during a DR event, so the
+        feeder's measurements and the meters' intervals show the reduction."""
+        fs = self._fs(feeder_id)
+        if load_id not in {ld.id for ld in fs.feeder.loads}:
+            raise BadInput(f"load {load_id!r} is not on feeder {feeder_id}; the feeder's loads are in its model")
+        if not 0 <= kw <= 1e6:
+            raise BadInput(f"load reduction {kw} kW is outside 0..1e6")
+        if kw:
+            fs.load_reduction_kw[load_id] = kw
+        else:
+            fs.load_reduction_kw.pop(load_id, None)
         self._resolve_soon()
 
     def _switch_key(self, switch_id: str, feeder_id: str | None) -> str:

@@ -56,6 +56,8 @@ class Role(StrEnum):
     CUSTOMER = "CUSTOMER"  # not 62351-8: customer apps (public feed, demand response)
     SUPERVISOR = "SUPERVISOR"  # not 62351-8: shift supervisor, operator + removing others' tags
     PLANNER = "PLANNER"  # not 62351-8: network planner, studies and analyses, never control
+    VEN = "VEN"  # not 62351-8: an OpenADR 3 VEN (client credentials; its own ven, resources, events)
+    VTN_BL = "VTN_BL"  # not 62351-8: OpenADR 3 business logic (creates programmes' events on the VTN)
 
 
 class Permission(StrEnum):
@@ -84,6 +86,8 @@ class Permission(StrEnum):
     CONTROL_DER = "CONTROL_DER"  # DER set points, curves, schedules, curtailment release (select-before-operate)
     SET_DER_MODE = "SET_DER_MODE"  # DER management mode (automatic / advisory / off) of a feeder
     SET_VOLTVAR_MODE = "SET_VOLTVAR_MODE"  # Volt/VAR optimisation mode and objective of a feeder
+    OPENADR_VEN = "OPENADR_VEN"  # OpenADR 3 VTN as a VEN: its own ven/resources, its programmes' events
+    OPENADR_BL = "OPENADR_BL"  # OpenADR 3 VTN as business logic: all programmes, events, reports
 
 
 P = Permission
@@ -136,6 +140,10 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
         # analyses (N-1, hosting capacity, reconfiguration, growth scenarios). No CONTROL/APPROVE_PLAN: a
         # recommended switching plan is executed by an operator through select-before-operate.
         Role.PLANNER: _VIEW | {P.WHAT_IF, P.RUN_STUDIES},
+        # OpenADR 3 clients (server/openadr3): a VEN reaches only the VTN, scoped to the customer
+        # account its token names; the business-logic client creates and cancels events there.
+        Role.VEN: frozenset({P.OPENADR_VEN}),
+        Role.VTN_BL: frozenset({P.OPENADR_BL}),
     }
 )
 

@@ -38,6 +38,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
 from security.audit import AuditLog
 from security.limits import RateLimiter
+from server import openadr3
 from server.auth import AuditThrottle, Authenticator, bearer_token
 from server.feeds import outages_geojson
 from server.metrics import refresh_from_runtime, render
@@ -250,6 +251,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None, *, demo_feede
         Route("/reports/{name}", report_file, methods=["GET"]),
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
+        openadr3.mount(services),  # the OpenADR 3 VTN under /openadr3/ (server/openadr3)
     ]
     if settings.graphiql:
         routes.append(Mount("/static/graphiql", StaticFiles(directory=GRAPHIQL_DIR), name="graphiql"))

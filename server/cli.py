@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl", type=_ttl, default=3600, help="lifetime, e.g. 15m, 1h (default 1h)")
     t.add_argument("--feeders", default=None, help="comma-separated feeder ids this token is limited to")
     t.add_argument("--customer-account", default=None,
-                   help="the customer account a CUSTOMER token acts for (its meters' energy usage)")
+                   help="the customer account a CUSTOMER token acts for (its meters' energy usage), or a VEN "
+                        "token (the OpenADR 3 VEN of that account)")
 
     sim = sub.add_parser("sim", help="drive the field simulator of a running demo")
     simsub = sim.add_subparsers(dest="sim_command", required=True)
@@ -505,7 +506,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
             roles.append(Role(r.upper()))
         except ValueError:
             raise ConfigError(f"unknown role {r!r}; use one of {', '.join(x.value for x in Role)}") from None
-    if args.customer_account is not None and Role.CUSTOMER not in roles:
+    if args.customer_account is not None and Role.CUSTOMER not in roles and Role.VEN not in roles:
         raise ConfigError("--customer-account goes with --role CUSTOMER (the account whose meters the token "
                           "may read), e.g. --role CUSTOMER --customer-account ACC-1001")
     key = LocalSigningKey(settings.data_dir)

@@ -40,6 +40,11 @@ def strip_suggestions(message: str) -> str:
 
 def map_error(error: GraphQLError, *, hide_suggestions: bool = False) -> GraphQLError:
     cause = _root_cause(error)
+    if cause is not None and not isinstance(cause, DmsError) and error.path is None \
+            and isinstance(error.original_error, GraphQLError):
+        # A variable that graphql-core could not coerce (an unknown enum value: its KeyError is
+        # chained under the GraphQLError that says so): the client's mistake, not an internal error.
+        cause = None
     if isinstance(cause, DmsError):
         return GraphQLError(
             cause.message,

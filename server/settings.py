@@ -157,6 +157,10 @@ class Settings:
     reports_dir: str | None = None
     report_scheduler: bool = True
 
+    # Load forecasting: the country whose public holidays shape the calendar (ISO 3166 code, the
+    # ``holidays`` library's).
+    forecast_holidays_country: str = "US"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every ``DMS_*`` variable; ``overrides`` (e.g. from CLI flags) win over the environment.
@@ -210,6 +214,8 @@ class Settings:
             "reliability_momentary_min": r.float("DMS_RELIABILITY_MOMENTARY_MIN", 5.0, minimum=0.0),
             "reports_dir": r.str("DMS_REPORTS_DIR", None),
             "report_scheduler": r.bool("DMS_REPORT_SCHEDULER", True),
+            "forecast_holidays_country": _country("DMS_FORECAST_HOLIDAYS_COUNTRY",
+                                                  r.str("DMS_FORECAST_HOLIDAYS_COUNTRY", "US") or "US"),
         }
         if values["log_level"] not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(
@@ -268,3 +274,13 @@ def _fdir_modes(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
             raise ConfigError(f"DMS_FDIR_MODES entry {item!r} is not FEEDER:MODE; e.g. case33bw:AUTOMATIC")
         out.append((feeder.strip(), _fdir_mode("DMS_FDIR_MODES", mode)))
     return tuple(out)
+
+
+def _country(name: str, value: str) -> str:
+    import holidays
+
+    code = value.strip().upper()
+    if code not in holidays.list_supported_countries():
+        raise ConfigError(f"{name}={value!r} is not a country the holidays library knows; use an ISO 3166 code "
+                          f"such as US, DE or FR")
+    return code

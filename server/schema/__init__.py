@@ -29,9 +29,12 @@ from server.errors import DmsErrors
 from server.metrics import OperationMetrics
 from server.schema.audit import AuditQuery
 from server.schema.control import ControlMutation
+from server.schema.customer import CustomerMutation, CustomerQuery, CustomerSubscription
 from server.schema.der import DerMutation, DerQuery
+from server.schema.dr import DrMutation, DrQuery
 from server.schema.fdir import FdirMutation, FdirQuery
 from server.schema.feeder import FeederQuery
+from server.schema.forecast import ForecastQuery
 from server.schema.history import HistoryQuery
 from server.schema.outages import OutageQuery, OutageSubscription
 from server.schema.realtime import RealtimeMutation, RealtimeQuery, RealtimeSubscription
@@ -43,19 +46,18 @@ from server.settings import Settings
 
 @strawberry.type
 class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery,
-            StudyQuery, DerQuery, VoltVarQuery):
+            StudyQuery, DerQuery, VoltVarQuery, ForecastQuery, DrQuery, CustomerQuery):
     pass
 
 
 @strawberry.type
 class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation,
-               StudyMutation, DerMutation, VoltVarMutation):
+               StudyMutation, DerMutation, VoltVarMutation, DrMutation, CustomerMutation):
     pass
 
 
 @strawberry.type
-class Subscription(RealtimeSubscription, OutageSubscription,
-                   StudySubscription):
+class Subscription(RealtimeSubscription, OutageSubscription, StudySubscription, CustomerSubscription):
     pass
 
 

@@ -26,8 +26,10 @@ import strawberry
 from actors.apps import der_app as _der_app
 from actors.apps import fdir_engine as _fdir_engine
 from actors.cores import control as _control
+from actors.cores import dr as _dr
 from actors.cores import events as _events
 from actors.cores import fdir as _fdir
+from actors.cores import forecast as _forecast
 from actors.cores import outages as _outages
 from graph_schema import model as _model
 from graph_schema.errors import BadInput
@@ -68,6 +70,14 @@ EstimatorQuality = strawberry.enum(_EstimatorQuality, name="EstimatorQuality",
 OutageCause = strawberry.enum(_outages.Cause, name="OutageCause")
 SwitchKind = strawberry.enum(_model.SwitchKind, description="IEC 61970 switch classes")
 DerKind = strawberry.enum(_model.DerKind)
+DrProgramKind = strawberry.enum(_dr.ProgramKind, name="DrProgramKind")
+DrResourceKind = strawberry.enum(_dr.ResourceKind, name="DrResourceKind")
+DrEventStatus = strawberry.enum(_dr.EventStatus, name="DrEventStatus",
+                                description="SCHEDULED before its start, ACTIVE in its window, then COMPLETED; "
+                                            "or CANCELLED")
+ForecastHorizon = strawberry.enum(_forecast.Horizon, name="ForecastHorizon",
+                                  description="DAY_AHEAD: the next 48 hours, made daily; INTRA_DAY: the next 24 "
+                                              "hours, made every quarter hour with the latest telemetry")
 
 
 # -- enums of sets the domain passes as strings -----------------------------------------------------
@@ -110,6 +120,7 @@ class AlarmKind(StrEnum):
     PF_UNDERVOLTAGE = "PF_UNDERVOLTAGE"  # power flow: undervoltage
     PF_OVERVOLTAGE = "PF_OVERVOLTAGE"  # power flow: overvoltage
     PF_OVERLOAD = "PF_OVERLOAD"  # power flow: overload
+    FORECAST_OVERLOAD = "FORECAST_OVERLOAD"  # a load forecast's peak is above the feeder's limit (ahead of time)
     OTHER = "OTHER"  # a kind this server version does not know; the message says what it is
 
 
@@ -206,3 +217,8 @@ VoltVarPlanState = strawberry.enum(_voltvar_app.PlanState, name="VoltVarPlanStat
                                    description="Where a Volt/VAR plan is in its life")
 RegulatorKind = strawberry.enum(_voltvar.RegulatorKind, name="RegulatorKind",
                                 description="OLTC: substation on-load tap changer; REGULATOR: line regulator")
+
+@strawberry.enum(description="What a customer notification is about")
+class CustomerNotificationKind(StrEnum):
+    DR_EVENT = "DR_EVENT"
+    OUTAGE = "OUTAGE"

@@ -173,6 +173,10 @@ ACTOR_MODULES = sorted(
     ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
     for p in (ROOT / "actors").rglob("*.py")
 )
+# actors/tasks runs in Ray workers (forecast training, ...), not in the actor process: it may import
+# analysis libraries; no actor module may import it (checked below).
+TASK_PACKAGE = "actors.tasks"
+ACTOR_MODULES = [m for m in ACTOR_MODULES if m != TASK_PACKAGE and not m.startswith(TASK_PACKAGE + ".")]
 
 
 @pytest.mark.parametrize("module", ACTOR_MODULES)
@@ -195,3 +199,10 @@ def test_the_server_imports_no_report_renderer_until_a_report_is_rendered() -> N
                           check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("module", ["actors.feeder_actor", "actors.fleet", "actors.apps"])
+def test_the_actor_process_never_reaches_the_task_modules_nor_lightgbm(module: str) -> None:
+    chain = _chain_to_forbidden(module, (TASK_PACKAGE, "lightgbm", "holidays"))
+    assert chain is None, (f"{module} reaches {chain[-1]} through {' -> '.join(chain)}; forecast training and "
+                           "its libraries run in Ray tasks (actors/tasks), never in the feeder actor's process")

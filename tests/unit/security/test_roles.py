@@ -43,6 +43,8 @@ EXPECTED: dict[Role, set[Permission]] = {
                       P.OVERRIDE_TAG, P.SET_VOLTVAR_MODE},
     Role.PLANNER: {P.READ_GRID, P.READ_OUTAGES, P.READ_ALARMS, P.READ_REPORTS, P.READ_PUBLIC_FEED, P.READ_ENERGY_USAGE,
                    P.WHAT_IF, P.RUN_STUDIES},
+    Role.VEN: {P.OPENADR_VEN},
+    Role.VTN_BL: {P.OPENADR_BL},
 }
 # DER management (#12): operators and supervisors.
 EXPECTED[Role.OPERATOR] |= {P.CONTROL_DER, P.SET_DER_MODE}
