@@ -483,10 +483,19 @@ class FeederActor:
             self.publish_estimate(None)
 
     async def measurements(self) -> list[dict[str, Any]]:
-        """The latest value of every telemetered point, with quality and timestamps."""
+        """The latest value of every telemetered point, with quality and timestamps, and the state
+        estimator's verdict: a point its bad-data test left out is ``SUSPECT`` with its normalized
+        residual (the field's own quality stays as the device reported it)."""
         await self._ready()
         assert self.ingest is not None
-        return self.ingest.measurements()
+        rows = self.ingest.measurements()
+        est = self._state.estimate if self._state is not None else None
+        flagged = {pid: b for b in getattr(est, "bad_data", ()) for pid in b.point_ids}
+        for r in rows:
+            b = flagged.get(r["point_id"])
+            r["estimator_quality"] = "SUSPECT" if b is not None else None
+            r["normalized_residual"] = round(b.normalized_residual, 2) if b is not None else None
+        return rows
 
     async def field_status(self) -> dict[str, Any]:
         await self._ready()

@@ -29,10 +29,24 @@ Method (Abur & Expósito, *Power System State Estimation*, ch. 2, 5 and 8):
   largest normalized residual r_N = |r| / √Ω (Ω = R - H G⁻¹ Hᵀ) among real measurements above
   ``lnr_threshold`` identifies one bad measurement, which is removed and the estimate redone, up to
   ``max_bad`` times.
-* **Topology errors**: when χ² fails, each candidate switch (``status_candidates``, nearest first to
-  the measurement with the largest weighted residual) is toggled and the estimate redone; a toggle
-  that brings J under the threshold is reported as a suspected status error and the estimate is the
-  one with the corrected status (the reported status is never silently accepted).
+* **Topology errors**: a reported switch status is evidence like any measurement. The search runs
+  when a real measurement contradicts the reported topology (a voltage of about 0 on a bus it
+  energizes; a live voltage, flow or DER output where it leaves the bus or line dead: none can be
+  fitted), when WLS does not converge, or when χ² fails. Each candidate switch (every reported one on a feeder of up to
+  ``STATUS_TRY_ALL_BUSES`` buses, else the ``max_status_candidates`` nearest to the misfit) is
+  toggled and the estimate redone the whole way (load allocation included: the pseudo loads are
+  scaled in each topology to what the real measurements say there). A toggle that leaves no
+  contradiction, brings J under the threshold and explains most of the misfit is reported as a
+  suspected status error, and the estimate is the one with the corrected status (the reported
+  status is never silently accepted). Two stories compete when χ² fails: one gross analog error or
+  a wrong status. When leaving out one measurement (the largest normalized residual) mends the fit,
+  a toggle must fit better than that, with every measurement kept, to be believed.
+  Of toggles that fit about equally well (two switches on one line, any switch of the loop a
+  closed tie makes) the one whose reported state departs from normal is named. Where the
+  measurements cannot tell two topologies apart (a section back-fed through a tie, sensors on
+  neither path) nothing is reported: that is the limit of observability, not a fit. The last fix is
+  tried first on the next estimate, and a search that found nothing is not repeated while the
+  reported topology and the place of the misfit stay the same.
 """
 
 from __future__ import annotations
@@ -212,6 +226,10 @@ class StateEstimator:
         self._source_buses = {self._bus[s.bus_id]: s for s in feeder.sources}
         self._switch_ids = [s.id for s in feeder.switches]
         self._switch_bus = {s.id: self._bus[s.bus_id] for s in feeder.switches}
+        self._normally_open = {s.id: s.normally_open for s in feeder.switches}
+        # reported states -> the switch whose toggle fitted last time; searches that found nothing
+        self._status_fix: dict[frozenset[tuple[str, bool]], str] = {}
+        self._status_nothing: set[tuple[frozenset[tuple[str, bool]], frozenset[int], tuple[str, ...], bool]] = set()
 
     # ------------------------------------------------------------------ public
 
@@ -242,43 +260,42 @@ class StateEstimator:
         if not base.converged or not base.buses:
             return self._failed(t0, f"the model's power flow for this topology failed ({base.reason}); "
                                     "no estimate", states)
-        net = self._pf._net
-        energized = ~np.isnan(net.res_bus["vm_pu"].to_numpy(dtype=float))
-        meas = [m for m in measurements if self._on_energized(m, energized)]
-        table, groups = self._table(meas, energized)
-        run = self._wls(net, table, max_iterations, tolerance)
+        _, conflicts, run, table, groups = self._fit(measurements, allocate, max_iterations, tolerance)
+        thr = self._threshold(run, chi2_alpha) if run.ok else None
+        status: list[SuspectStatus] = []
+        cleaned = None
+        j_cap = None
+        if run.ok and not conflicts and thr is not None and run.j > thr:
+            # Two stories compete: one gross analog error, or a wrong status. When leaving out a single
+            # measurement mends the fit, a status toggle must fit better than that, with every
+            # measurement kept, to be believed.
+            cleaned = self._remove_bad(run, table, groups, max_bad, lnr_threshold, chi2_alpha, max_iterations,
+                                       tolerance)
+            if len(cleaned[3]) == 1 and cleaned[4] is None and cleaned[1].j <= (cleaned[2] or math.inf):
+                j_cap = cleaned[1].j
+        # Topology: a dead voltage where the reported switch states energize the bus, a live one where
+        # they do not, a fit that does not converge or fails the chi-square test.
+        if status_candidates and (conflicts or not run.ok or cleaned is not None):
+            origin = {b for b, _ in conflicts} or (self._worst_buses(run, table, groups) if run.ok else set())
+            found = self._status_search(measurements, origin, run.j if run.ok and not conflicts else None, states,
+                                        tap_pos, status_candidates, max_status_candidates, allocate,
+                                        max_iterations, tolerance, chi2_alpha, j_cap)
+            if found is not None:
+                sw, j_corrected = found
+                status.append(SuspectStatus(sw, bool(states.get(sw, False)),
+                                            run.j if run.ok else math.inf, j_corrected))
+                states[sw] = not states.get(sw, False)
+                self._pf.solve(switch_states=states, tap_pos=tap_pos)
+                _, conflicts, run, table, groups = self._fit(measurements, allocate, max_iterations, tolerance)
+                cleaned = None
         if not run.ok:
             return self._failed(t0, run.reason, states)
-        if allocate:  # load allocation: pseudo loads scaled to what the real measurements say
-            meas = self._allocated(run, table, groups, meas)
-            table, groups = self._table(meas, energized)
-            run = self._wls(net, table, max_iterations, tolerance)
-            if not run.ok:
-                return self._failed(t0, run.reason, states)
-        thr = self._threshold(run, chi2_alpha)
-        status: list[SuspectStatus] = []
-        if thr is not None and run.j > thr and status_candidates:
-            alt = self._status_search(run, table, groups, states, tap_pos, status_candidates, max_status_candidates,
-                                      max_iterations, tolerance, chi2_alpha)
-            if alt is not None:
-                sw, run2, table, groups = alt
-                status.append(SuspectStatus(sw, bool(states.get(sw, False)), run.j, run2.j))
-                states[sw] = not states.get(sw, False)
-                run = run2
-                net = run.net
-                thr = self._threshold(run, chi2_alpha)
-        bad: list[SuspectMeasurement] = []
-        while thr is not None and run.j > thr and len(bad) < max_bad:
-            found = self._largest_normalized_residual(run, table, groups)
-            if found is None or found[1] < lnr_threshold:
-                break
-            row, rn = found
-            bad.append(self._suspect(run, table, groups, row, rn))
-            table = table.drop(index=row)
-            run = self._wls(net, table, max_iterations, tolerance)
-            if not run.ok:
-                return self._failed(t0, f"{run.reason} (after removing {len(bad)} bad measurement(s))", states)
-            thr = self._threshold(run, chi2_alpha)
+        if cleaned is None:
+            cleaned = self._remove_bad(run, table, groups, max_bad, lnr_threshold, chi2_alpha, max_iterations,
+                                       tolerance)
+        table, run, thr, bad, reason = cleaned
+        if reason is not None:
+            return self._failed(t0, reason, states)
         t_est = time.perf_counter() - t0
         key = self._structure_key(table, states)
         t1 = time.perf_counter()
@@ -530,49 +547,159 @@ class StateEstimator:
             return sn / (math.sqrt(3) * vn)
         return sn
 
-    def _status_search(self, run: _Wls, table: pd.DataFrame, groups: list[list[Measurement]],
-                       states: dict[str, bool], tap_pos: Mapping[str, int] | None, candidates: Sequence[str],
-                       limit: int, max_iterations: int, tolerance: float,
-                       alpha: float) -> tuple[str, _Wls, pd.DataFrame, list[list[Measurement]]] | None:
-        """Toggle candidate switches (nearest to the worst-fitting real measurement first)."""
+    # Below this size every reported status is tried when the fit fails; above it the nearest
+    # ``max_status_candidates`` to the misfit (each trial costs a power flow and an estimate).
+    STATUS_TRY_ALL_BUSES = 200
+    STATUS_J_MARGIN = 2.71  # chi-square, 1 degree of freedom, 90 %
+    DEAD_VM_PU = 0.3  # a voltage under this is a dead bus (a sensor on a de-energized section reads ~0)
+    LIVE_SIGMAS = 5.0  # a flow or output this many sigma from 0 is live
+
+    def _remove_bad(self, run: _Wls, table: pd.DataFrame, groups: list[list[Measurement]], max_bad: int,
+                    lnr_threshold: float, alpha: float, max_iterations: int, tolerance: float,
+                    ) -> tuple[pd.DataFrame, _Wls, float | None, list[SuspectMeasurement], str | None]:
+        """Largest-normalized-residual removal while chi-square fails: (table, run, threshold, the
+        measurements removed, the reason when an estimate without them failed)."""
+        net = run.net
+        thr = self._threshold(run, alpha)
+        bad: list[SuspectMeasurement] = []
+        while thr is not None and run.j > thr and len(bad) < max_bad:
+            found = self._largest_normalized_residual(run, table, groups)
+            if found is None or found[1] < lnr_threshold:
+                break
+            row, rn = found
+            bad.append(self._suspect(run, table, groups, row, rn))
+            table = table.drop(index=row)
+            run = self._wls(net, table, max_iterations, tolerance)
+            if not run.ok:
+                return table, run, thr, bad, f"{run.reason} (after removing {len(bad)} bad measurement(s))"
+            thr = self._threshold(run, alpha)
+        return table, run, thr, bad, None
+
+    def _fit(self, measurements: Sequence[Measurement], allocate: bool, max_iterations: int, tolerance: float,
+             ) -> tuple[np.ndarray, list[tuple[int, str]], _Wls, pd.DataFrame, list[list[Measurement]]]:
+        """One estimate in the topology the net was last solved in: the energized buses, the voltage
+        measurements that contradict them, and the WLS run (after load allocation: pseudo loads
+        scaled to what the real measurements say, then estimated again)."""
+        net = self._pf._net
+        energized = ~np.isnan(net.res_bus["vm_pu"].to_numpy(dtype=float))
+        conflicts = self._conflicts(measurements, energized)
+        meas = [m for m in measurements if self._on_energized(m, energized)]
+        table, groups = self._table(meas, energized)
+        run = self._wls(net, table, max_iterations, tolerance)
+        if run.ok and allocate:
+            meas = self._allocated(run, table, groups, meas)
+            table, groups = self._table(meas, energized)
+            run = self._wls(net, table, max_iterations, tolerance)
+        return energized, conflicts, run, table, groups
+
+    def _conflicts(self, measurements: Sequence[Measurement], energized: np.ndarray) -> list[tuple[int, str]]:
+        """Real measurements that contradict the topology: a voltage of about 0 on a bus the switch
+        states energize, a live voltage, or a flow or DER output well above its sigma, where they leave
+        the bus or line dead. Each is evidence of a wrong status, and none can be fitted (the first
+        makes WLS diverge; the others would be left out, which is how a toggle could hide bad data)."""
+        out = []
+        for m in measurements:
+            if m.pseudo or m.source is MeasSource.ZERO:
+                continue
+            if m.quantity == "VM_PU":
+                b = self._bus[m.element_id]
+                if bool(energized[b]) != (m.value >= self.DEAD_VM_PU):
+                    out.append((b, m.point_id))
+            elif abs(m.value) > self.LIVE_SIGMAS * m.std and not self._on_energized(m, energized):
+                if m.element_id in self._line:
+                    b = self._bus[self.feeder.lines[self._line[m.element_id]].from_bus_id]
+                else:
+                    b = self._der_bus.get(m.element_id, self._load_bus.get(m.element_id, -1))
+                if b >= 0:
+                    out.append((b, m.point_id))
+        return out
+
+    def _worst_buses(self, run: _Wls, table: pd.DataFrame, groups: list[list[Measurement]], k: int = 3) -> set[int]:
+        """Where the fit is worst: the buses of the ``k`` real measurements with the largest weighted residual."""
         ks = self._real_rows(run, table, groups) or list(range(len(run.r)))
-        worst = max(ks, key=lambda k: run.w[k] * run.r[k] ** 2)
-        row = table.loc[table.index[run.rows[worst]]]
-        if row["element_type"] == "line":
-            ln = self.feeder.lines[int(row["element"])]
-            origin = {self._bus[ln.from_bus_id], self._bus[ln.to_bus_id]}
+        out: set[int] = set()
+        for j in sorted(ks, key=lambda j: run.w[j] * run.r[j] ** 2, reverse=True)[:k]:
+            row = table.loc[table.index[run.rows[j]]]
+            if row["element_type"] == "line":
+                ln = self.feeder.lines[int(row["element"])]
+                out |= {self._bus[ln.from_bus_id], self._bus[ln.to_bus_id]}
+            else:
+                out.add(int(row["element"]))
+        return out
+
+    def _status_search(self, measurements: Sequence[Measurement], origin: set[int], j_reported: float | None,
+                       states: dict[str, bool], tap_pos: Mapping[str, int] | None, candidates: Sequence[str],
+                       limit: int, allocate: bool, max_iterations: int, tolerance: float,
+                       alpha: float, j_cap: float | None = None) -> tuple[str, float] | None:
+        """Toggle one reported switch status at a time (all of them on a small feeder, else the nearest
+        to the misfit first) and keep the toggle that fits best: no topology contradiction left, J
+        under the chi-square threshold, and (when the reported topology fitted at all) most of its
+        misfit explained. Leaves the net in the reported topology; returns (switch, J) or None."""
+        cands = [s for s in dict.fromkeys(candidates) if s in self._switch_bus]
+        if origin:
+            hops = self._hops(origin)
+            cands.sort(key=lambda s: hops.get(self._switch_bus[s], 10**9))
+        if len(self.feeder.buses) > self.STATUS_TRY_ALL_BUSES:
+            cands = cands[:limit]
+        # The live feeder re-estimates every scan burst while a status stays wrong: the last fix for the
+        # same reported topology is tried first (and kept while it fits), and a search that found
+        # nothing is not repeated until the reported topology or the place of the misfit changes.
+        reported = frozenset(states.items())
+        last = self._status_fix.get(reported)
+        if last is not None:
+            best = self._status_trials(measurements, [last], j_reported, states, tap_pos, allocate,
+                                       max_iterations, tolerance, alpha, j_cap)
+            if best is not None:
+                return best
+            del self._status_fix[reported]  # it no longer fits: search again
+        nothing_key = (reported, frozenset(origin), tuple(cands), j_cap is None)
+        if nothing_key in self._status_nothing:
+            return None
+        best = self._status_trials(measurements, cands, j_reported, states, tap_pos, allocate, max_iterations,
+                                   tolerance, alpha, j_cap)
+        if len(self._status_fix) + len(self._status_nothing) > 64:
+            self._status_fix.clear()
+            self._status_nothing.clear()
+        if best is None:
+            self._status_nothing.add(nothing_key)
         else:
-            origin = {int(row["element"])}
-        hops = self._hops(origin)
-        cands = sorted((s for s in candidates if s in self._switch_bus),
-                       key=lambda s: hops.get(self._switch_bus[s], 10**9))[:limit]
-        best: tuple[str, _Wls] | None = None
+            self._status_fix[reported] = best[0]
+        return best
+
+    def _status_trials(self, measurements: Sequence[Measurement], cands: Sequence[str], j_reported: float | None,
+                       states: dict[str, bool], tap_pos: Mapping[str, int] | None, allocate: bool,
+                       max_iterations: int, tolerance: float, alpha: float,
+                       j_cap: float | None = None) -> tuple[str, float] | None:
+        best: tuple[str, float] | None = None
         for sw in cands:
             trial = dict(states)
             trial[sw] = not trial.get(sw, False)
             base = self._pf.solve(switch_states=trial, tap_pos=tap_pos)
-            if not base.converged:
+            if not base.converged or not base.buses:
                 continue
-            energized = ~np.isnan(self._pf._net.res_bus["vm_pu"].to_numpy(dtype=float))
-            meas = [m for g in groups for m in g if m.source not in (MeasSource.ZERO, MeasSource.SETPOINT)]
-            t2, _ = self._table([m for m in meas if self._on_energized(m, energized)], energized)
-            r2 = self._wls(self._pf._net, t2, max_iterations, tolerance)
-            if not r2.ok:
+            _, conflicts, r2, _, g2 = self._fit(measurements, allocate, max_iterations, tolerance)
+            if conflicts or not r2.ok or not self._real_rows_any(g2):
                 continue
             thr = self._threshold(r2, alpha)
-            # a corrected status must fit (J under the threshold) and explain most of the misfit
-            if thr is not None and r2.j <= thr and r2.j < 0.5 * run.j and (best is None or r2.j < best[1].j):
-                best = (sw, r2)
-        if best is None:
-            self._pf.solve(switch_states=states, tap_pos=tap_pos)  # back to the reported topology
-            return None
-        trial = dict(states)  # leave the net in the winning topology
-        trial[best[0]] = not trial.get(best[0], False)
-        self._pf.solve(switch_states=trial, tap_pos=tap_pos)
-        energized = ~np.isnan(self._pf._net.res_bus["vm_pu"].to_numpy(dtype=float))
-        meas = [m for g in groups for m in g if m.source not in (MeasSource.ZERO, MeasSource.SETPOINT)]
-        t2, g2 = self._table([m for m in meas if self._on_energized(m, energized)], energized)
-        return best[0], self._wls(self._pf._net, t2, max_iterations, tolerance), t2, g2
+            if thr is None or r2.j > thr or (j_reported is not None and r2.j >= 0.5 * j_reported) \
+                    or (j_cap is not None and r2.j >= j_cap):
+                continue
+            # Toggles that fit about equally well (J within what one degree of freedom explains at
+            # 90 %, e.g. two switches on one line, or any switch of a loop a closed tie would make):
+            # the one whose reported status departs from its normal position is the likelier liar.
+            same = best is not None and abs(r2.j - best[1]) <= max(self.STATUS_J_MARGIN, 0.1 * best[1])
+            if best is None or (r2.j < best[1] and not same) or (
+                    same and self._abnormal(sw, states) and not self._abnormal(best[0], states)):
+                best = (sw, r2.j)
+        self._pf.solve(switch_states=states, tap_pos=tap_pos)  # back to the reported topology
+        return best
+
+    def _abnormal(self, sw: str, states: Mapping[str, bool]) -> bool:
+        return bool(states.get(sw, False)) != self._normally_open.get(sw, False)
+
+    @staticmethod
+    def _real_rows_any(groups: list[list[Measurement]]) -> bool:
+        return any(m.source in (MeasSource.SCADA, MeasSource.DER) for g in groups for m in g)
 
     def _hops(self, origin: set[int]) -> dict[int, int]:
         adj: dict[int, list[int]] = defaultdict(list)

@@ -43,6 +43,7 @@ from server.schema.enums import (
     AlarmKind,
     ControlAction,
     ControlStatus,
+    EstimatorQuality,
     EventKind,
     Quality,
     Severity,
@@ -67,6 +68,11 @@ class Measurement:
     source_ts: datetime | None
     received_ts: datetime | None
     seq: int | None = strawberry.field(default=None, description="Event seq (subscriptions only)")
+    estimator_quality: EstimatorQuality | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="SUSPECT when the state estimator's bad-data test left this value out of the "
+                                  "estimate (the measurements query; null on subscriptions and when it fits)")
+    normalized_residual: float | None = strawberry.field(
+        default=None, description="The largest-normalized-residual test's figure for a SUSPECT value")
 
 
 def _num(v: Any) -> float | None:
@@ -78,7 +84,9 @@ def _num(v: Any) -> float | None:
 def _measurement_of_row(r: dict[str, Any]) -> Measurement:
     return Measurement(point_id=strawberry.ID(r["point_id"]), element_id=strawberry.ID(r["element_id"]),
                        quantity=r["quantity"], value=_num(r["value"]), quality=Quality(r["quality"]), unit=r["unit"],
-                       source_ts=r["source_ts"], received_ts=r["received_ts"])
+                       source_ts=r["source_ts"], received_ts=r["received_ts"],
+                       estimator_quality=EstimatorQuality(r["estimator_quality"]) if r.get("estimator_quality")
+                       else None, normalized_residual=r.get("normalized_residual"))
 
 
 def _ts(text: Any) -> datetime | None:

@@ -86,6 +86,11 @@ async def test_a_gross_error_is_flagged_suspect_alarmed_and_cleared(gql, sparse_
     assert abs(s["estimated"] - float(true_value)) < 0.5
     alarms = await runtime.fleet.call("case33bw", "alarms")
     assert any(a.key[1] == pid and a.key[2] == "BAD_DATA" for a in alarms)
+    ms = (await gql('query M($f: ID!) { measurements(feederId: $f) { pointId quality estimatorQuality '
+                    'normalizedResidual } }', {"f": "case33bw"}))["data"]["measurements"]
+    m = next(m for m in ms if m["pointId"] == pid)
+    assert m["quality"] == "GOOD" and m["estimatorQuality"] == "SUSPECT" and m["normalizedResidual"] > 3
+    assert all(x["estimatorQuality"] is None for x in ms if x["pointId"] not in s["pointIds"])
     await sim.force_value(pid, None)
 
     async def cleared():
@@ -148,3 +153,81 @@ async def test_detached_feeder_goes_back_to_the_model(gql, runtime, field_sim):
     f = (await gql(FEEDER_Q, {"id": "case33bw-ua"}))["data"]["feeder"]
     assert f["powerFlow"]["source"] == "MODEL"
     assert all(b["vmStdPu"] is None for b in f["buses"])
+
+
+@pytest.mark.parametrize(("fid", "switch"), [("case33bw", "sw33"), ("cigre-mv", "sw4")])
+async def test_a_wrong_switch_status_is_reported_as_suspect_and_not_accepted(gql, sparse_field, runtime, fid, switch):
+    """A normally-open tie whose status point says closed: the measurements fit it open, so the
+    estimator reports the status as suspect, alarms, and estimates with the tie open."""
+    sim = sparse_field
+    assert sim.switch_is_open(fid, switch)
+    sim.report_wrong_status(fid, switch)
+    try:
+        async def suspected():
+            se = (await gql(SE_Q, {"id": fid}))["data"]["stateEstimation"]
+            return se if {"switchId": switch, "reportedOpen": False} in se["suspectSwitchStatuses"] else None
+
+        se = await wait_for(suspected, within_s=90, step=0.5)
+        assert se["converged"] and not se["stale"]
+        assert se["chi2"] <= se["chi2Threshold"], "the estimate is the one with the corrected status"
+        alarms = await runtime.fleet.call(fid, "alarms")
+        assert any(a.key[1] == switch and a.key[2] == "SWITCH_STATUS_SUSPECT" for a in alarms)
+    finally:
+        sim.report_wrong_status(fid, switch, on=False)
+
+    async def cleared():
+        se = (await gql(SE_Q, {"id": fid}))["data"]["stateEstimation"]
+        alarms = await runtime.fleet.call(fid, "alarms")
+        return not se["suspectSwitchStatuses"] and not any(
+            a.key[1] == switch and a.key[2] == "SWITCH_STATUS_SUSPECT" for a in alarms)
+
+    await wait_for(cleared, within_s=90, step=0.5)
+
+
+FDIR_Q = """query F($f: ID!) { fdir(feederId: $f) { mode activeOutageIds
+  pendingPlan { id kind explanation steps { action deviceId } } } }"""
+
+
+async def test_fdir_validates_restoration_at_the_estimated_load(gql, sparse_field):
+    """The field draws 40 % more than the model says. A fault in sec-bus19 (line18): at nominal load
+    FDIR would back-feed the healthy part through tie sw33 (tests/unit: the same plan at nominal
+    load closes it); at the estimated pre-fault load that tie would take the feeder under its
+    voltage limit, so the advisory plan leaves it open and says why."""
+    sim = sparse_field
+    fid = "case33bw"
+    mode0 = (await gql(FDIR_Q, {"f": fid}, role="OPERATOR"))["data"]["fdir"]["mode"]
+    r = await gql(f'mutation {{ setFdirMode(feederId: "{fid}", mode: ADVISORY) }}', role="OPERATOR")
+    assert "errors" not in r, r
+    plan = None
+    try:
+        from graph_schema.importers import case33bw
+
+        nominal = sum(ld.p_mw for ld in case33bw().loads)
+        sim.load_scale(fid, 1.4)
+
+        async def heavy():
+            f = await _estimated(gql, fid)
+            return f is not None and sum(ld["pMw"] for ld in f["loads"]) > 1.3 * nominal
+
+        await wait_for(heavy, within_s=90, step=0.5)
+        assert sim.inject_fault(fid, "line18") == "sw1"
+
+        async def pending():
+            p = (await gql(FDIR_Q, {"f": fid}, role="OPERATOR"))["data"]["fdir"]["pendingPlan"]
+            return p if p and p["kind"] == "FAULT" else None
+
+        plan = await wait_for(pending, within_s=60, step=0.5)
+        closes = {s["deviceId"] for s in plan["steps"] if s["action"] == "CLOSE"}
+        assert "sw33" not in closes, plan
+        assert "sw33" in plan["explanation"] and "rejected" in plan["explanation"], plan["explanation"]
+    finally:
+        if plan is not None:
+            await gql('mutation R($f: ID!, $p: ID!) { rejectPlan(feederId: $f, planId: $p, reason: "test") { id } }',
+                      {"f": fid, "p": plan["id"]}, role="OPERATOR")
+        await sim.reset()
+        await gql(f'mutation {{ setFdirMode(feederId: "{fid}", mode: {mode0}) }}', role="OPERATOR")
+
+    async def normal():
+        return not (await gql(FDIR_Q, {"f": fid}, role="OPERATOR"))["data"]["fdir"]["activeOutageIds"]
+
+    await wait_for(normal, within_s=90, step=0.5)

@@ -127,9 +127,12 @@ def test_a_gross_error_is_identified_removed_and_the_estimate_redone(build, spar
     good = next(m for m in meas if m.point_id == bad_point)
     wrong = [m if m is not good else Measurement(m.point_id, m.quantity, m.element_id, m.value + 1.0, m.std)
              for m in meas]
-    est = StateEstimator(feeder).estimate(wrong + pseudo(feeder))
+    # every reported status is a candidate, as in the live application: a gross error is bad data,
+    # not a topology error
+    est = StateEstimator(feeder).estimate(wrong + pseudo(feeder), status_candidates=[s.id for s in feeder.switches])
     assert est.converged
     assert [b.point_ids for b in est.bad_data] == [(bad_point,)]
+    assert not est.status_suspects
     flagged = est.bad_data[0]
     assert flagged.normalized_residual > 3.0
     assert flagged.estimated == pytest.approx(good.value, abs=0.3)
@@ -151,6 +154,52 @@ def test_a_wrong_switch_status_is_reported_not_accepted():
     assert est.status_suspects[0].reported_open is False
     assert est.switch_states["sw7"] is True
     assert est.status_suspects[0].j_corrected < est.status_suspects[0].j_reported
+
+
+def _normal(feeder: Feeder) -> dict[str, bool]:
+    return {s.id: s.is_open for s in feeder.switches}
+
+
+def test_a_dead_sensor_on_a_section_reported_energized_reveals_the_open_switch():
+    """sw7 is open in the field but reported closed: the line sensor at bus18 reads no voltage. The
+    reported topology cannot fit that (WLS would diverge); the estimate finds the open switch, and
+    the flow into bus7 (line6 carries bus7's load alone) says which of the switches between."""
+    feeder = case33bw()
+    res, *_, der = truth(feeder, switch_states={**_normal(feeder), "sw7": True})
+    meas = metered(feeder, res, der, buses=("bus1", "bus33"), lines=("line1", "line6", "line26"))
+    meas.append(Measurement("bus18/VM_PU", "VM_PU", "bus18", 0.0, default_std("VM_PU", 0.0, MeasSource.SCADA)))
+    est = StateEstimator(feeder).estimate(meas + pseudo(feeder), switch_states=_normal(feeder),
+                                          status_candidates=[s.id for s in feeder.switches])
+    assert est.converged, est.reason
+    assert [(s.switch_id, s.reported_open) for s in est.status_suspects] == [("sw7", False)]
+    assert est.switch_states["sw7"] is True
+    assert next(b for b in est.power_flow.buses if b.bus_id == "bus18").vm_pu is None  # dead, as measured
+
+
+def test_a_live_sensor_on_a_section_reported_dead_reveals_the_closed_switch():
+    feeder = case33bw()
+    res, *_, der = truth(feeder)
+    meas = metered(feeder, res, der, **CASE33_SPARSE)
+    est = StateEstimator(feeder).estimate(meas + pseudo(feeder), switch_states={**_normal(feeder), "sw7": True},
+                                          status_candidates=[s.id for s in feeder.switches])
+    assert est.converged, est.reason
+    assert [(s.switch_id, s.reported_open) for s in est.status_suspects] == [("sw7", True)]
+    assert est.switch_states["sw7"] is False
+
+
+@pytest.mark.parametrize(("build", "tie", "sparse"), [(case33bw, "sw33", CASE33_SPARSE)])
+def test_a_tie_reported_closed_while_open_is_found_with_sparse_meters(build, tie, sparse):
+    """The loop a closed tie would make changes the head's and the line sensors' flows beyond their
+    sigma; every switch of that loop fits when opened, and the one whose report departs from its
+    normal position (the tie) is named."""
+    feeder = build()
+    res, *_, der = truth(feeder)
+    est = StateEstimator(feeder).estimate(metered(feeder, res, der, **sparse) + pseudo(feeder),
+                                          switch_states={**_normal(feeder), tie: False},
+                                          status_candidates=[s.id for s in feeder.switches])
+    assert est.converged, est.reason
+    assert [(s.switch_id, s.reported_open) for s in est.status_suspects] == [(tie, False)]
+    assert est.chi2 <= est.chi2_threshold  # type: ignore[operator]
 
 
 def test_estimated_loads_follow_the_measured_feeder_head():
