@@ -15,6 +15,11 @@ only moved. Last-gasp / restore flags become ``event`` rows (``METER_LAST_GASP``
 runtime starts and stops it. It can also run a one-off backfill of an empty historian in the
 background (``dms demo``), stopped with it.
 
+When a feeder's AMI is late (no fresh interval pushed within ``ami_max_age_s``), its estimator gets
+the historian's same-time profile instead, once per quarter hour: per load, the mean of the same
+15-minute interval on the same weekday of the last ``PROFILE_WEEKS`` weeks (:func:`profile_loads_mw`),
+as source ``PROFILE``. A feeder without meter history keeps the model's nominal loads.
+
 Pseudo-measurements for the state estimator: after each pass, the newest complete interval of each
 feeder in the files just ingested (:func:`latest_load_mw`: mean kW per meter present, times the
 load's meters, so a late meter does not shrink its load) is pushed to that feeder's ``estimation``
@@ -78,6 +83,29 @@ def latest_load_mw(intervals: Sequence[Interval], meters: dict[str, MeterInfo]
         n = meters_of.get((fid, load), len(kw))
         out.setdefault(fid, (newest[fid], {}))[1][load] = sum(kw) / len(kw) * n / 1000.0
     return out
+
+
+PROFILE_WEEKS = 4
+
+
+def profile_loads_mw(root: str, feeder_id: str, load_ids: Sequence[str], at: datetime, *,
+                     weeks: int = PROFILE_WEEKS) -> dict[str, float]:
+    """The historian's same-time profile: per load, the mean power (MW) of the 15-minute interval
+    holding ``at`` on the same weekday of each of the last ``weeks`` weeks that has meter data
+    (one day's partition read per week). Loads with no such data are left out."""
+    from datetime import timedelta
+
+    from graph_schema.historian.query import HistorianReader
+
+    at = at.astimezone(UTC)
+    slot = at.replace(minute=at.minute - at.minute % 15, second=0, microsecond=0)
+    reader = HistorianReader(root)
+    seen: dict[str, list[float]] = {}
+    for k in range(1, weeks + 1):
+        start = slot - timedelta(weeks=k)
+        for load_id, _, kwh in reader.load_energy(feeder_id, list(load_ids), start, start + timedelta(minutes=15)):
+            seen.setdefault(load_id, []).append(kwh * 4.0 / 1000.0)  # kWh in 15 min -> MW
+    return {ld: sum(v) / len(v) for ld, v in sorted(seen.items())}
 
 
 def ami_dirs(data_dir: str | Path) -> tuple[Path, Path, Path]:
@@ -171,10 +199,16 @@ class AmiIngester:
 
     def __init__(self, data_dir: str | Path, root: str, meters: Callable[[], Any], *, poll_s: float = 30.0,
                  tz: str = "UTC",
-                 push_loads: Callable[[str, dict[str, float]], Awaitable[Any]] | None = None,
-                 ami_max_age_s: float = 1800.0) -> None:
+                 push_loads: Callable[..., Awaitable[Any]] | None = None,
+                 ami_max_age_s: float = 1800.0,
+                 feeder_loads: Callable[[], Awaitable[dict[str, list[str]]]] | None = None) -> None:
         self.data_dir = Path(data_dir)
-        self._push_loads = push_loads  # (feeder id, load id -> MW): the estimator's AMI pseudo-measurements
+        # (feeder id, load id -> MW, source): the estimator's pseudo-measurements (AMI, or PROFILE)
+        self._push_loads = push_loads
+        self._feeder_loads = feeder_loads  # async () -> feeder id -> its load ids (the live feeders)
+        self._last_ami: dict[str, datetime] = {}  # feeder id -> when its last fresh AMI interval was pushed
+        self._profile_slot: dict[str, datetime] = {}  # feeder id -> the quarter hour its profile was pushed for
+        self.profiles_pushed = 0
         self.ami_max_age_s = ami_max_age_s
         self.pushed = 0
         self.tz = tz
@@ -195,7 +229,32 @@ class AmiIngester:
         results = await asyncio.to_thread(ingest_inbox, self.data_dir, self.root, meters)
         self.files += len(results)
         await self._push(results)
+        await self.push_profiles()
         return results
+
+    async def push_profiles(self, now: datetime | None = None) -> int:
+        """The historian's same-time profile to each live feeder whose AMI is late, once per quarter
+        hour; returns how many feeders got one."""
+        if self._push_loads is None or self._feeder_loads is None:
+            return 0
+        now = (now or datetime.now(UTC)).astimezone(UTC)
+        slot = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+        pushed = 0
+        for fid, loads in sorted((await self._feeder_loads()).items()):
+            last = self._last_ami.get(fid)
+            if (last is not None and (now - last).total_seconds() <= self.ami_max_age_s) \
+                    or self._profile_slot.get(fid) == slot:
+                continue
+            self._profile_slot[fid] = slot
+            try:
+                profile = await asyncio.to_thread(profile_loads_mw, self.root, fid, loads, now)
+                if profile:
+                    await self._push_loads(fid, profile, "PROFILE")
+                    pushed += 1
+            except Exception as exc:
+                log.warning("historian profile for feeder %s's estimator not given: %s", fid, exc)
+        self.profiles_pushed += pushed
+        return pushed
 
     async def _push(self, results: Sequence[IngestResult]) -> None:
         """The newest fresh interval of each feeder to its estimator (a feeder that cannot take it,
@@ -212,8 +271,9 @@ class AmiIngester:
             if (now - end).total_seconds() > self.ami_max_age_s:
                 continue
             try:
-                await self._push_loads(fid, loads)
+                await self._push_loads(fid, loads, "AMI")
                 self.pushed += 1
+                self._last_ami[fid] = now
             except Exception as exc:
                 log.warning("ami: the interval ending %s not given to feeder %s's estimator: %s", end.isoformat(),
                             fid, exc)
@@ -268,11 +328,18 @@ def start_ami_ingest(settings: Any, grid: Any) -> AmiIngester:
         models = [await grid.model(f.id) for f in await grid.list_feeders()]
         return meter_map(models)
 
-    async def push_loads(feeder_id: str, loads: dict[str, float]) -> None:
+    async def push_loads(feeder_id: str, loads: dict[str, float], source: str = "AMI") -> None:
         if feeder_id in grid.fleet.feeder_ids:
-            await grid.fleet.call_app(feeder_id, "estimation", "set_pseudo_loads", loads, None, "AMI")
+            await grid.fleet.call_app(feeder_id, "estimation", "set_pseudo_loads", loads, None, source)
+
+    async def feeder_loads() -> dict[str, list[str]]:
+        out = {}
+        for fid in list(grid.fleet.feeder_ids):
+            with contextlib.suppress(Exception):  # a feeder being replaced: next quarter hour
+                out[fid] = [ld.id for ld in (await grid.model(fid)).loads]
+        return out
 
     ing = AmiIngester(settings.data_dir, settings.historian_root, meters, tz=settings.timezone,
-                      push_loads=push_loads)
+                      push_loads=push_loads, feeder_loads=feeder_loads)
     ing.start()
     return ing

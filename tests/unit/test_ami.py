@@ -202,3 +202,55 @@ def test_latest_load_mw_averages_the_newest_interval_and_counts_a_late_meter_at_
     assert end == t0 + 2 * q
     assert loads["load1"] == pytest.approx((2.0 + 4.0) * 4 / 1000)  # kWh per quarter hour -> MW
     assert loads["load2"] == pytest.approx(1.5 * 4 * 2 / 1000)  # the late meter counted at the load's mean
+
+
+def test_the_historian_profile_is_the_mean_of_the_same_quarter_hour_in_past_weeks(tmp_path: Path) -> None:
+    """15 days of backfilled meter data: two past weeks hold the same weekday's quarter hour; the
+    profile is their mean per load, near the load's size (the generator's daily/weekly pattern)."""
+    from graph_schema.historian.backfill import backfill
+    from graph_schema.historian.query import HistorianReader
+    from server.ami_ingest import profile_loads_mw
+
+    root = str(tmp_path / "hist")
+    end = datetime(2026, 3, 16, 12, 0, tzinfo=UTC)
+    backfill(root, [_feeder()], days=15, end=end)
+    at = end + timedelta(minutes=7)  # in the quarter hour starting at `end`
+    profile = profile_loads_mw(root, "f1", ["load1", "load2"], at, weeks=4)
+    assert set(profile) == {"load1", "load2"}
+    reader = HistorianReader(root)
+    expect = {}
+    for k in (1, 2):  # weeks 3 and 4 are before the backfill
+        s = end - timedelta(weeks=k)
+        for ld, _, kwh in reader.load_energy("f1", ["load1", "load2"], s, s + Q):
+            expect.setdefault(ld, []).append(kwh * 4 / 1000)
+    assert profile == pytest.approx({ld: sum(v) / len(v) for ld, v in expect.items()})
+    assert 0.02 < profile["load1"] < 0.5 and 1.0 < profile["load2"] < 25.0
+    assert profile_loads_mw(root, "f1", ["load1"], end - timedelta(days=40)) == {}  # no history: nothing
+
+
+async def test_a_feeder_whose_ami_is_late_gets_the_profile_once_per_quarter_hour(tmp_path: Path) -> None:
+    from graph_schema.historian.backfill import backfill
+    from server.ami_ingest import AmiIngester
+
+    root = str(tmp_path / "hist")
+    now = datetime(2026, 3, 16, 12, 3, tzinfo=UTC)
+    backfill(root, [_feeder()], days=8, end=now.replace(minute=0))
+    pushes: list[tuple[str, str, dict]] = []  # type: ignore[type-arg]
+
+    async def push(fid: str, loads: dict, source: str = "AMI") -> None:  # type: ignore[type-arg]
+        pushes.append((fid, source, loads))
+
+    async def feeder_loads() -> dict[str, list[str]]:
+        return {"f1": ["load1", "load2"], "no-history": ["x"]}
+
+    async def no_meters() -> dict:  # type: ignore[type-arg]
+        return {}
+
+    ing = AmiIngester(tmp_path, root, no_meters, poll_s=3600, push_loads=push, feeder_loads=feeder_loads)
+    assert await ing.push_profiles(now) == 1
+    assert [(f, s, sorted(lo)) for f, s, lo in pushes] == [("f1", "PROFILE", ["load1", "load2"])]
+    assert await ing.push_profiles(now + timedelta(minutes=5)) == 0  # same quarter hour
+    ing._last_ami["f1"] = now + timedelta(minutes=16)  # fresh AMI arrived: no profile over it
+    assert await ing.push_profiles(now + timedelta(minutes=17)) == 0
+    assert await ing.push_profiles(now + timedelta(minutes=60)) == 1  # AMI late again (> 30 min)
+    await ing.stop()
