@@ -203,7 +203,11 @@ async def test_fdir_validates_restoration_at_the_estimated_load(gql, sparse_fiel
         from graph_schema.importers import case33bw
 
         nominal = sum(ld.p_mw for ld in case33bw().loads)
-        sim.load_scale(fid, 1.4)
+        # the simulator's load follows a daily profile: scale it to 1.4x nominal at this hour
+        now_mw = sum(sparse_field.truth(fid).load_p_mw.values())
+        sim.load_scale(fid, min(5.0, 1.4 * nominal / now_mw))
+        await sim.tick()
+        assert sum(sim.truth(fid).load_p_mw.values()) > 1.35 * nominal
 
         async def heavy():
             f = await _estimated(gql, fid)
