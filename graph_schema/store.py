@@ -82,7 +82,9 @@ def _redact(text: str, password: str) -> str:
 # schedules. Same rules as cypher.RECORD_LABELS (a closed set, checked before a label is
 # interpolated into Cypher).
 REPORT_RECORD_LABELS: tuple[str, ...] = ("Interruption", "CustomersServed", "ReportJob", "ReportFile", "ReportSchedule")
-RECORD_LABELS: tuple[str, ...] = (*cypher.RECORD_LABELS, *REPORT_RECORD_LABELS)
+# Saved what-if studies and analysis jobs (server/study_service.py, issue #14).
+STUDY_RECORD_LABELS: tuple[str, ...] = ("Study", "AnalysisJob")
+RECORD_LABELS: tuple[str, ...] = (*cypher.RECORD_LABELS, *REPORT_RECORD_LABELS, *STUDY_RECORD_LABELS)
 
 
 def _check_record_label(label: str) -> str:

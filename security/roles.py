@@ -55,6 +55,7 @@ class Role(StrEnum):
     RBACMNT = "RBACMNT"  # RBAC management: role assignments only
     CUSTOMER = "CUSTOMER"  # not 62351-8: customer apps (public feed, demand response)
     SUPERVISOR = "SUPERVISOR"  # not 62351-8: shift supervisor, operator + removing others' tags
+    PLANNER = "PLANNER"  # not 62351-8: network planner, studies and analyses, never control
 
 
 class Permission(StrEnum):
@@ -79,6 +80,7 @@ class Permission(StrEnum):
     READ_PUBLIC_FEED = "READ_PUBLIC_FEED"  # the public outage feed (no personal data)
     DEMAND_RESPONSE_ENROLL = "DEMAND_RESPONSE_ENROLL"  # a customer enrols in demand response
     READ_ENERGY_USAGE = "READ_ENERGY_USAGE"  # smart-meter intervals (a customer: only its own meters)
+    RUN_STUDIES = "RUN_STUDIES"  # analysis jobs: reconfiguration, hosting capacity, N-1, scenarios (#14)
 
 
 P = Permission
@@ -122,6 +124,10 @@ PERMISSIONS: Mapping[Role, frozenset[Permission]] = MappingProxyType(
         # Project role for customer apps: the public outage feed, demand-response enrolment and the
         # energy use of the customer's own meters (the service checks the token's account per meter).
         Role.CUSTOMER: frozenset({P.READ_PUBLIC_FEED, P.DEMAND_RESPONSE_ENROLL, P.READ_ENERGY_USAGE}),
+        # Project role (#14): the network planner reads the grid, makes what-if studies and runs the heavy
+        # analyses (N-1, hosting capacity, reconfiguration, growth scenarios). No CONTROL/APPROVE_PLAN: a
+        # recommended switching plan is executed by an operator through select-before-operate.
+        Role.PLANNER: _VIEW | {P.WHAT_IF, P.RUN_STUDIES},
     }
 )
 

@@ -73,6 +73,10 @@ class Runtime:
         if ami is not None:
             with contextlib.suppress(Exception):
                 await ami.stop()  # type: ignore[attr-defined]
+        studies = self.extras.pop("studies", None)  # analysis jobs (server/study_service.py)
+        if studies is not None:
+            with contextlib.suppress(Exception):
+                await studies.stop()  # type: ignore[attr-defined]
         if self.audit_follower is not None:
             await self.audit_follower.stop()
         self.audit.flush_anchor()  # the newest audit entries are anchored outside the store too

@@ -35,21 +35,25 @@ from server.schema.history import HistoryQuery
 from server.schema.outages import OutageQuery, OutageSubscription
 from server.schema.realtime import RealtimeMutation, RealtimeQuery, RealtimeSubscription
 from server.schema.reports import ReportMutation, ReportQuery
+from server.schema.studies import StudyMutation, StudyQuery, StudySubscription
 from server.settings import Settings
 
 
 @strawberry.type
-class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery):
+class Query(FeederQuery, AuditQuery, RealtimeQuery, OutageQuery, FdirQuery, HistoryQuery, ReportQuery,
+            StudyQuery):
     pass
 
 
 @strawberry.type
-class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation):
+class Mutation(ControlMutation, FdirMutation, RealtimeMutation, ReportMutation,
+               StudyMutation):
     pass
 
 
 @strawberry.type
-class Subscription(RealtimeSubscription, OutageSubscription):
+class Subscription(RealtimeSubscription, OutageSubscription,
+                   StudySubscription):
     pass
 
 

@@ -148,3 +148,36 @@ def parse_values(enum: type[E], values: Iterable[str], arg: str, *, use_instead:
         hint = f"; or pass {use_instead} (an enum)" if use_instead else ""
         raise BadInput(f"{arg}: unknown value(s) {', '.join(repr(b) for b in bad)}; use one of {accepted}{hint}")
     return out
+
+
+# -- studies and analysis jobs (#14, server/schema/studies.py) ----------------------------------------
+
+from actors.cores import study as _study  # noqa: E402  (kept with its enums: merged additively)
+
+StudyChangeKind = strawberry.enum(_study.ChangeKind, name="StudyChangeKind",
+                                  description="What a study change does (actors.cores.study)")
+
+
+@strawberry.enum(description="Where an analysis job is")
+class JobStatus(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+@strawberry.enum(description="Which analysis a job runs")
+class JobKind(StrEnum):
+    RECONFIGURATION = "RECONFIGURATION"
+    HOSTING_CAPACITY = "HOSTING_CAPACITY"
+    CONTINGENCY = "CONTINGENCY"
+    SCENARIOS = "SCENARIOS"
+
+
+@strawberry.enum(description="A scenario outcome counted in a probability: a violation, or no solution")
+class ScenarioRiskKind(StrEnum):
+    UNDERVOLTAGE = "UNDERVOLTAGE"
+    OVERVOLTAGE = "OVERVOLTAGE"
+    OVERLOAD = "OVERLOAD"
+    DIVERGES = "DIVERGES"
