@@ -730,6 +730,9 @@ class AuditLog:
         this log's key, and against the anchors written outside the store."""
         anchors = self._anchors.read(self._key) if self._anchors is not None else []
         verifier = ChainVerifier(key=self._key, anchors=anchors)
+        # What this process had written when the check began: an entry appended while it reads (a
+        # concurrent control, a background job) is not a truncated tail.
+        head = self._head if self._head_loaded else None
         after: int | None = None
         while True:
             rows = await self._store.list_records(LABEL, after_seq=after, limit=page_size)
@@ -749,9 +752,9 @@ class AuditLog:
                 break
         verifier.finish()
         # Entries this process wrote must still be there: catches a truncated tail.
-        head = self._head if self._head_loaded else None
         last = verifier.last
-        if head is not None and (last is None or last.seq < head.seq or last.hash != head.hash):
+        if head is not None and (last is None or last.seq < head.seq or (last.seq == head.seq
+                                                                          and last.hash != head.hash)):
             verifier.fail(head.seq, f"entry {head.seq} written by this process is missing or changed "
                                     f"(log truncated?)")
         return verifier.result

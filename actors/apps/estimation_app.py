@@ -54,6 +54,10 @@ class EstimationApp:
     read_only = frozenset({"report"})
     COVARIANCE_LARGE_BUSES = 1000
     COVARIANCE_LARGE_EVERY_S = 900.0
+    # Statuses are searched for a topology error only once the reported switch states have held this
+    # long: while switching is under way (FDIR, an operator) scans of flows and statuses straddle the
+    # change, and a search (an estimate per switch) would take the CPU the controls need.
+    STATUS_SETTLE_S = 10.0
 
     def __init__(self, debounce_s: float = 0.3, min_interval_s: float = 1.0, ami_max_age_s: float = 1800.0,
                  covariance_every_s: float = 60.0) -> None:
@@ -75,6 +79,8 @@ class EstimationApp:
         self._pseudo: tuple[MeasSource, float, dict[str, float], dict[str, float]] | None = None
         self._alarmed: dict[str, str] = {}  # alarm element -> alarm kind (active ones we raised)
         self._one_at_a_time = asyncio.Lock()
+        self._states_seen: tuple[tuple[str, bool], ...] = ()
+        self._states_since = time.monotonic()
 
     @classmethod
     def from_options(cls, opts: Any) -> EstimationApp:
@@ -199,6 +205,11 @@ class EstimationApp:
         every = self.COVARIANCE_LARGE_EVERY_S if large else self._covariance_every_s
         reuse = self.last if time.monotonic() - self._last_cov < every else None
         states = ports.switch_states()
+        seen = tuple(sorted(states.items()))
+        if seen != self._states_seen:
+            self._states_seen, self._states_since = seen, time.monotonic()
+        if time.monotonic() - self._states_since < self.STATUS_SETTLE_S:
+            status = []
         try:
             result = await asyncio.to_thread(est.estimate, meas, switch_states=states, status_candidates=status,
                                              covariance_from=reuse, reuse_any_covariance=large)
