@@ -339,3 +339,21 @@ class HistorianReader:
             f"SELECT i, sum(kwh), count(*) FROM ({dedup.format(src=src)}) AS s {bucket_of} GROUP BY i ORDER BY i"),
             params, extra=extra)
         return [EnergyBucket(edges[i], edges[i + 1], float(k), int(c)) for i, k, c in rows]
+
+    # -- load energy (the estimator's same-time profile) -------------------------------------------
+
+    def load_energy(self, feeder_id: str, load_ids: Sequence[str], start: datetime, end: datetime
+                    ) -> list[tuple[str, datetime, float]]:
+        """(load id, interval start, kWh of all its meters) per 15-minute interval in ``[start, end)``;
+        an interval delivered twice by a meter counts once."""
+        s, e = check_range(start, end, None)
+        self.skipped = []
+        if not load_ids:
+            return []
+        files = self.files("meter", s, e, [feeder_id])
+        rows = self._run("meter", files, lambda src: (
+            "SELECT load_id, t, sum(kwh) FROM (SELECT meter_id, load_id, epoch_us(interval_start) AS t, "
+            f"max(kwh) AS kwh FROM {src} WHERE load_id = ANY(?) AND epoch_us(interval_start) >= ? "
+            "AND epoch_us(interval_start) < ? "
+            "GROUP BY 1, 2, 3) GROUP BY 1, 2 ORDER BY 1, 2"), [list(load_ids), _us(s), _us(e)], hive=False)
+        return [(str(ld), _dt(t), float(k)) for ld, t, k in rows]
