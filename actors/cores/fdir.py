@@ -33,8 +33,10 @@ Fault indicators: a feeder's ``FaultIndicator`` objects are used when present (k
 their line id); otherwise an indication keyed by a line id is an indicator at that line's from-bus.
 
 The search budget (``time_budget_s``) is counted in the planning thread's own CPU time
-(``time.thread_time``), not wall time: a busy host makes planning slower, never different, so the
-same fault on the same feeder always gives the same plan.
+(``time.thread_time``), not wall time, from after the baseline solve: a busy host makes planning
+slower rather than different. CPU time still stretches on a contended host (shared caches, a
+cold process), so time only cuts the tie-break among equally good candidates after one has
+passed; finding a first passing candidate per dark island is bounded by ``max_evaluations``.
 """
 
 from __future__ import annotations
@@ -917,6 +919,10 @@ def restore(
         notes.append(f"re-closing {upstream} fails the power flow; it stays open")
         upstream = None
         val = _Validator(m, states)
+    # The budget bounds the candidate search, not the baseline solve before it: that first solve in
+    # a fresh process pays pandapower's warm-up (about 0.3 s of CPU), and counting it left a cold
+    # actor with no time to try a single tie.
+    t0 = clock()
     interrupted = set(interrupted_bus_ids)
     zone_buses = isolation.zone_bus_ids
     chosen_res: PowerFlowResult | None = val.base if val.base.converged else None
@@ -991,7 +997,10 @@ def restore(
                 break
             if any(t == ft and secs >= fs for t, secs in c.fed for ft, fs in failed_parts):
                 continue  # feeds a superset of what already failed through the same tie
-            if val.evaluations >= max_evaluations or clock() - t0 > time_budget_s:
+            # Time only cuts the tie-break among equally good candidates once one has passed; the
+            # search for a first passing candidate is bounded by max_evaluations alone. On a slow or
+            # contended host the choice may get narrower, never empty.
+            if val.evaluations >= max_evaluations or (best is not None and clock() - t0 > time_budget_s):
                 cut_search = True
                 break
             trial = dict(states)

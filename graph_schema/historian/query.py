@@ -358,7 +358,7 @@ class HistorianReader:
             [_us(s), _us(e)], extra=extra, hive=False)
         return [(edges[i], _f(v)) for i, v in rows]
 
-    # -- load energy (demand response baselines) -------------------------------------------------
+    # -- load energy (demand response baselines, the estimator's same-time profile) ----------------
 
     def load_energy(self, feeder_id: str, load_ids: Sequence[str], start: datetime, end: datetime
                     ) -> list[tuple[str, datetime, float]]:

@@ -190,6 +190,21 @@ def test_case33bw_faults(c33: FdirModel, line: str, section: str, iso: tuple[str
     _check_plan(c33, states, p)
 
 
+def test_exhausted_time_budget_narrows_the_search_but_still_restores(c33: FdirModel) -> None:
+    """A cold or contended host can spend the CPU budget before the search starts (CI once saw
+    a case33bw fault planned with no tie at all). Time cuts only the tie-break among equally good
+    candidates, so the plan restores as many customers, with as few operations, as an unhurried one."""
+    states, ind, _ = fdir_grids.fault_scenario(c33, "sec-bus7")
+    ticks = iter(range(0, 10_000, 100))  # every reading of the clock is 100 s later
+
+    hurried = plan_fault(c33, states, ind, clock=lambda: float(next(ticks)))
+    calm = plan_fault(c33, states, ind)
+    assert hurried.customers_restored == calm.customers_restored > 0
+    assert len(hurried.steps) == len(calm.steps)  # as few operations; the tie may differ (losses unranked)
+    assert "search cut" in hurried.explanation and "search cut" not in calm.explanation
+    _check_plan(c33, states, hurried)
+
+
 def test_head_section_fault_keeps_breaker_open(c33: FdirModel) -> None:
     states, ind, _ = fdir_grids.fault_scenario(c33, "sec-bus2")
     p = plan_fault(c33, states, ind)
