@@ -21,7 +21,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check server actors graph_schema protocols security tests bench
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=40
 
 lint: install
 	$(PY) -m ruff check server actors graph_schema protocols security tests bench

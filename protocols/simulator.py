@@ -265,6 +265,7 @@ class _FeederSim:
     energized: frozenset[str] = frozenset()
     dirty: bool = True
     load_reduction_kw: dict[str, float] = field(default_factory=dict)  # load id -> kW shed (demand response)
+    resource: dict[str, float] = field(default_factory=dict)  # PV/wind DER id -> pinned share of its rating
 
 
 @dataclass
@@ -598,7 +599,9 @@ class FieldSimulator:
                 loads[ld.id] = max(0.0, loads[ld.id] - fs.load_reduction_kw[ld.id] / 1000)
         ders: dict[str, float] = {}
         for d in fs.feeder.ders:
-            if d.kind is DerKind.PV:
+            if d.id in fs.resource:  # pinned (set_resource): no profile, no random walk
+                p = d.sn_mva * fs.resource[d.id]
+            elif d.kind is DerKind.PV:
                 p = d.sn_mva * pv_profile(hour) * (1 + rng.gauss(0, self.noise))
             elif d.kind is DerKind.WIND:
                 w = fs.wind_state.get(d.id, 0.4)
@@ -966,6 +969,22 @@ class FieldSimulator:
             raise BadInput(f"unknown frame fault {mode!r}; use one of {', '.join(FRAME_FAULTS)}")
         self._garbled[device_id] = mode
 
+    def set_resource(self, feeder_id: str, der_id: str, share: float | None) -> None:
+        """Pin the sun or wind a PV / wind DER offers to ``share`` of its rating (None: back to the
+        daily PV curve or the wind's random walk, which can sit at zero for minutes). The
+        inverter's own P limit still applies on top."""
+        fs = self._fs(feeder_id)
+        der = next((d for d in fs.feeder.ders if d.id == der_id), None)
+        if der is None or der.kind not in (DerKind.PV, DerKind.WIND):
+            raise BadInput(f"{der_id!r} is not a PV or wind DER of feeder {feeder_id}; its DERs are in its model")
+        if share is None:
+            fs.resource.pop(der_id, None)
+        elif not 0.0 <= share <= 1.0:
+            raise BadInput(f"resource share {share} for {der_id} is outside 0..1 (a share of its rating)")
+        else:
+            fs.resource[der_id] = share
+        self._resolve_soon()
+
     async def reset(self) -> None:
         """Back to the model's normal state: switches as modelled, no faults, no injected conditions."""
         for h in self._timers:
@@ -978,6 +997,7 @@ class FieldSimulator:
             fs.fi_latched.clear()
             fs.load_scale = 1.0
             fs.der_setpoint.clear()
+            fs.resource.clear()
             fs.tap_pos = {
                 t.id: int(t.tap_pos or t.tap_neutral or 0) for t in fs.feeder.transformers if t.has_tap_changer
             }

@@ -140,40 +140,46 @@ async def test_curtailment_on_a_forced_overload_and_its_release(gql, der_field, 
     select-before-operate and SunSpec; restoring the limit removes the reason and releases them."""
     r = await gql(MODE_Q, {"f": F, "m": "AUTOMATIC"}, role="OPERATOR")
     assert r["data"]["setDerMode"] == "AUTOMATIC", r
-    state = await runtime.fleet.call(F, "state")
-    loading = state.live.max_line_loading_percent
-    await runtime.fleet.call_app(F, "der", "set_limits", "test", max_loading_percent=round(loading * 0.5, 1))
+    # The wind's random walk can sit at zero for minutes (nothing to curtail): pin it at full.
+    der_field.set_resource(F, WIND, 1.0)
+    try:
+        state = await runtime.fleet.call(F, "state")
+        loading = state.live.max_line_loading_percent
+        await runtime.fleet.call_app(F, "der", "set_limits", "test", max_loading_percent=round(loading * 0.5, 1))
 
-    async def curtailed():
-        d = (await ders(gql))[WIND]
-        return d if d["curtailment"] else None
+        async def curtailed():
+            d = (await ders(gql))[WIND]
+            return d if d["curtailment"] else None
 
-    d = await wait_for(curtailed, 20)
-    assert "beyond its limit" in d["curtailment"]["reason"] and d["curtailment"]["elementId"].startswith(("line", "tr"))
-    assert d["curtailment"]["pLimitMw"] < 1.5
-    m = await asyncio.to_thread(independent, der_field, WIND)
-    assert m[704]["WMaxLimPctEna"] == 1
+        d = await wait_for(curtailed, 20)
+        assert "beyond its limit" in d["curtailment"]["reason"] and d["curtailment"]["elementId"].startswith(("line", "tr"))
+        assert d["curtailment"]["pLimitMw"] < 1.5
+        m = await asyncio.to_thread(independent, der_field, WIND)
+        assert m[704]["WMaxLimPctEna"] == 1
 
-    async def der_events(phase: str):
-        await runtime.fleet.call(F, "flush_events")
-        r = await gql(EVENTS_Q, {"f": F})
-        assert "errors" not in r, r
-        return [e for e in r["data"]["events"]["events"] if e["data"].get("phase") == phase
-                and e["elementId"] == WIND]
+        async def der_events(phase: str):
+            await runtime.fleet.call(F, "flush_events")
+            r = await gql(EVENTS_Q, {"f": F})
+            assert "errors" not in r, r
+            return [e for e in r["data"]["events"]["events"] if e["data"].get("phase") == phase
+                    and e["elementId"] == WIND]
 
-    assert "beyond its limit" in (await wait_for(lambda: der_events("CURTAILED"), 10))[-1]["message"]
-    # the reason goes: released, through the same path
-    await runtime.fleet.call_app(F, "der", "set_limits", "test")
+        assert "beyond its limit" in (await wait_for(lambda: der_events("CURTAILED"), 10))[-1]["message"]
+        # the reason goes: released, through the same path
+        await runtime.fleet.call_app(F, "der", "set_limits", "test")
 
-    async def released():
-        d = (await ders(gql))[WIND]
-        return d if d["curtailment"] is None else None
+        async def released():
+            d = (await ders(gql))[WIND]
+            return d if d["curtailment"] is None else None
 
-    await wait_for(released, 20)
-    m = await asyncio.to_thread(independent, der_field, WIND)
-    assert m[704]["WMaxLimPctEna"] == 0
-    assert "the reason is gone" in (await wait_for(lambda: der_events("CURTAILMENT_RELEASED"), 10))[-1]["message"]
-    r = await gql(MODE_Q, {"f": F, "m": "ADVISORY"}, role="OPERATOR")
+        await wait_for(released, 20)
+        m = await asyncio.to_thread(independent, der_field, WIND)
+        assert m[704]["WMaxLimPctEna"] == 0
+        assert "the reason is gone" in (await wait_for(lambda: der_events("CURTAILMENT_RELEASED"), 10))[-1]["message"]
+    finally:  # whatever failed, cigre-mv goes back to ADVISORY at its own limits for the next tests
+        await runtime.fleet.call_app(F, "der", "set_limits", "test")
+        r = await gql(MODE_Q, {"f": F, "m": "ADVISORY"}, role="OPERATOR")
+        der_field.set_resource(F, WIND, None)
     assert r["data"]["setDerMode"] == "ADVISORY"
 
 

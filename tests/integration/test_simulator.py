@@ -206,6 +206,18 @@ async def test_load_scale_raises_feeder_head_flow(sim: FieldSimulator) -> None:
     assert float(sim.value(f"{F}/line1/P_MW") or 0) > base * 1.3
 
 
+async def test_a_pinned_resource_holds_a_der_output_and_bad_pins_are_refused(sim: FieldSimulator) -> None:
+    sim.set_resource(C, "der8", 1.0)  # wind, 1.5 MVA; the inverter ramps to it
+    await wait_for(lambda: sim.truth(C).der_p_mw["der8"] > 1.49, within_s=30)
+    sim.set_resource(C, "der8", 0.0)
+    await wait_for(lambda: sim.truth(C).der_p_mw["der8"] < 0.01, within_s=30)
+    with pytest.raises(DmsError, match="outside 0..1"):
+        sim.set_resource(C, "der8", 1.5)
+    with pytest.raises(DmsError, match="not a PV or wind DER"):
+        sim.set_resource(C, "load1", 0.5)
+    sim.set_resource(C, "der8", None)
+
+
 async def test_der_set_point_over_opcua_caps_output(sim: FieldSimulator, pki: Pki) -> None:
     pm = sim.point_maps[C]
     dev = pm.device(f"{C}/opcua")
