@@ -248,8 +248,10 @@ class VoltVarApp:
         )
         return state, basis
 
-    async def plan_now(self, trigger: str = "operator") -> PlanRecord:
-        """Plan now (and execute in AUTOMATIC); the API's "plan now" and the loop's step."""
+    async def plan_now(self, trigger: str = "operator", execute: bool = True) -> PlanRecord:
+        """Plan now; the loop's step executes in AUTOMATIC (``execute``). The API's "plan now" passes
+        ``execute=False``: asking for a plan is a what-if that changes nothing in the field, so a
+        planner may ask; in AUTOMATIC the loop's own next step, or an approval, executes."""
         if self._ports is None:
             raise DmsError("Volt/VAR is still starting on this feeder; retry shortly", code="APPLICATION_UNAVAILABLE")
         async with self._lock:
@@ -267,7 +269,7 @@ class VoltVarApp:
             self.plans = [*self.plans[-19:], rec]
             self.suspended = self._suspension()
             self._emit_plan(rec, "planned")
-            if rec.state == "PROPOSED" and self.mode is VoltVarMode.AUTOMATIC and self.suspended is None:
+            if execute and rec.state == "PROPOSED" and self.mode is VoltVarMode.AUTOMATIC and self.suspended is None:
                 await self._execute(rec, by=VOLTVAR_OPERATOR)
             return rec
 

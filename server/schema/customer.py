@@ -20,6 +20,7 @@ from typing import Any
 import strawberry
 from strawberry.types import Info
 
+from security.audit import AuditAction
 from security.errors import Forbidden
 from security.roles import Permission, requires
 from server.dr_service import DrService, EventView
@@ -170,7 +171,7 @@ class CustomerMutation:
                 out = await svc.opt_out(str(event_id), r)
             return out
 
-        after = await audited(info, "DR_OPT_OUT", f"{view.event.feeder_id}/{event_id}",
+        after = await audited(info, AuditAction.DR_OPT_OUT, f"{view.event.feeder_id}/{event_id}",
                               {"account": account, "resources": ",".join(dispatched)}, all_out())
         return _dr_event(after, resources)
 

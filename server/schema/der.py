@@ -234,12 +234,13 @@ class DerMutation:
                 members = [v.der_id for v in views if v.category == cat and (not ids or v.der_id in ids)]
                 c = replace(control, volt_var=default_volt_var(cat), volt_watt=default_volt_watt(cat),
                             volt_var_enabled=True, volt_watt_enabled=True)
-                res = await audited(info, "DER_CONTROL", f"{fid}/{','.join(members)}", {**detail, "category": cat},
+                res = await audited(info, AuditAction.DER_CONTROL, f"{fid}/{','.join(members)}",
+                                    {**detail, "category": cat},
                                     fleet.call_app(fid, "der", "set_control", c, by, der_ids=members, zone_bus_ids=zone,
                                                    kind=kind, group_p_limit_mw=group_p_limit_mw))
                 results += [_result(r) for r in res]
             return results
-        res = await audited(info, "DER_CONTROL", f"{fid}/{','.join(ids) if ids else 'group'}", detail,
+        res = await audited(info, AuditAction.DER_CONTROL, f"{fid}/{','.join(ids) if ids else 'group'}", detail,
                             fleet.call_app(fid, "der", "set_control", control, by, der_ids=ids, zone_bus_ids=zone,
                                            kind=kind, group_p_limit_mw=group_p_limit_mw))
         return [_result(r) for r in res]
@@ -252,7 +253,7 @@ class DerMutation:
         fid = str(feeder_id)
         grid.require_feeder(fid)
         ids = [str(d) for d in der_ids] if der_ids else None
-        res = await audited(info, "DER_RELEASE_CURTAILMENT", f"{fid}/{','.join(ids) if ids else 'all'}",
+        res = await audited(info, AuditAction.DER_RELEASE_CURTAILMENT, f"{fid}/{','.join(ids) if ids else 'all'}",
                             {"der_ids": ids}, grid.fleet.call_app(fid, "der", "release_curtailment", ids, by))
         return [_result(r) for r in res]
 
@@ -263,6 +264,6 @@ class DerMutation:
         grid = info.context["services"].grid
         fid = str(feeder_id)
         grid.require_feeder(fid)
-        result = await audited(info, "DER_MODE", fid, {"mode": mode.value},
+        result = await audited(info, AuditAction.DER_MODE, fid, {"mode": mode.value},
                                grid.fleet.call_app(fid, "der", "set_mode", mode.value, by))
         return DerMode(result)

@@ -17,6 +17,7 @@ import strawberry
 from strawberry.types import Info
 
 from actors.cores import dr
+from security.audit import AuditAction
 from security.roles import Permission, authorize, feeder_in_scope, requires
 from server.dr_service import DrService, EventView
 from server.schema.audit import audited
@@ -141,7 +142,7 @@ class DrMutation:
     async def create_dr_event(self, info: Info, program_id: strawberry.ID, feeder_id: strawberry.ID, start: datetime,
                               end: datetime, target_kw: float, all_or_nothing: bool = False) -> DrEvent:
         principal = info.context["principal"]
-        view = await audited(info, "DR_EVENT_CREATE", f"{feeder_id}/{program_id}",
+        view = await audited(info, AuditAction.DR_EVENT_CREATE, f"{feeder_id}/{program_id}",
                              {"start": start.isoformat(), "end": end.isoformat(), "target_kw": target_kw,
                               "all_or_nothing": all_or_nothing},
                              _svc(info).create_event(str(program_id), str(feeder_id), start, end, target_kw,
@@ -153,6 +154,6 @@ class DrMutation:
         svc = _svc(info)
         view, _ = await svc.event(str(event_id))
         authorize(info.context.get("principal"), Permission.CONTROL, feeder_id=view.event.feeder_id)
-        view = await audited(info, "DR_EVENT_CANCEL", f"{view.event.feeder_id}/{event_id}", {},
+        view = await audited(info, AuditAction.DR_EVENT_CANCEL, f"{view.event.feeder_id}/{event_id}", {},
                              svc.cancel_event(str(event_id)))
         return event_type(view)

@@ -20,6 +20,7 @@ import strawberry
 from strawberry.types import Info
 
 from graph_schema.errors import BadInput
+from security.audit import AuditAction
 from security.errors import Forbidden
 from security.roles import Permission, allowed, authorize, requires
 from server.reports.jobs import Job, Schedule
@@ -244,7 +245,7 @@ class ReportMutation:
         _kind_allowed(info, kind.value)
         principal = info.context["principal"]
         start, end = _aware(period.start, "period start"), _aware(period.end, "period end")
-        job = await audited(info, "REPORT_CREATE", kind.value,
+        job = await audited(info, AuditAction.REPORT_CREATE, kind.value,
                             {"kind": kind.value, "format": format.value, "start": start.isoformat(),
                              "end": end.isoformat()},
                             _service(info).create(kind.value, start, end, format.value, by=principal.sub))
@@ -257,7 +258,7 @@ class ReportMutation:
         _system_wide(info)
         _kind_allowed(info, kind.value)
         svc = _service(info)
-        s = await audited(info, "REPORT_SCHEDULE_CREATE", kind.value,
+        s = await audited(info, AuditAction.REPORT_SCHEDULE_CREATE, kind.value,
                           {"kind": kind.value, "format": format.value, "frequency": frequency.value},
                           svc.add_schedule(kind.value, format.value, frequency.value,
                                            by=info.context["principal"].sub))
@@ -266,12 +267,12 @@ class ReportMutation:
     @strawberry.mutation(permission_classes=[requires(Permission.CHANGE_SETTINGS)])
     async def delete_report_schedule(self, info: Info, id: strawberry.ID) -> ReportSchedule:
         svc = _service(info)
-        s = await audited(info, "REPORT_SCHEDULE_DELETE", str(id), {}, svc.remove_schedule(str(id)))
+        s = await audited(info, AuditAction.REPORT_SCHEDULE_DELETE, str(id), {}, svc.remove_schedule(str(id)))
         return ReportSchedule.of(s, None)
 
     @strawberry.mutation(permission_classes=[requires(Permission.CHANGE_SETTINGS)],
                          description="Run a schedule now (its report of the period before now)")
     async def run_report_schedule(self, info: Info, id: strawberry.ID) -> ReportJob:
         svc = _service(info)
-        job = await audited(info, "REPORT_SCHEDULE_RUN", str(id), {}, svc.run_schedule(str(id)))
+        job = await audited(info, AuditAction.REPORT_SCHEDULE_RUN, str(id), {}, svc.run_schedule(str(id)))
         return ReportJob.of(job)

@@ -19,7 +19,9 @@ import strawberry
 from strawberry.types import Info
 
 from actors.cores.study import ChangeKind, StudyChange
+from security.audit import AuditAction
 from security.roles import Permission, authorize, feeder_in_scope, requires
+from server.schema.audit import audited
 from server.schema.enums import (
     ControlAction,
     JobKind,
@@ -319,13 +321,8 @@ async def _visible_job(info: Info, job_id: str) -> JobRecord | None:
 async def _start(info: Info, kind: str, feeder_id: str, study_id: str | None, params: dict[str, Any]) -> Job:
     if study_id is not None:
         await _visible_study(info, study_id, Permission.WHAT_IF)
-    svc = _svc(info)
-    job = await svc.start(kind, feeder_id, study_id, params, by=_sub(info))
-    rt = info.context["services"].runtime
-    principal = info.context["principal"]
-    await rt.audit.record("ANALYSIS_START", actor=principal.sub, roles=sorted(principal.roles),
-                          target=f"{feeder_id}/{job.id}", source=info.context["source"], outcome="OK",
-                          detail={"kind": kind, "study_id": study_id})
+    job = await audited(info, AuditAction.ANALYSIS_START, f"{feeder_id}/{kind}", {"kind": kind, "study_id": study_id},
+                        _svc(info).start(kind, feeder_id, study_id, params, by=_sub(info)))
     return job_type(job)
 
 
@@ -373,7 +370,8 @@ class StudyMutation:
                            element_id=None if c.element_id is None else str(c.element_id),
                            bus_id=None if c.bus_id is None else str(c.bus_id), p_mw=c.p_mw, q_mvar=c.q_mvar,
                            is_open=c.is_open, scale=c.scale) for c in changes]
-        s = await _svc(info).create(str(feeder_id), at, chg, owner=_sub(info))
+        s = await audited(info, AuditAction.STUDY_CREATE, str(feeder_id), {"changes": len(chg)},
+                          _svc(info).create(str(feeder_id), at, chg, owner=_sub(info)))
         return study_type(s)
 
     @strawberry.mutation(permission_classes=[requires(Permission.WHAT_IF)],
@@ -382,7 +380,8 @@ class StudyMutation:
         s = await _visible_study(info, str(id), Permission.WHAT_IF)
         if s is None:
             return False
-        return await _svc(info).delete(s.id, by=_sub(info))
+        return bool(await audited(info, AuditAction.STUDY_DELETE, f"{s.feeder_id}/{s.id}", {},
+                                  _svc(info).delete(s.id, by=_sub(info))))
 
     @strawberry.mutation(permission_classes=[requires(Permission.RUN_STUDIES, feeder_arg="feeder_id")])
     async def optimal_reconfiguration(self, info: Info, feeder_id: strawberry.ID, study_id: strawberry.ID | None = None,
@@ -422,7 +421,8 @@ class StudyMutation:
             from graph_schema.errors import NotFound
 
             raise NotFound(f"job {id!r} not found", element_id=str(id))
-        return job_type(await _svc(info).cancel(j.id))
+        return job_type(await audited(info, AuditAction.ANALYSIS_CANCEL, f"{j.feeder_id}/{j.id}", {"kind": j.kind},
+                                      _svc(info).cancel(j.id)))
 
 
 @strawberry.type

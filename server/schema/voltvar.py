@@ -176,9 +176,13 @@ class VoltVarMutation:
                             grid.fleet.call_app(str(feeder_id), _app.VOLTVAR_OPERATOR, "approve", str(plan_id), by))
         return plan_type(rec)
 
-    @strawberry.mutation(name="planVoltVar", permission_classes=[requires(Permission.WHAT_IF, feeder_arg="feeder_id")])
+    @strawberry.mutation(name="planVoltVar", permission_classes=[requires(Permission.WHAT_IF, feeder_arg="feeder_id")],
+                         description="Plan now on the live state; never executes, whatever the mode (a what-if: "
+                                     "approveVoltVarPlan executes a proposed plan)")
     async def plan_volt_var(self, info: Info, feeder_id: strawberry.ID) -> VoltVarPlan:
         grid = info.context["services"].grid
         grid.require_feeder(str(feeder_id))
-        rec = await grid.fleet.call_app(str(feeder_id), _app.VOLTVAR_OPERATOR, "plan_now", "operator")
+        rec = await audited(info, AuditAction.VOLTVAR_PLAN_REQUEST, str(feeder_id), {},
+                            grid.fleet.call_app(str(feeder_id), _app.VOLTVAR_OPERATOR, "plan_now",
+                                                "operator", False))
         return plan_type(rec)

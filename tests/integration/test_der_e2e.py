@@ -152,7 +152,8 @@ async def test_curtailment_on_a_forced_overload_and_its_release(gql, der_field, 
             return d if d["curtailment"] else None
 
         d = await wait_for(curtailed, 20)
-        assert "beyond its limit" in d["curtailment"]["reason"] and d["curtailment"]["elementId"].startswith(("line", "tr"))
+        assert "beyond its limit" in d["curtailment"]["reason"]
+        assert d["curtailment"]["elementId"].startswith(("line", "tr"))
         assert d["curtailment"]["pLimitMw"] < 1.5
         m = await asyncio.to_thread(independent, der_field, WIND)
         assert m[704]["WMaxLimPctEna"] == 1

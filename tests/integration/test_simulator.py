@@ -211,7 +211,7 @@ async def test_a_pinned_resource_holds_a_der_output_and_bad_pins_are_refused(sim
     await wait_for(lambda: sim.truth(C).der_p_mw["der8"] > 1.49, within_s=30)
     sim.set_resource(C, "der8", 0.0)
     await wait_for(lambda: sim.truth(C).der_p_mw["der8"] < 0.01, within_s=30)
-    with pytest.raises(DmsError, match="outside 0..1"):
+    with pytest.raises(DmsError, match=r"outside 0\.\.1"):
         sim.set_resource(C, "der8", 1.5)
     with pytest.raises(DmsError, match="not a PV or wind DER"):
         sim.set_resource(C, "load1", 0.5)

@@ -98,6 +98,19 @@ async def test_study_is_solved_apart_from_live_state_and_field(gql, mint, runtim
     assert codes(other) == ["FORBIDDEN"]
     assert (await gql(DELETE, {"id": study["id"]}, token=token))["data"]["deleteStudy"] is True
     assert (await gql(GET, {"id": study["id"]}, token=token))["data"]["study"] is None
+    # Each change to the store is audited with its outcome, the refused delete too.
+    trail = await audit_of(gql, study["id"])
+    assert ("STUDY_DELETE", "someone-else", "FORBIDDEN") in trail and ("STUDY_DELETE", "pia", "OK") in trail
+    created = await gql("{ auditLog(first: 100) { edges { node { action actor outcome target } } } }", role="SECAUD")
+    assert any(e["node"]["action"] == "STUDY_CREATE" and e["node"]["actor"] == "pia" and e["node"]["target"] == F
+               for e in created["data"]["auditLog"]["edges"])
+
+
+async def audit_of(gql, needle: str) -> list[tuple[str, str, str]]:
+    r = await gql("{ auditLog(first: 100) { edges { node { action actor outcome target } } } }", role="SECAUD")
+    assert "errors" not in r, r
+    return [(n["action"], n["actor"], n["outcome"]) for n in (e["node"] for e in r["data"]["auditLog"]["edges"])
+            if needle in n["target"]]
 
 
 async def test_diverging_study_answers_converged_false(gql, grid_field) -> None:
@@ -180,6 +193,8 @@ async def test_cancelled_job_ends_cancelled(gql, mint, grid_field) -> None:
     assert "errors" not in r, r
     job = await wait_job(gql, cancelled_id)
     assert job["status"] == "CANCELLED" and job["result"] is None  # never FAILED, nothing half-written
+    assert ("ANALYSIS_CANCEL", "pia", "OK") in await audit_of(gql, cancelled_id)
+    assert ("ANALYSIS_START", "pia", "OK") in await audit_of(gql, "case33bw/RECONFIGURATION")
 
 
 async def test_reconfiguration_job_progress_and_recommendations(gql, mint, server, grid_field) -> None:

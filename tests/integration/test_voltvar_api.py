@@ -34,6 +34,9 @@ async def test_voltvar_status_mode_objective_and_plan(gql) -> None:
         assert "errors" not in r, r
         plan = r["data"]["planVoltVar"]
         assert plan["state"] == "NOTHING_TO_DO" and plan["operations"] == [] and plan["objective"] == "CVR"
+        trail = await gql("{ auditLog(first: 50) { edges { node { action outcome target } } } }", role="SECAUD")
+        assert {"action": "VOLTVAR_PLAN_REQUEST", "outcome": "OK", "target": "case33bw"} in [
+            e["node"] for e in trail["data"]["auditLog"]["edges"]]
         st = (await gql(STATUS_Q, {"f": "case33bw"}))["data"]["voltVar"]
         assert st["mode"] == "ADVISORY" and st["objective"] == "CVR" and st["lastPlan"]["id"] == plan["id"]
         again = await gql('mutation($f: ID!, $p: ID!) { approveVoltVarPlan(feederId: $f, planId: $p) { id } }',

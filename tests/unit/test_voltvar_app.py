@@ -145,6 +145,18 @@ async def test_automatic_executes_and_der_operations_use_the_der_hook() -> None:
     await app.close()
 
 
+async def test_a_requested_plan_never_executes_even_in_automatic() -> None:
+    """The API's planVoltVar is a what-if (a planner may ask): it proposes, an approval executes."""
+    ports = DerPorts()
+    app = await started(ports)
+    await app.set_mode("AUTOMATIC", "alice")
+    rec = await app.plan_now("operator", False)
+    assert rec.state == "PROPOSED" and rec.plan.operations and not ports.operated and not ports.der_calls
+    done = await app.approve(rec.id, "alice")
+    assert done.state == "EXECUTED" and ports.operated
+    await app.close()
+
+
 async def test_a_held_device_stops_the_plan_and_is_reported() -> None:
     ports = Ports()
     app = await started(ports)
