@@ -34,7 +34,7 @@ from actors.cores.powerflow import PowerFlowResult
 from actors.cores.topology import TopologyGraph
 from actors.ingest import FieldFlags
 from graph_schema.errors import BadInput, DmsError, NotFound
-from graph_schema.model import Feeder
+from graph_schema.model import Feeder, Quantity
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +53,24 @@ class TelemetryChange:
     # ``switch_changes`` that an operate of ours made; a change not in it was not commanded (a trip)
     commanded_by: Mapping[str, str] = field(default_factory=dict)
     values: tuple[Any, ...] = ()  # the batch itself (protocols.base.PointValue), as the device sent it
+
+
+def reported_positions(values: Mapping[str, Any], points: Mapping[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    """Tap positions (``TAP_POS``) and capacitor bank steps (``CAP_STEP``) as the field reports
+    them, GOOD values only: what the live solve, the estimator and Volt/VAR take as the network's
+    settings (a device without telemetry keeps the model's)."""
+    taps: dict[str, int] = {}
+    caps: dict[str, int] = {}
+    for pid, mapping in points.items():
+        q = str(getattr(mapping, "quantity", ""))
+        if q not in (Quantity.TAP_POS, Quantity.CAP_STEP):
+            continue
+        pv = values.get(pid)
+        v = getattr(pv, "value", None)
+        if str(getattr(pv, "quality", "")) != "GOOD" or isinstance(v, bool) or not isinstance(v, int | float):
+            continue
+        (taps if q == Quantity.TAP_POS else caps)[mapping.element_id] = round(float(v))
+    return taps, caps
 
 
 class FeederPorts(Protocol):

@@ -112,6 +112,19 @@ def _setpoint_command(ctx: _Context, device: Der, action: ControlAction, value: 
 
 
 def _capacitor_command(ctx: _Context, device: Capacitor, action: ControlAction, value: float | None) -> Command | str:
+    if ctx.has_value(device.id, Quantity.CAP_STEP):  # a bank controller that takes steps in service
+        current = ctx.value(device.id, Quantity.CAP_STEP)
+        if action is ControlAction.SET:
+            target = float(value or 0.0)
+        elif action in (ControlAction.OPEN, ControlAction.CLOSE):
+            target = 0.0 if action is ControlAction.OPEN else float(device.steps)
+        elif current is None:
+            return f"no step telemetry for {device.id}; use SET"
+        else:
+            target = float(current) + (1 if action is ControlAction.RAISE else -1)
+        if not 0 <= target <= device.steps:
+            return f"{device.id} has steps 0..{device.steps}; {action} would make {target:g}, nothing was sent"
+        return Command("SET_CAP_STEP", target, lambda: ctx.value(device.id, Quantity.CAP_STEP) == target)
     expect_open = expected_state(action)
     if expect_open is None:
         return f"{device.id} has no command point for {action}"

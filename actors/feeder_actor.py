@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from actors.applications import AppRegistry, FeederPorts, TelemetryChange
+from actors.applications import AppRegistry, FeederPorts, TelemetryChange, reported_positions
 from actors.cores.control import ControlAction, ControlCore, Tag, expected_state
 from actors.cores.events import Alarm, EventKind, Scalar, Severity
 from actors.cores.powerflow import PowerFlowModel, PowerFlowResult
@@ -249,7 +249,10 @@ class FeederActor:
         states = dict(self._switch_states)
         scale = self._load_scale
         topology = self._graph.process(states)
-        result = await asyncio.to_thread(self._pf.solve, switch_states=states, load_scale=scale)
+        taps, caps = (reported_positions(self.ingest.values, self.ingest.points) if self.ingest is not None
+                      else ({}, {}))
+        result = await asyncio.to_thread(self._pf.solve, switch_states=states, load_scale=scale,
+                                         tap_pos=taps or None, capacitor_step=caps or None)
         self._version += 1
         old = self._state  # an estimate holds until the topology changes (the estimator then runs again)
         estimate = old.estimate if old is not None and dict(old.switch_states) == states else None

@@ -209,7 +209,7 @@ class Ingest:
                 switches[eid] = is_open
                 state_changed = True
                 indications |= self._on_status(eid, is_open, events)
-            elif kind is Quantity.TAP_POS:
+            elif kind in (Quantity.TAP_POS, Quantity.CAP_STEP):
                 state_changed = True
             elif kind is Signal.FAULT:
                 raised, reset = self._on_flag(self._fi_latched, eid, bool(pv.value), EventKind.FAULT_INDICATION,

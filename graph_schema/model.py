@@ -66,6 +66,7 @@ class Quantity(StrEnum):
     I_KA = "I_KA"
     STATUS = "STATUS"
     TAP_POS = "TAP_POS"
+    CAP_STEP = "CAP_STEP"  # steps of a capacitor bank in service
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ Semantics of the generated points:
 * ``OPEN`` / ``CLOSE``: trip / close relay coils of a switch; write ``True`` to operate (FC05).
 * ``FAULT``: a fault indicator latched (discrete input); ``LAST_GASP``: a meter's power-fail flag.
 * ``TAP_POS`` (input register, INT16) and ``SET_TAP`` (holding register, FC06) of a transformer.
+* ``CAP_STEP`` (input register, INT16) and ``SET_CAP_STEP`` (holding register, FC06) of a switched
+  capacitor bank: steps in service, 0..``steps``; on the first RTU after the tap changers.
 * ``SET_P_MW``: a DER's active-power set point (OPC UA, writable Double).
 """
 
@@ -78,6 +80,7 @@ class CommandKind(StrEnum):
     OPEN = "OPEN"
     CLOSE = "CLOSE"
     SET_TAP = "SET_TAP"
+    SET_CAP_STEP = "SET_CAP_STEP"
     SET_P_MW = "SET_P_MW"
 
 
@@ -373,6 +376,8 @@ DI_FAULT = 1000  # + fault indicator index in the RTU
 COIL_SWITCH = 0  # OPEN at 2*i, CLOSE at 2*i + 1
 IR_TAP = 0  # + transformer index (INT16)
 HR_TAP = 0  # + transformer index (INT16)
+IR_CAP = 50  # + capacitor bank index (INT16)
+HR_CAP = 50  # + capacitor bank index (INT16)
 IR_ANALOG = 100  # modbus_only: FLOAT32 analogs, 2 registers each
 HR_SETPOINT = 100  # modbus_only: FLOAT32 set points
 DI_LAST_GASP = 3000  # modbus_only
@@ -410,13 +415,15 @@ _MEASURED_ON: dict[str, frozenset[str]] = {
     "Q_MVAR": frozenset({"line", "DER", "load"}),
     "STATUS": frozenset({"switch"}),
     "TAP_POS": frozenset({"transformer"}),
+    "CAP_STEP": frozenset({"capacitor"}),
 }
 
 
 def _element_kinds(feeder: Feeder) -> dict[str, str]:
     out: dict[str, str] = {}
     for kind, items in (("bus", feeder.buses), ("line", feeder.lines), ("DER", feeder.ders),
-                        ("load", feeder.loads), ("switch", feeder.switches), ("transformer", feeder.transformers)):
+                        ("load", feeder.loads), ("switch", feeder.switches), ("transformer", feeder.transformers),
+                        ("capacitor", feeder.capacitors)):
         for e in items:
             out[e.id] = kind
     return out
@@ -645,6 +652,22 @@ def generate_point_map(
         else:
             ua(t.id, Quantity.TAP_POS, min_value=lo, max_value=hi)
             ua(t.id, CommandKind.SET_TAP, Direction.COMMAND, min_value=lo, max_value=hi)
+    # Capacitor banks (steps in service), beside the tap changers.
+    caps = sorted((c for c in feeder.capacitors if c.in_service), key=lambda c: natural_key(c.id))
+    if len(caps) > IR_ANALOG - IR_CAP or len(tap_trafos) > IR_CAP - IR_TAP:
+        raise BadInput(f"feeder {fid!r} has {len(tap_trafos)} tap changers and {len(caps)} capacitor banks; a "
+                       f"generated RTU holds {IR_CAP - IR_TAP} and {IR_ANALOG - IR_CAP}: write its point map by hand")
+    for i, c in enumerate(caps):
+        hi = float(c.steps)
+        if use_modbus_for_switchgear:
+            dev = rtu_id(0)
+            mb(c.id, Quantity.CAP_STEP, dev, Table.INPUT_REGISTER, IR_CAP + i, data_type=DataType.INT16,
+               min_value=0.0, max_value=hi)
+            mb(c.id, CommandKind.SET_CAP_STEP, dev, Table.HOLDING_REGISTER, HR_CAP + i, data_type=DataType.INT16,
+               min_value=0.0, max_value=hi)
+        else:
+            ua(c.id, Quantity.CAP_STEP, min_value=0.0, max_value=hi)
+            ua(c.id, CommandKind.SET_CAP_STEP, Direction.COMMAND, min_value=0.0, max_value=hi)
 
     # Analogs.
     analog: list[tuple[str, PointKind, dict[str, Any]]] = []

@@ -242,6 +242,9 @@ class SimTruth:
     der_p_mw: Mapping[str, float]
     switch_open: Mapping[str, bool]
     p_source_mw: float | None
+    losses_mw: float | None = None
+    tap_pos: Mapping[str, int] = field(default_factory=dict)
+    cap_step: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,6 +256,11 @@ class _FeederSim:
     switch_open: dict[str, bool]
     status_open: dict[str, bool]
     tap_pos: dict[str, int]
+    cap_step: dict[str, int] = field(default_factory=dict)  # capacitor bank id -> steps in service
+    # device id -> monotonic time of its last remote command (capacitor banks, tap changers): the
+    # local controller stays off for remote_override_s after one, as a field controller in REMOTE does.
+    remote_at: dict[str, float] = field(default_factory=dict)
+    local_at: dict[str, float] = field(default_factory=dict)  # device id -> its controller's last step
     der_setpoint: dict[str, float] = field(default_factory=dict)
     load_scale: float = 1.0
     faults: dict[str, bool] = field(default_factory=dict)  # line id -> permanent
@@ -302,6 +310,9 @@ class FieldSimulator:
         metering: str = "dense",
         meas_noise: float = 0.0,
         bad_value_rate: float = 0.0,
+        remote_override_s: float = 900.0,
+        local_delay_s: float = 30.0,
+        local_control: bool = True,
     ) -> None:
         if not feeders:
             raise BadInput("the field simulator needs at least one feeder")
@@ -328,6 +339,18 @@ class FieldSimulator:
         if not (0.0 <= meas_noise < 1.0 and 0.0 <= bad_value_rate <= 1.0):
             raise BadInput("meas_noise must be in [0, 1) and bad_value_rate in [0, 1]")
         self.metering = metering
+        # Local controllers (capacitor banks with local_control; tap changers with a band): each steps
+        # at most once per local_delay_s (its time delay) toward its band, and not at all within
+        # remote_override_s of a remote command to it: what the field does when the head-end is away.
+        if remote_override_s < 0 or local_delay_s <= 0:
+            raise BadInput("remote_override_s must be >= 0 and local_delay_s > 0")
+        self.remote_override_s = remote_override_s
+        self.local_control = local_control  # False: the devices' own controllers are switched off
+        # Paused: no solving and no publishing (the servers keep answering with the last values). A
+        # test session's shared simulator pauses while a module drives a simulator of its own: two
+        # simulators solving in one process starved the event loop on two cores.
+        self.paused = False
+        self.local_delay_s = local_delay_s
         self.meas_noise = meas_noise
         self.bad_value_rate = bad_value_rate
         self._wrong_status: set[str] = set()  # "<feeder>/<switch>": the status point reports the opposite
@@ -441,6 +464,7 @@ class FieldSimulator:
             switch_open={s.id: s.is_open for s in feeder.switches},
             status_open={s.id: s.is_open for s in feeder.switches},
             tap_pos=taps,
+            cap_step={c.id: c.step for c in feeder.capacitors if c.in_service},
             commercial=frozenset(loads[2::3]),
         )
         self._sims[feeder.id] = fs
@@ -576,6 +600,8 @@ class FieldSimulator:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.tick_s)
             self._wake.clear()
+            if self.paused:
+                continue
             for fs in list(self._sims.values()):
                 try:
                     await asyncio.to_thread(self._solve, fs)
@@ -628,6 +654,7 @@ class FieldSimulator:
             der_p_mw=ders or None,
             der_q_mvar=der_q or None,
             tap_pos=fs.tap_pos or None,
+            capacitor_step=fs.cap_step or None,
             load_scale=fs.load_scale,
         )
         self.solves += 1
@@ -638,6 +665,8 @@ class FieldSimulator:
         if res.converged:
             fs.last_result = res
             fs.energized = frozenset(b.bus_id for b in res.buses if b.energized)
+            if self.local_control:
+                self._local_control(fs, res)  # (in the solver's thread: the next tick shows its step)
         else:
             log.warning("simulator: power flow of %s did not converge (%s)", fs.feeder.id, res.reason)
             fs.energized = fs.graph.process(dict(fs.switch_open)).energized_bus_ids
@@ -649,6 +678,49 @@ class FieldSimulator:
                                  {ld.id: ld.bus_id in fs.energized for ld in fs.feeder.loads})
             except OSError as exc:
                 log.warning("simulator: AMI interval file of %s not written: %s", fs.feeder.id, exc)
+
+    def _local_control(self, fs: _FeederSim, res: PowerFlowResult) -> bool:
+        """One step of each device's own controller, where it is due; True when one stepped.
+
+        A capacitor bank with ``local_control`` switches one step in below ``v_on_pu`` and one out
+        above ``v_off_pu`` at its bus. A tap changer with a band (``band_centre_pu`` +-
+        ``bandwidth_pu``/2) steps its lv-side voltage back toward it; line-drop compensation is not
+        simulated (the band holds at the regulator's own lv bus)."""
+        now = time.monotonic()
+        vm = {b.bus_id: b.vm_pu for b in res.buses if b.energized and b.vm_pu is not None}
+
+        def due(dev: str) -> bool:
+            if now - fs.remote_at.get(dev, -math.inf) < self.remote_override_s:
+                return False
+            return now - fs.local_at.get(dev, -math.inf) >= self.local_delay_s
+
+        moved = False
+        for c in fs.feeder.capacitors:
+            v = vm.get(c.bus_id)
+            if not c.local_control or v is None or c.id not in fs.cap_step or not due(c.id):
+                continue
+            step = fs.cap_step[c.id]
+            if c.v_on_pu is not None and v < c.v_on_pu and step < c.steps:
+                fs.cap_step[c.id], fs.local_at[c.id], moved = step + 1, now, True
+            elif c.v_off_pu is not None and v > c.v_off_pu and step > 0:
+                fs.cap_step[c.id], fs.local_at[c.id], moved = step - 1, now, True
+        for t in fs.feeder.transformers:
+            v = vm.get(t.lv_bus_id)
+            if (not t.has_tap_changer or t.band_centre_pu is None or not t.bandwidth_pu or v is None
+                    or t.id not in fs.tap_pos or not due(t.id)):
+                continue
+            # pandapower's convention: a higher tap on the hv side lowers the lv voltage; on the lv side raises it.
+            raise_v = -1 if (t.tap_side or "hv") == "hv" else 1
+            want = 0
+            if v < t.band_centre_pu - t.bandwidth_pu / 2:
+                want = raise_v
+            elif v > t.band_centre_pu + t.bandwidth_pu / 2:
+                want = -raise_v
+            pos = fs.tap_pos[t.id] + want
+            assert t.tap_min is not None and t.tap_max is not None
+            if want and min(t.tap_min, t.tap_max) <= pos <= max(t.tap_min, t.tap_max):
+                fs.tap_pos[t.id], fs.local_at[t.id], moved = pos, now, True
+        return moved
 
     def _feeder_values(self, fs: _FeederSim) -> dict[str, float | bool]:
         res = fs.last_result
@@ -676,6 +748,8 @@ class FieldSimulator:
                 v = ders.get(e, 0.0) if der_bus[e] in fs.energized else 0.0
             elif k is Quantity.TAP_POS:
                 v = float(fs.tap_pos.get(e, 0))
+            elif k is Quantity.CAP_STEP:
+                v = float(fs.cap_step.get(e, 0))
             elif k is Signal.FAULT:
                 v = e in fs.fi_latched
             elif k is Signal.LAST_GASP:
@@ -690,6 +764,8 @@ class FieldSimulator:
         for cmd in fs.point_map.points:
             if cmd.direction is Direction.COMMAND and cmd.quantity is CommandKind.SET_TAP:
                 vals[cmd.point_id] = float(fs.tap_pos.get(cmd.element_id, 0))
+            elif cmd.direction is Direction.COMMAND and cmd.quantity is CommandKind.SET_CAP_STEP:
+                vals[cmd.point_id] = float(fs.cap_step.get(cmd.element_id, 0))
         return vals
 
     def _measured(self, v: float) -> float:
@@ -767,6 +843,16 @@ class FieldSimulator:
             if t is None or t.tap_min is None or t.tap_max is None or not t.tap_min <= pos <= t.tap_max:
                 return False
             fs.tap_pos[e] = pos
+            fs.remote_at[e] = time.monotonic()
+            self._resolve_soon()
+            return True
+        if k is CommandKind.SET_CAP_STEP:
+            c = next((c for c in fs.feeder.capacitors if c.id == e), None)
+            step = round(float(value))
+            if c is None or not c.in_service or not 0 <= step <= c.steps or step != float(value):
+                return False
+            fs.cap_step[e] = step
+            fs.remote_at[e] = time.monotonic()
             self._resolve_soon()
             return True
         if k is CommandKind.SET_P_MW:
@@ -996,6 +1082,9 @@ class FieldSimulator:
             fs.faults.clear()
             fs.fi_latched.clear()
             fs.load_scale = 1.0
+            fs.cap_step = {c.id: c.step for c in fs.feeder.capacitors if c.in_service}
+            fs.remote_at.clear()
+            fs.local_at.clear()
             fs.der_setpoint.clear()
             fs.resource.clear()
             fs.tap_pos = {
@@ -1032,6 +1121,9 @@ class FieldSimulator:
             der_p_mw=dict(fs.last_ders),
             switch_open=dict(fs.switch_open),
             p_source_mw=res.p_source_mw,
+            losses_mw=res.losses_mw,
+            tap_pos=dict(fs.tap_pos),
+            cap_step=dict(fs.cap_step),
         )
 
     def report_wrong_status(self, feeder_id: str, switch_id: str, on: bool = True) -> None:

@@ -312,6 +312,12 @@ async def _serve(settings: Settings, sock: socket.socket, *, demo: bool, speed: 
     runtime = await start_runtime(settings, demo_feeders=demo)
     sim_handle = None
     try:
+        if demo:  # the Volt/VAR demo feeder too (the test fixtures' runtime leaves it out: one actor less)
+            from graph_schema.importers import VOLTVAR_FEEDERS
+
+            for fid, build in VOLTVAR_FEEDERS.items():
+                if fid not in runtime.fleet.feeder_ids:
+                    await runtime.grid.import_feeder(build())
         if demo:  # first start: fill an empty historian in the background (seconds; see README)
             feeders = [await runtime.grid.model(fid) for fid in runtime.fleet.feeder_ids]
             runtime.extras["ami_ingest"].backfill_if_empty(feeders)  # type: ignore[attr-defined]

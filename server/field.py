@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graph_schema.importers import DEMO_FEEDERS
+from graph_schema.importers import DEMO_FEEDERS, VOLTVAR_FEEDERS
 from protocols.pointmap import PointMap
 from protocols.sim_admin import POINTMAP_DIR, simulator_session
 from server.runtime import Runtime
@@ -80,7 +80,8 @@ async def attach(runtime: Runtime, settings: Settings, point_map: PointMap, *,
 async def start_field(runtime: Runtime, settings: Settings, *, speed: float = 1.0, tick_s: float = 1.0,
                       feeder_ids: list[str] | None = None) -> FieldHandle:
     """Start the simulator for the demo feeders and attach their actors to it."""
-    ids = feeder_ids if feeder_ids is not None else [f for f in runtime.fleet.feeder_ids if f in DEMO_FEEDERS]
+    ids = feeder_ids if feeder_ids is not None else [f for f in runtime.fleet.feeder_ids
+                                                     if f in DEMO_FEEDERS or f in VOLTVAR_FEEDERS]
     feeders = [await runtime.grid.model(fid) for fid in ids]
     handle = FieldHandle(runtime, ids)
     try:

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from actors.applications import FeederPorts, TelemetryChange
+from actors.applications import FeederPorts, TelemetryChange, reported_positions
 from actors.arbiter import Priority
 from actors.cores.estimation import EstimationResult, MeasSource, Measurement, StateEstimator, default_std, stale
 from actors.cores.events import EventKind, Severity
@@ -211,8 +211,10 @@ class EstimationApp:
         if time.monotonic() - self._states_since < self.STATUS_SETTLE_S:
             status = []
         try:
+            taps, caps = reported_positions(ports.values(), ports.points())
             result = await asyncio.to_thread(est.estimate, meas, switch_states=states, status_candidates=status,
-                                             covariance_from=reuse, reuse_any_covariance=large)
+                                             covariance_from=reuse, reuse_any_covariance=large,
+                                             tap_pos=taps or None, capacitor_step=caps or None)
         except (NotFound, ValueError) as exc:  # a measurement that fits no element: the point map is wrong
             result = None
             reason = str(exc)

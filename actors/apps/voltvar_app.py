@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from actors.applications import FeederPorts, TelemetryChange
+from actors.applications import FeederPorts, TelemetryChange, reported_positions
 from actors.arbiter import Priority
 from actors.cores.control import ControlAction
 from actors.cores.events import EventKind, Severity
@@ -59,7 +59,6 @@ from actors.cores.voltvar import (
     VoltVarState,
 )
 from graph_schema.errors import BadInput, DmsError, NotFound
-from graph_schema.model import Quantity
 
 log = logging.getLogger(__name__)
 VOLTVAR_OPERATOR = "voltvar"
@@ -229,13 +228,9 @@ class VoltVarApp:
         if est is not None and not est.stale and est.load_p_mw:
             lp, lq, basis = dict(est.load_p_mw), dict(est.load_q_mvar), "ESTIMATED"
         taps = {t.id for t in feeder.transformers if t.has_tap_changer}
-        values = ports.values()
-        for pid, mapping in ports.points().items():
-            elem = getattr(mapping, "element_id", None)
-            if elem in taps and str(getattr(mapping, "quantity", "")) == Quantity.TAP_POS:
-                v = getattr(values.get(pid), "value", None)
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._positions[elem] = round(float(v))
+        reported_taps, reported_caps = reported_positions(ports.values(), ports.points())
+        self._positions.update({k: v for k, v in reported_taps.items() if k in taps})
+        self._positions.update(reported_caps)
         day = datetime.now(UTC).date().isoformat()
         if day != self._ops_day:
             self._ops_day, self._ops_today = day, {}

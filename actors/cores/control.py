@@ -73,6 +73,14 @@ class ControlAction(StrEnum):
     RAISE = "RAISE"  # tap changer: one step up; multi-step capacitor bank: one more step in
     LOWER = "LOWER"  # tap changer: one step down; multi-step capacitor bank: one step out
     SET = "SET"  # tap changer: tap position; capacitor: steps in service; DER: p_mw set point
+    # DER commands of the DER application (SunSpec, actors/apps/der_app.py): sent through the same
+    # select-before-operate and recorded like any control, so the history carries them; an operator
+    # sends them with setDerControl / releaseCurtailment, not selectControl.
+    SET_DER_Q = "SET_DER_Q"
+    CURTAIL_DER_P = "CURTAIL_DER_P"
+    RELEASE_DER_P = "RELEASE_DER_P"
+    DER_CONTROL = "DER_CONTROL"
+    STORAGE_SCHEDULE = "STORAGE_SCHEDULE"
 
 
 class TagKind(StrEnum):

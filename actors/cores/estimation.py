@@ -230,6 +230,7 @@ class StateEstimator:
         # reported states -> the switch whose toggle fitted last time; searches that found nothing
         self._status_fix: dict[frozenset[tuple[str, bool]], str] = {}
         self._status_nothing: set[tuple[frozenset[tuple[str, bool]], frozenset[int], tuple[str, ...], bool]] = set()
+        self._capacitor_step: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -239,6 +240,7 @@ class StateEstimator:
         *,
         switch_states: Mapping[str, bool] | None = None,
         tap_pos: Mapping[str, int] | None = None,
+        capacitor_step: Mapping[str, int] | None = None,
         chi2_alpha: float = 0.01,
         lnr_threshold: float = 3.0,
         max_bad: int = 5,
@@ -256,7 +258,8 @@ class StateEstimator:
         states = dict(switch_states or {})
         for m in measurements:
             self._check(m)
-        base = self._pf.solve(switch_states=states, tap_pos=tap_pos)  # topology + a warm start
+        self._capacitor_step = dict(capacitor_step) if capacitor_step else None  # every solve of this run
+        base = self._solve_at(states, tap_pos)  # topology + a warm start
         if not base.converged or not base.buses:
             return self._failed(t0, f"the model's power flow for this topology failed ({base.reason}); "
                                     "no estimate", states)
@@ -285,7 +288,7 @@ class StateEstimator:
                 status.append(SuspectStatus(sw, bool(states.get(sw, False)),
                                             run.j if run.ok else math.inf, j_corrected))
                 states[sw] = not states.get(sw, False)
-                self._pf.solve(switch_states=states, tap_pos=tap_pos)
+                self._solve_at(states, tap_pos)
                 _, conflicts, run, table, groups = self._fit(measurements, allocate, max_iterations, tolerance)
                 cleaned = None
         if not run.ok:
@@ -627,6 +630,11 @@ class StateEstimator:
                 out.add(int(row["element"]))
         return out
 
+    def _solve_at(self, states: Mapping[str, bool], tap_pos: Mapping[str, int] | None) -> Any:
+        """The model's power flow in this topology at the reported tap positions and capacitor steps
+        (the network the fit linearizes: a bank's steps are in its admittance)."""
+        return self._pf.solve(switch_states=states, tap_pos=tap_pos, capacitor_step=self._capacitor_step)
+
     def _status_search(self, measurements: Sequence[Measurement], origin: set[int], j_reported: float | None,
                        states: dict[str, bool], tap_pos: Mapping[str, int] | None, candidates: Sequence[str],
                        limit: int, allocate: bool, max_iterations: int, tolerance: float,
@@ -674,7 +682,7 @@ class StateEstimator:
         for sw in cands:
             trial = dict(states)
             trial[sw] = not trial.get(sw, False)
-            base = self._pf.solve(switch_states=trial, tap_pos=tap_pos)
+            base = self._solve_at(trial, tap_pos)
             if not base.converged or not base.buses:
                 continue
             _, conflicts, r2, _, g2 = self._fit(measurements, allocate, max_iterations, tolerance)
@@ -691,7 +699,7 @@ class StateEstimator:
             if best is None or (r2.j < best[1] and not same) or (
                     same and self._abnormal(sw, states) and not self._abnormal(best[0], states)):
                 best = (sw, r2.j)
-        self._pf.solve(switch_states=states, tap_pos=tap_pos)  # back to the reported topology
+        self._solve_at(states, tap_pos)  # back to the reported topology
         return best
 
     def _abnormal(self, sw: str, states: Mapping[str, bool]) -> bool:

@@ -41,7 +41,9 @@ E = TypeVar("E", bound=Enum)
 
 # -- wrapped domain enums ---------------------------------------------------------------------------
 
-ControlAction = strawberry.enum(_control.ControlAction, description="OPEN, CLOSE, RAISE, LOWER, SET")
+ControlAction = strawberry.enum(_control.ControlAction, description=(
+    "OPEN, CLOSE, RAISE, LOWER, SET; in the control history also the DER application's commands "
+    "(SET_DER_Q, CURTAIL_DER_P, RELEASE_DER_P, DER_CONTROL, STORAGE_SCHEDULE), which selectControl refuses"))
 TagKind = strawberry.enum(_control.TagKind, description="Safety tags; all but WARNING block control")
 EventKind = strawberry.enum(_events.EventKind, description="What an event reports")
 Severity = strawberry.enum(_events.Severity, description="INFO < WARNING < ALARM < CRITICAL")

@@ -221,9 +221,10 @@ class ControlRecord:
     @classmethod
     def of(cls, r: dict[str, Any]) -> ControlRecord:
         status = coerce(ControlStatus, r["status"], ControlStatus.FAILED)
-        assert status is not None
+        action = coerce(ControlAction, r["action"], ControlAction.SET)  # a record of another version
+        assert status is not None and action is not None
         return cls(seq=int(r["seq"]), feeder_id=strawberry.ID(r["feeder_id"] or ""),
-                   device_id=strawberry.ID(r["device_id"]), action=ControlAction(r["action"]), value=r.get("value"),
+                   device_id=strawberry.ID(r["device_id"]), action=action, value=r.get("value"),
                    operator=r["operator"], status=status, code=r.get("code"), message=r.get("message"),
                    requested_at=datetime.fromisoformat(r["requested_at"]),
                    completed_at=datetime.fromisoformat(r["completed_at"]) if r.get("completed_at") else None)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,21 @@ def gql(http: httpx.AsyncClient, mint: Callable[..., str]) -> GqlFn:
 
 
 UA_FEEDER = "case33bw-ua"
+_shared_sims: list[Any] = []  # the session's field_sim, once some module has started it
+
+
+@contextlib.contextmanager
+def shared_field_paused() -> Iterator[None]:
+    """For a module that runs a simulator of its own: the session's shared simulator (unbound
+    meanwhile) stops solving, so two simulators do not share the test process's two cores."""
+    sims = list(_shared_sims)
+    for sim in sims:
+        sim.paused = True
+    try:
+        yield
+    finally:
+        for sim in sims:
+            sim.paused = False
 
 
 @contextlib.asynccontextmanager
@@ -218,7 +233,11 @@ async def field_sim(settings: Any, runtime: Any) -> AsyncIterator[Any]:
                          trusted_client_certs=[pki.headend.cert_path], tick_s=0.2, operate_delay_s=0.1,
                          reclose_delay_s=0.6)
     async with sim:
-        yield sim
+        _shared_sims.append(sim)
+        try:
+            yield sim
+        finally:
+            _shared_sims.remove(sim)
     with contextlib.suppress(Exception):
         await runtime.store.delete_feeder(UA_FEEDER)
         await runtime.fleet.stop_feeder(UA_FEEDER)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import bound_field
+from tests.integration.conftest import bound_field, shared_field_paused
 from tests.integration.test_realtime import wait_for
 
 FEEDER_Q = """query F($id: ID!) { feeder(id: $id) { powerFlow { source stale converged }
@@ -33,8 +33,9 @@ async def sparse_field(settings, runtime) -> AsyncIterator[Any]:
     sim = FieldSimulator([case33bw(), cigre_mv()], certificate=pki.simulator,
                          trusted_client_certs=[pki.headend.cert_path], tick_s=0.5, operate_delay_s=0.1,
                          metering="sparse", meas_noise=0.002, seed=11)
-    async with sim, bound_field(runtime, sim, ("case33bw", "cigre-mv")):
-        yield sim
+    with shared_field_paused():
+        async with sim, bound_field(runtime, sim, ("case33bw", "cigre-mv")):
+            yield sim
 
 
 async def _estimated(gql, fid: str) -> dict[str, Any] | None:

@@ -332,3 +332,49 @@ async def test_admin_http_round_trip(sim: FieldSimulator, tmp_path: Path) -> Non
         await admin.stop()
     with pytest.raises(SimulatorNotRunning, match=str(tmp_path)):
         await sim_command(tmp_path, "status")
+
+
+async def test_capacitor_steps_over_modbus_and_the_local_controllers_when_nobody_commands(pki: Pki) -> None:
+    """case33bw-vvo: the head-end sets a bank's steps (SET_CAP_STEP, read back as CAP_STEP) and an
+    out-of-range step is refused; the banks' and tap changers' own controllers step toward their
+    bands, but not within remote_override_s of a remote command."""
+    from datetime import UTC, datetime
+
+    from graph_schema.importers import case33bw_vvo
+
+    v = "case33bw-vvo"
+    evening = datetime(2026, 6, 21, 21, 0, tzinfo=UTC)  # PV at zero: the far end sags below the banks' 0.96 pu
+    s = FieldSimulator([case33bw_vvo()], certificate=pki.simulator, trusted_client_certs=[pki.headend.cert_path],
+                       tick_s=0.1, sim_start=evening, speed=0.0, noise=0.0, local_delay_s=0.05,
+                       remote_override_s=3600.0)
+    async with s:
+        pm = s.point_maps[v]
+        dev = pm.device(f"{v}/rtu1")
+        c = ModbusClient(dev, pm.points_of(dev.device_id), timeout_s=0.5)
+        await c.connect()
+        try:
+            await c.write_command(f"{v}/cap12/SET_CAP_STEP", 2)  # remote: cap12 stays where it is put
+            await wait_for(lambda: s.truth(v).cap_step["cap12"] == 2, within_s=5)
+            await s.tick()  # solved and published
+            vals = {p.point_id: p for p in await c.read_points()}
+            assert vals[f"{v}/cap12/CAP_STEP"].value == 2 and vals[f"{v}/cap12/CAP_STEP"].quality is Quality.GOOD
+            with pytest.raises(DmsError):
+                await c.write_command(f"{v}/cap25/SET_CAP_STEP", 3)  # cap25 has 2 steps
+        finally:
+            await c.close()
+        # The other banks step in on their own until their bus is back above v_on (0.96 pu) or they are
+        # full; the OLTC and the line regulator hold their lv bus within their bands.
+        feeder = case33bw_vvo()
+
+        def settled() -> bool:
+            t = s.truth(v)
+            banks = all(t.cap_step[c.id] == c.steps or (t.vm_pu[c.bus_id] or 0) >= (c.v_on_pu or 0)
+                        for c in feeder.capacitors if c.id != "cap12")
+            taps = all(abs((t.vm_pu[tr.lv_bus_id] or 0) - (tr.band_centre_pu or 1)) <= (tr.bandwidth_pu or 0) / 2
+                       for tr in feeder.transformers if tr.has_tap_changer)
+            return banks and taps
+
+        await wait_for(settled, within_s=10)
+        t = s.truth(v)
+        assert t.cap_step["cap30"] > 0 and t.tap_pos["reg1"] > 0  # the sagging far end got help
+        assert t.cap_step["cap12"] == 2  # commanded: its controller stays off
