@@ -77,6 +77,9 @@ class FeederState:
     # The state estimator's latest result (actors.cores.estimation.EstimationResult), published by
     # the estimation application; None while no field is bound or before its first estimate.
     estimate: Any = None
+    # Tap positions and capacitor bank steps as the field reports them (absent: the model's).
+    tap_pos: Mapping[str, int] = field(default_factory=dict)
+    capacitor_step: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def live(self) -> PowerFlowResult:
@@ -257,7 +260,8 @@ class FeederActor:
         old = self._state  # an estimate holds until the topology changes (the estimator then runs again)
         estimate = old.estimate if old is not None and dict(old.switch_states) == states else None
         self._state = FeederState(feeder_id=self.feeder_id, version=self._version, switch_states=states,
-                                  load_scale=scale, topology=topology, power_flow=result, estimate=estimate)
+                                  load_scale=scale, topology=topology, power_flow=result, estimate=estimate,
+                                  tap_pos=taps, capacitor_step=caps)
         self.apps.on_state(self._state)
         return self._state
 

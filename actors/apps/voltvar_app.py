@@ -288,6 +288,7 @@ class VoltVarApp:
         ports = self._ports
         rec.state, rec.decided_by = PlanState.EXECUTING, by
         hook = getattr(ports, "der_setpoint", None)
+        failed_der: str | None = None
         for op in rec.plan.operations:
             label = f"{op.device_id}:{op.action}={op.value:g}"
             try:
@@ -303,10 +304,16 @@ class VoltVarApp:
             except DmsError as exc:
                 if exc.code == "DEVICE_HELD":
                     self.held[op.device_id] = str(getattr(exc, "held_by", "another holder"))
+                elif op.device_kind is DeviceKind.DER:  # refused it or cannot be reached: plan without it
+                    self.held[op.device_id] = f"its last command failed ({exc.code})"
+                    failed_der = op.device_id
                 rec.failed = f"{label}: {exc.code}: {exc.message}"
                 break
             if not ok:
                 rec.failed = f"{label}: not confirmed"
+                if op.device_kind is DeviceKind.DER:  # no answer or another read-back: plan without it
+                    self.held[op.device_id] = "its last command was not confirmed"
+                    failed_der = op.device_id
                 break
             rec.executed.append(label)
             if op.device_kind is not DeviceKind.DER:
@@ -319,6 +326,8 @@ class VoltVarApp:
             rec.state = PlanState.EXECUTED
             self.held = {}
         self._emit_plan(rec, f"executed by {by}")
+        if failed_der is not None:  # re-plan at once without it (it is on the held list until a plan succeeds)
+            self._kick(f"DER {failed_der} failed")
 
     # -- API -------------------------------------------------------------------------------------
 

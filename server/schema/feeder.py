@@ -319,7 +319,7 @@ class FeederType:
                 sn_mva=t.sn_mva,
                 vn_hv_kv=t.vn_hv_kv,
                 vn_lv_kv=t.vn_lv_kv,
-                tap_pos=t.tap_pos,
+                tap_pos=v.state.tap_pos.get(t.id, t.tap_pos),  # the field's position where telemetered
                 loading_percent=res[t.id].loading_percent if t.id in res else None,
             )
             for t in v.model.transformers
@@ -388,14 +388,14 @@ class FeederType:
         v = await _view(info, self.id)
         return [
             Capacitor(id=strawberry.ID(c.id), name=c.name, bus_id=strawberry.ID(c.bus_id), q_mvar=c.q_mvar,
-                      steps=c.steps, step=c.step)
+                      steps=c.steps, step=v.state.capacitor_step.get(c.id, c.step))
             for c in v.model.capacitors
         ]
 
     @strawberry.field(description="Tap changers under voltage control (OLTCs and line regulators)")
     async def regulators(self, info: Info) -> list[Regulator]:
         v = await _view(info, self.id)
-        return regulators_of(v.model)
+        return regulators_of(v.model, v.state.tap_pos)
 
     @strawberry.field
     async def energization(self, info: Info) -> Energization:

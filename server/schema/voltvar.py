@@ -10,6 +10,7 @@ subscribers as ``PLAN`` events on the existing event stream.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 import strawberry
@@ -37,7 +38,8 @@ class Regulator:
     id: strawberry.ID
     name: str
     kind: RegulatorKind  # type: ignore[valid-type]
-    tap_pos: int | None = strawberry.field(description="The model's (last recorded) tap position")
+    tap_pos: int | None = strawberry.field(description="The tap position the field reports (TAP_POS), else "
+                                                       "the model's recorded one")
     tap_min: int
     tap_max: int
     tap_step_percent: float
@@ -47,14 +49,16 @@ class Regulator:
     ldc_x_ohm: float
 
 
-def regulators_of(feeder: object) -> list[Regulator]:
+def regulators_of(feeder: object, live_tap_pos: Mapping[str, int] | None = None) -> list[Regulator]:
+    """The feeder's tap changers, at the position the field reports where it is telemetered."""
+    live = live_tap_pos or {}
     out: list[Regulator] = []
     for t in getattr(feeder, "transformers", ()):
         if not t.has_tap_changer:
             continue
         kind = _core.RegulatorKind.REGULATOR if t.regulator else _core.RegulatorKind.OLTC
         out.append(Regulator(id=strawberry.ID(t.id), name=t.name, kind=kind,
-                             tap_pos=t.tap_pos, tap_min=t.tap_min, tap_max=t.tap_max,
+                             tap_pos=live.get(t.id, t.tap_pos), tap_min=t.tap_min, tap_max=t.tap_max,
                              tap_step_percent=t.tap_step_percent, band_centre_pu=t.band_centre_pu,
                              bandwidth_pu=t.bandwidth_pu, ldc_r_ohm=t.ldc_r_ohm, ldc_x_ohm=t.ldc_x_ohm))
     return out

@@ -110,6 +110,11 @@ async def test_an_automatic_cycle_through_the_field_ends_in_band_with_fewer_loss
     confirmed = {e["node"]["deviceId"] for e in r["data"]["controlHistory"]["edges"]
                  if e["node"]["status"] == "CONFIRMED" and e["node"]["operator"] == "voltvar"}
     assert set(discrete) <= confirmed, (discrete, confirmed)
+    # The feeder query shows the positions the field reports, not the model's.
+    r = await gql('{ feeder(id: "case33bw-vvo") { capacitors { id step } regulators { id tapPos } } }')
+    shown = {c["id"]: c["step"] for c in r["data"]["feeder"]["capacitors"]}
+    shown |= {t["id"]: t["tapPos"] for t in r["data"]["feeder"]["regulators"]}
+    assert {d: shown[d] for d in discrete} == discrete
 
 
 async def _model(gql: Any) -> dict[str, Any]:

@@ -157,6 +157,28 @@ async def test_a_requested_plan_never_executes_even_in_automatic() -> None:
     await app.close()
 
 
+async def test_a_der_that_fails_is_left_out_of_the_next_plan() -> None:
+    """A DER that does not confirm (no answer, another read-back): the plan stops there, the DER is
+    held with the reason and the re-plan works without it."""
+    class FailingDer(DerPorts):
+        async def der_setpoint(self, der_id: str, action: str, value: float) -> bool:
+            self.der_calls.append((der_id, action, value))
+            return False
+
+    ports = FailingDer()
+    app = await started(ports)
+    await app.set_mode("AUTOMATIC", "alice")
+    rec = await app.plan_now()
+    ders = [op.device_id for op in rec.plan.operations if op.device_kind is DeviceKind.DER]
+    assert ders, "the small feeder's plan moves a DER's Q"
+    first = ders[0]
+    assert rec.state in ("FAILED", "PARTIAL") and "not confirmed" in (rec.failed or "")
+    assert "not confirmed" in app.held[first] and f"{first} by its last command" in app.status_text()
+    nxt = await app.plan_now("DER failed", False)
+    assert first in nxt.plan.held and all(op.device_id != first for op in nxt.plan.operations)
+    await app.close()
+
+
 async def test_a_held_device_stops_the_plan_and_is_reported() -> None:
     ports = Ports()
     app = await started(ports)
