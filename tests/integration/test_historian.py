@@ -202,3 +202,74 @@ async def test_s3_round_trip_on_loopback(monkeypatch: Any) -> None:
     c = app.counters()
     assert c["buffered"] == 2 and c["dropped"] == 1 and c["failed_flushes"] == 1
 
+
+def _rows_on_disk(root: Path) -> int:
+    """Rows in every finished part of ``F`` from yesterday on (each must read whole). Older days are
+    left out: other tests write rows for days long past, which the restarted actor's retention
+    rightly drops."""
+    import pyarrow.parquet as pq
+
+    from graph_schema.historian import is_data_file
+
+    since = f"date={(datetime.now(UTC) - timedelta(days=1)).date().isoformat()}"
+    return sum(pq.read_metadata(p).num_rows for p in root.glob(f"v1/kind=*/feeder={F}/date=*/*.parquet")
+               if is_data_file(p.name) and p.parent.name >= since)
+
+
+async def test_an_actor_killed_while_it_flushes_keeps_what_it_wrote_and_leaves_no_half_file(
+        runtime: Any, field_sim: Any) -> None:
+    """SIGKILL the real feeder actor's worker (the pid its ``ping`` reports) while its historian
+    flushes in a loop: every part on disk reads whole, nothing flushed before is lost (the loss is
+    the unflushed buffer, at most one batch), and the actor Ray restarts writes again."""
+    import contextlib
+    import os
+    import signal
+
+    from graph_schema.errors import DmsError
+
+    root = Path(runtime.settings.historian_root)
+    async with bound_field(runtime, field_sim, (F,)):
+        async def buffered() -> bool:
+            return (await runtime.fleet.call_app(F, "historian", "counters"))["buffered"] > 0
+
+        await _until(buffered)
+        await runtime.fleet.call_app(F, "historian", "flush")
+        before = _rows_on_disk(root)
+        assert before > 0
+        pid = int((await runtime.fleet.call(F, "ping"))["pid"])
+
+        async def flush_forever() -> None:
+            while True:
+                with contextlib.suppress(DmsError):
+                    await runtime.fleet.call_app(F, "historian", "flush")
+                await asyncio.sleep(0.01)  # a call that fails at once (the actor gone) must not spin the loop
+
+        flusher = asyncio.create_task(flush_forever())
+        try:
+            await _until(lambda: _flushed_more(root, before))  # the loop writes: kill it in its stride
+            os.kill(pid, signal.SIGKILL)
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, DmsError):
+                await flusher
+
+        async def restarted() -> bool:
+            with contextlib.suppress(DmsError):
+                return int((await runtime.fleet.call(F, "ping"))["pid"]) != pid
+            return False
+
+        await _until(restarted, 90)
+        after_kill = _rows_on_disk(root)  # reads every part: a half file would raise here
+        assert after_kill >= before
+
+        async def writes_again() -> bool:
+            with contextlib.suppress(DmsError):
+                await runtime.fleet.call_app(F, "historian", "flush")
+            return _rows_on_disk(root) > after_kill
+
+        await _until(writes_again, 60)
+
+
+async def _flushed_more(root: Path, before: int) -> bool:
+    await asyncio.sleep(0.05)
+    return _rows_on_disk(root) > before
