@@ -175,6 +175,12 @@ class DerQuery:
         return DerManagement(feeder_id=feeder_id, mode=DerMode(mode))
 
 
+@strawberry.type(description="Limits DER curtailment keeps; null: the feeder's own")
+class DerLimits:
+    vm_max_pu: float | None
+    max_loading_percent: float | None
+
+
 @strawberry.type
 class DerMutation:
     @strawberry.mutation(permission_classes=[requires(Permission.CONTROL_DER, feeder_arg="feeder_id")])
@@ -256,6 +262,21 @@ class DerMutation:
         res = await audited(info, AuditAction.DER_RELEASE_CURTAILMENT, f"{fid}/{','.join(ids) if ids else 'all'}",
                             {"der_ids": ids}, grid.fleet.call_app(fid, "der", "release_curtailment", ids, by))
         return [_result(r) for r in res]
+
+    @strawberry.mutation(permission_classes=[requires(Permission.SET_DER_MODE, feeder_arg="feeder_id")],
+                         description="The voltage and loading limits DER curtailment keeps on this feeder (a derated "
+                                     "line, a voltage complaint); both null: the feeder's own limits again")
+    async def set_der_limits(self, info: Info, feeder_id: strawberry.ID, vm_max_pu: float | None = None,
+                             max_loading_percent: float | None = None) -> DerLimits:
+        by = info.context["principal"].sub
+        grid = info.context["services"].grid
+        fid = str(feeder_id)
+        grid.require_feeder(fid)
+        lim = await audited(info, AuditAction.DER_LIMITS, fid,
+                            {"vm_max_pu": vm_max_pu, "max_loading_percent": max_loading_percent},
+                            grid.fleet.call_app(fid, "der", "set_limits", by, vm_max_pu=vm_max_pu,
+                                                max_loading_percent=max_loading_percent))
+        return DerLimits(vm_max_pu=lim.get("vm_max_pu"), max_loading_percent=lim.get("max_loading_percent"))
 
     @strawberry.mutation(permission_classes=[requires(Permission.SET_DER_MODE, feeder_arg="feeder_id")])
     async def set_der_mode(self, info: Info, feeder_id: strawberry.ID,

@@ -146,6 +146,21 @@ def gql(http: httpx.AsyncClient, mint: Callable[..., str]) -> GqlFn:
     return _gql
 
 
+async def wait_for(fn: Callable[[], Awaitable[Any]], timeout_s: float, step: float = 0.25) -> Any:
+    """Await ``fn()`` until it answers something truthy (returned), at most ``timeout_s``; the
+    failure names the last answer."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = await fn()
+        if last:
+            return last
+        await asyncio.sleep(step)
+    raise AssertionError(f"condition not reached in {timeout_s} s; last: {last}")
+
+
 UA_FEEDER = "case33bw-ua"
 _shared_sims: list[Any] = []  # the session's field_sim, once some module has started it
 

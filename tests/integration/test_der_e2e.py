@@ -6,14 +6,13 @@ that does not answer, refuses or reads back another value fails with that reason
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 
-from tests.integration.conftest import bound_field
+from tests.integration.conftest import bound_field, wait_for
 
 F = "cigre-mv"
 WIND = "der8"  # 1.5 MVA, category B: q capability 0.66 Mvar
@@ -26,6 +25,8 @@ SET_Q = """mutation S($f: ID!, $ids: [ID!], $p: Float, $q: Float, $vv: [CurvePoi
 MODE_Q = "mutation M($f: ID!, $m: DerMode!) { setDerMode(feederId: $f, mode: $m) }"
 EVENTS_Q = """query E($f: ID!) { events(feederId: $f, eventKinds: [DER], first: 500) {
   events { kind elementId message data } } }"""
+LIMITS_Q = """mutation L($f: ID!, $l: Float) { setDerLimits(feederId: $f, maxLoadingPercent: $l) {
+  maxLoadingPercent vmMaxPu } }"""
 RELEASE_Q = "mutation R($f: ID!, $ids: [ID!]) { releaseCurtailment(feederId: $f, derIds: $ids) { derId status code } }"
 
 
@@ -52,17 +53,6 @@ def independent(sim: Any, der_id: str) -> dict[int, dict[str, Any]]:
     finally:
         dev.close()
         dev.disconnect()
-
-
-async def wait_for(fn, timeout_s: float, step: float = 0.3) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = await fn()
-        if last:
-            return last
-        await asyncio.sleep(step)
-    raise AssertionError(f"condition not reached in {timeout_s} s; last: {last}")
 
 
 async def ders(gql) -> dict[str, dict[str, Any]]:
@@ -145,7 +135,12 @@ async def test_curtailment_on_a_forced_overload_and_its_release(gql, der_field, 
     try:
         state = await runtime.fleet.call(F, "state")
         loading = state.live.max_line_loading_percent
-        await runtime.fleet.call_app(F, "der", "set_limits", "test", max_loading_percent=round(loading * 0.5, 1))
+        denied = await gql(LIMITS_Q, {"f": F, "l": 50.0})  # a viewer may not
+        assert denied["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+        bad = await gql(LIMITS_Q, {"f": F, "l": 250.0}, role="OPERATOR")
+        assert bad["errors"][0]["extensions"]["code"] == "BAD_INPUT" and "(0, 200]" in bad["errors"][0]["message"]
+        r = await gql(LIMITS_Q, {"f": F, "l": round(loading * 0.5, 1)}, role="OPERATOR")
+        assert r["data"]["setDerLimits"]["maxLoadingPercent"] == round(loading * 0.5, 1), r
 
         async def curtailed():
             d = (await ders(gql))[WIND]
@@ -167,7 +162,8 @@ async def test_curtailment_on_a_forced_overload_and_its_release(gql, der_field, 
 
         assert "beyond its limit" in (await wait_for(lambda: der_events("CURTAILED"), 10))[-1]["message"]
         # the reason goes: released, through the same path
-        await runtime.fleet.call_app(F, "der", "set_limits", "test")
+        r = await gql(LIMITS_Q, {"f": F, "l": None}, role="OPERATOR")
+        assert r["data"]["setDerLimits"] == {"maxLoadingPercent": None, "vmMaxPu": None}, r
 
         async def released():
             d = (await ders(gql))[WIND]

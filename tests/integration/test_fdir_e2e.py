@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import bound_field
+from tests.integration.conftest import bound_field, wait_for
 
 FDIR_Q = """query F($f: ID!) { fdir(feederId: $f) { mode activeOutageIds automaticSuspended
   pendingPlan { id state kind steps { order action deviceId } }
@@ -23,20 +22,9 @@ OUTAGE_Q = """query O($id: ID!) { outage(id: $id) { id status cause customersOut
   steps { action customersLost customersRestored } } }"""
 
 
-
 def _commands(sim, feeder: str) -> int:
     """Commands the field simulator received for ``feeder``'s devices."""
     return sum(n for pid, n in sim.commands_received.items() if pid.startswith(f"{feeder}/"))
-
-async def wait_for(fn, timeout_s: float, step: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = await fn()
-        if last:
-            return last
-        await asyncio.sleep(step)
-    raise AssertionError(f"condition not reached in {timeout_s} s; last: {last}")
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import bound_field, shared_field_paused
+from tests.integration.conftest import bound_field, shared_field_paused, wait_for
 
 F = "case33bw-vvo"
 MIDDAY = datetime(2026, 6, 21, 12, 0, tzinfo=UTC)
@@ -52,17 +51,6 @@ async def vvo_field(runtime: Any, settings: Any) -> AsyncIterator[Any]:
         with contextlib.suppress(Exception):
             await runtime.fleet.stop_feeder(F)
             await runtime.store.delete_feeder(F)
-
-
-async def wait_for(fn: Any, timeout_s: float, step: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = await fn()
-        if last:
-            return last
-        await asyncio.sleep(step)
-    raise AssertionError(f"condition not reached in {timeout_s} s; last: {last}")
 
 
 async def test_an_automatic_cycle_through_the_field_ends_in_band_with_fewer_losses(gql, vvo_field) -> None:
