@@ -103,6 +103,8 @@ class FeederPorts(Protocol):
     # by SunSpec read-back), recorded and emitted; ``operator`` set: on an operator's behalf.
     async def operate_der(self, der_id: str, action: str, value: float | None, describe: str,
                           write: Callable[[], Awaitable[str]], *, operator: str | None = None) -> Any: ...
+    # A local controller setting (actors.execution.write_setting): arbitrated, recorded, written once.
+    async def write_setting(self, device_id: str, kind: str, value: float) -> Any: ...
 
 
 @runtime_checkable

@@ -573,8 +573,6 @@ async def operate_der(room: ControlRoom, holder: str, der_id: str, action: str, 
 
     ``value`` is what the record shows (MW or Mvar); the core's DER check sees the P limit when
     there is one, else the DER's rating (a command that does not move P)."""
-    from protocols.base import ProtocolError
-
     started = datetime.now(UTC)
     device = room.core.device(der_id)
     if not isinstance(device, Der):
@@ -599,35 +597,81 @@ async def operate_der(room: ControlRoom, holder: str, der_id: str, action: str, 
         room.arbiter.release(der_id, holder)
         raise
     room.arbiter.sent(der_id, holder)
+    return await asyncio.shield(_record_and_write(room, holder, der_id, action, value, describe, write, started,
+                                                  "CONFIRMED", "confirmed by read-back"))
 
-    async def send() -> Outcome:
+
+async def _record_and_write(room: ControlRoom, holder: str, device_id: str, action: str, value: float | None,
+                            describe: str, write: DerWrite, started: datetime, ok_status: str,
+                            ok_how: str) -> Outcome:
+    """After arbitration (the arbiter holds ``device_id`` for ``holder``): record the intent (nothing
+    is sent when it cannot be), an event, ``write`` called ONCE, the outcome recorded; releases the
+    arbiter whatever happens."""
+    from protocols.base import ProtocolError
+
+    try:
+        intent: RecordProps = {"intent_id": uuid.uuid4().hex, "device_id": device_id, "action": action,
+                               "value": value, "control": describe, "operator": holder, "status": PENDING,
+                               "phase": "INTENT", "requested_at": started.isoformat()}
+        intent = {k: v for k, v in intent.items() if v is not None}
         try:
-            intent: RecordProps = {"intent_id": uuid.uuid4().hex, "device_id": der_id, "action": action,
-                                   "value": value, "control": describe, "operator": holder, "status": PENDING,
-                                   "phase": "INTENT", "requested_at": started.isoformat()}
-            intent = {k: v for k, v in intent.items() if v is not None}
-            try:
-                seq: int | None = await room.recorder.intent(intent)
-            except DmsError as exc:
-                refusal = StoreUnavailable(
-                    f"{action} of {der_id} was refused and nothing was sent: its intent could not be recorded "
-                    f"({exc.message}). Retry once the store answers (see /readyz)")
-                await room._outcome(intent, None, Outcome("REFUSED", refusal.code, refusal.message))
-                raise refusal from None
-            room._outbox.event(EventKind.CONTROL, der_id, f"{holder} operates {der_id}: {action} ({describe})",
-                               durable=True, data={"phase": "OPERATE_SENT", "action": action, "value": value,
-                                                   "operator": holder})
-            try:
-                confirmed = await write()
-                outcome = Outcome("CONFIRMED", None, f"{action} of {der_id} confirmed by read-back: {confirmed}")
-            except ProtocolError as exc:
-                outcome = Outcome("FAILED", exc.code, f"{exc.message} (not retried)")
-            await room._outcome(intent, seq, outcome)
-            return outcome
-        finally:
-            room.arbiter.release(der_id, holder)
+            seq: int | None = await room.recorder.intent(intent)
+        except DmsError as exc:
+            refusal = StoreUnavailable(
+                f"{action} of {device_id} was refused and nothing was sent: its intent could not be recorded "
+                f"({exc.message}). Retry once the store answers (see /readyz)")
+            await room._outcome(intent, None, Outcome("REFUSED", refusal.code, refusal.message))
+            raise refusal from None
+        room._outbox.event(EventKind.CONTROL, device_id, f"{holder} operates {device_id}: {action} ({describe})",
+                           durable=True, data={"phase": "OPERATE_SENT", "action": action, "value": value,
+                                               "operator": holder})
+        try:
+            done = await write()
+            outcome = Outcome(ok_status, None, f"{action} of {device_id} {ok_how}: {done}")
+        except ProtocolError as exc:
+            outcome = Outcome("FAILED", exc.code, f"{exc.message} (not retried)")
+        await room._outcome(intent, seq, outcome)
+        return outcome
+    finally:
+        room.arbiter.release(device_id, holder)
 
-    return await asyncio.shield(send())
+
+async def write_setting(room: ControlRoom, holder: str, device_id: str, kind: str, value: float,
+                        priority: Priority) -> Outcome:
+    """Push one local controller setting (``SET_V_ON``, ``SET_V_OFF``, ``SET_BAND_CENTRE``,
+    ``SET_BANDWIDTH``, pu) to a bank or tap changer: arbitrated like a control (FDIR or an operator
+    holding the device refuses it), recorded as ``SET_LOCAL_SETTING``, written once; the device's
+    acknowledgement is the outcome (``ACCEPTED``: settings have no read-back point). No binding for
+    the setting: FAILED with the reason, nothing sent."""
+    from protocols.pointmap import point_id
+
+    started = datetime.now(UTC)
+    device = room.core.device(device_id)
+    if not isinstance(device, Capacitor | Transformer):
+        from graph_schema.errors import NotFound
+
+        raise NotFound(f"{device_id!r} is not a capacitor bank or tap changer of feeder {room.feeder_id!r}",
+                       element_id=device_id)
+    pid = point_id(room.feeder_id, device_id, kind)
+    client = room._field.client_for(pid)
+    if client is None:
+        return Outcome("FAILED", "DEVICE_UNREACHABLE",
+                       f"{device_id} has no field binding for {kind}; nothing was sent (its point map has no "
+                       f"{pid})")
+    try:
+        room.arbiter.acquire(device_id, holder, priority)
+    except DmsError as exc:
+        await room._refused(device_id, str(ControlAction.SET_LOCAL_SETTING), value, holder, exc, started)
+        raise
+    room.arbiter.sent(device_id, holder)
+
+    async def write() -> str:
+        await client.write_command(pid, value)
+        return f"{kind}={value:g} pu"
+
+    return await asyncio.shield(_record_and_write(room, holder, device_id, str(ControlAction.SET_LOCAL_SETTING),
+                                                  value, f"{kind}={value:g} pu", write, started, "ACCEPTED",
+                                                  "accepted by the device"))
 
 
 def raise_for(outcome: Outcome, device_id: str, action: str, timeout_s: float) -> bool:

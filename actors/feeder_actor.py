@@ -703,6 +703,15 @@ class _HostPorts:
             raise DmsError(f"DER {der_id}: {action} refused: {r.message}", code=r.code or "REFUSED")
         return False
 
+    async def write_setting(self, device_id: str, kind: str, value: float) -> Any:
+        """Push a local controller setting under this application's identity and priority
+        (:func:`actors.execution.write_setting`); answers the outcome, raises when arbitration refuses."""
+        from actors.execution import write_setting
+
+        room = self._host._control()
+        return await write_setting(room, self.app_name, device_id, kind, value,
+                                   self._host.apps.get(self.app_name).priority)
+
     async def operate_der(self, der_id: str, action: str, value: float | None, describe: str,
                           write: Callable[[], Awaitable[str]], *, operator: str | None = None) -> Any:
         """A DER command through select-before-operate (:func:`actors.execution.operate_der`): under

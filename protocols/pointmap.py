@@ -17,6 +17,9 @@ Semantics of the generated points:
 * ``TAP_POS`` (input register, INT16) and ``SET_TAP`` (holding register, FC06) of a transformer.
 * ``CAP_STEP`` (input register, INT16) and ``SET_CAP_STEP`` (holding register, FC06) of a switched
   capacitor bank: steps in service, 0..``steps``; on the first RTU after the tap changers.
+* ``SET_V_ON`` / ``SET_V_OFF`` of a bank with a local controller and ``SET_BAND_CENTRE`` /
+  ``SET_BANDWIDTH`` of a tap changer with a band (holding registers, FLOAT32, pu): the settings its
+  own controller uses when the head-end does not command it.
 * ``SET_P_MW``: a DER's active-power set point (OPC UA, writable Double).
 """
 
@@ -81,6 +84,12 @@ class CommandKind(StrEnum):
     CLOSE = "CLOSE"
     SET_TAP = "SET_TAP"
     SET_CAP_STEP = "SET_CAP_STEP"
+    # Local controller settings (the fallback Volt/VAR pushes): a bank's switch-in / switch-out
+    # voltages, a tap changer's band centre and width, all in pu.
+    SET_V_ON = "SET_V_ON"
+    SET_V_OFF = "SET_V_OFF"
+    SET_BAND_CENTRE = "SET_BAND_CENTRE"
+    SET_BANDWIDTH = "SET_BANDWIDTH"
     SET_P_MW = "SET_P_MW"
 
 
@@ -378,6 +387,7 @@ IR_TAP = 0  # + transformer index (INT16)
 HR_TAP = 0  # + transformer index (INT16)
 IR_CAP = 50  # + capacitor bank index (INT16)
 HR_CAP = 50  # + capacitor bank index (INT16)
+HR_SETTINGS = 500  # local controller settings, FLOAT32 (2 registers each), in the order generated
 IR_ANALOG = 100  # modbus_only: FLOAT32 analogs, 2 registers each
 HR_SETPOINT = 100  # modbus_only: FLOAT32 set points
 DI_LAST_GASP = 3000  # modbus_only
@@ -668,6 +678,21 @@ def generate_point_map(
         else:
             ua(c.id, Quantity.CAP_STEP, min_value=0.0, max_value=hi)
             ua(c.id, CommandKind.SET_CAP_STEP, Direction.COMMAND, min_value=0.0, max_value=hi)
+    # Local controller settings, pushed by Volt/VAR as the field's fallback.
+    settings: list[tuple[str, CommandKind]] = [
+        *((c.id, k) for c in caps if c.local_control for k in (CommandKind.SET_V_ON, CommandKind.SET_V_OFF)),
+        *((t.id, k) for t in tap_trafos if t.band_centre_pu is not None
+          for k in (CommandKind.SET_BAND_CENTRE, CommandKind.SET_BANDWIDTH)),
+    ]
+    if HR_SETTINGS + 2 * len(settings) > RTU_TABLE_SIZES[Table.HOLDING_REGISTER]:
+        raise BadInput(f"feeder {fid!r} has {len(settings)} controller settings; a generated RTU holds "
+                       f"{(RTU_TABLE_SIZES[Table.HOLDING_REGISTER] - HR_SETTINGS) // 2}: write its point map by hand")
+    for k, (eid, kind) in enumerate(settings):
+        if use_modbus_for_switchgear:
+            mb(eid, kind, rtu_id(0), Table.HOLDING_REGISTER, HR_SETTINGS + 2 * k, data_type=DataType.FLOAT32,
+               min_value=0.0, max_value=1.5)
+        else:
+            ua(eid, kind, Direction.COMMAND, min_value=0.0, max_value=1.5)
 
     # Analogs.
     analog: list[tuple[str, PointKind, dict[str, Any]]] = []

@@ -261,6 +261,9 @@ class _FeederSim:
     # local controller stays off for remote_override_s after one, as a field controller in REMOTE does.
     remote_at: dict[str, float] = field(default_factory=dict)
     local_at: dict[str, float] = field(default_factory=dict)  # device id -> its controller's last step
+    # (device id, SET_V_ON | SET_V_OFF | SET_BAND_CENTRE | SET_BANDWIDTH) -> pu: what the head-end pushed
+    # to a local controller; absent: the model's setting, as the device left the factory.
+    settings: dict[tuple[str, str], float] = field(default_factory=dict)
     der_setpoint: dict[str, float] = field(default_factory=dict)
     load_scale: float = 1.0
     faults: dict[str, bool] = field(default_factory=dict)  # line id -> permanent
@@ -679,6 +682,40 @@ class FieldSimulator:
             except OSError as exc:
                 log.warning("simulator: AMI interval file of %s not written: %s", fs.feeder.id, exc)
 
+    @staticmethod
+    def _model_setting(fs: _FeederSim, p: PointMapping) -> float | None:
+        """The setting a device left the factory with (the model's), for a settings point."""
+        dev: Any = next((d for d in (*fs.feeder.capacitors, *fs.feeder.transformers) if d.id == p.element_id), None)
+        attr = {CommandKind.SET_V_ON: "v_on_pu", CommandKind.SET_V_OFF: "v_off_pu",
+                CommandKind.SET_BAND_CENTRE: "band_centre_pu", CommandKind.SET_BANDWIDTH: "bandwidth_pu"}[
+            CommandKind(p.quantity)]
+        return getattr(dev, attr, None)
+
+    def _set_setting(self, fs: _FeederSim, device_id: str, kind: Any, value: float) -> bool:
+        """A local controller setting from the head-end; an implausible one is refused (False)."""
+        k = str(kind)
+        if not math.isfinite(value):
+            return False
+        if k == CommandKind.SET_BANDWIDTH:
+            ok = 0.005 <= value <= 0.1
+        else:
+            ok = 0.85 <= value <= 1.15
+        cap = next((c for c in fs.feeder.capacitors if c.id == device_id), None)
+        if ok and cap is not None:  # switch in below v_on, out above v_off: v_on < v_off or it hunts
+            now = {CommandKind.SET_V_ON: fs.settings.get((device_id, CommandKind.SET_V_ON), cap.v_on_pu),
+                   CommandKind.SET_V_OFF: fs.settings.get((device_id, CommandKind.SET_V_OFF), cap.v_off_pu), k: value}
+            v_on, v_off = now[CommandKind.SET_V_ON], now[CommandKind.SET_V_OFF]
+            ok = v_on is None or v_off is None or v_on < v_off
+        if not ok:
+            log.info("simulator: %s/%s refuses %s=%s", fs.feeder.id, device_id, k, value)
+            return False
+        fs.settings[(device_id, k)] = value
+        return True
+
+    def local_settings(self, feeder_id: str) -> dict[tuple[str, str], float]:
+        """The settings the head-end pushed to this feeder's local controllers (tests)."""
+        return dict(self._fs(feeder_id).settings)
+
     def _local_control(self, fs: _FeederSim, res: PowerFlowResult) -> bool:
         """One step of each device's own controller, where it is due; True when one stepped.
 
@@ -700,21 +737,25 @@ class FieldSimulator:
             if not c.local_control or v is None or c.id not in fs.cap_step or not due(c.id):
                 continue
             step = fs.cap_step[c.id]
-            if c.v_on_pu is not None and v < c.v_on_pu and step < c.steps:
+            v_on = fs.settings.get((c.id, CommandKind.SET_V_ON), c.v_on_pu)
+            v_off = fs.settings.get((c.id, CommandKind.SET_V_OFF), c.v_off_pu)
+            if v_on is not None and v < v_on and step < c.steps:
                 fs.cap_step[c.id], fs.local_at[c.id], moved = step + 1, now, True
-            elif c.v_off_pu is not None and v > c.v_off_pu and step > 0:
+            elif v_off is not None and v > v_off and step > 0:
                 fs.cap_step[c.id], fs.local_at[c.id], moved = step - 1, now, True
         for t in fs.feeder.transformers:
             v = vm.get(t.lv_bus_id)
-            if (not t.has_tap_changer or t.band_centre_pu is None or not t.bandwidth_pu or v is None
+            centre = fs.settings.get((t.id, CommandKind.SET_BAND_CENTRE), t.band_centre_pu)
+            width = fs.settings.get((t.id, CommandKind.SET_BANDWIDTH), t.bandwidth_pu)
+            if (not t.has_tap_changer or centre is None or not width or v is None
                     or t.id not in fs.tap_pos or not due(t.id)):
                 continue
             # pandapower's convention: a higher tap on the hv side lowers the lv voltage; on the lv side raises it.
             raise_v = -1 if (t.tap_side or "hv") == "hv" else 1
             want = 0
-            if v < t.band_centre_pu - t.bandwidth_pu / 2:
+            if v < centre - width / 2:
                 want = raise_v
-            elif v > t.band_centre_pu + t.bandwidth_pu / 2:
+            elif v > centre + width / 2:
                 want = -raise_v
             pos = fs.tap_pos[t.id] + want
             assert t.tap_min is not None and t.tap_max is not None
@@ -766,6 +807,10 @@ class FieldSimulator:
                 vals[cmd.point_id] = float(fs.tap_pos.get(cmd.element_id, 0))
             elif cmd.direction is Direction.COMMAND and cmd.quantity is CommandKind.SET_CAP_STEP:
                 vals[cmd.point_id] = float(fs.cap_step.get(cmd.element_id, 0))
+            elif cmd.direction is Direction.COMMAND and cmd.quantity in _SETTINGS:
+                current = fs.settings.get((cmd.element_id, str(cmd.quantity)), self._model_setting(fs, cmd))
+                if current is not None:
+                    vals[cmd.point_id] = float(current)
         return vals
 
     def _measured(self, v: float) -> float:
@@ -846,6 +891,8 @@ class FieldSimulator:
             fs.remote_at[e] = time.monotonic()
             self._resolve_soon()
             return True
+        if k in _SETTINGS:
+            return self._set_setting(fs, e, k, float(value))
         if k is CommandKind.SET_CAP_STEP:
             c = next((c for c in fs.feeder.capacitors if c.id == e), None)
             step = round(float(value))
@@ -1085,6 +1132,7 @@ class FieldSimulator:
             fs.cap_step = {c.id: c.step for c in fs.feeder.capacitors if c.in_service}
             fs.remote_at.clear()
             fs.local_at.clear()
+            fs.settings.clear()
             fs.der_setpoint.clear()
             fs.resource.clear()
             fs.tap_pos = {
@@ -1179,6 +1227,10 @@ class FieldSimulator:
             "stuck": sorted(self._stuck),
             "sunspec": {fid: [e.to_dict() for e in self.sunspec.endpoints(fid)] for fid in self._sims},
         }
+
+
+_SETTINGS = frozenset({CommandKind.SET_V_ON, CommandKind.SET_V_OFF, CommandKind.SET_BAND_CENTRE,
+                       CommandKind.SET_BANDWIDTH})
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:

@@ -99,7 +99,8 @@ class PlanRecord:
 class VoltVarApp:
     name = VOLTVAR_OPERATOR
     priority = Priority.OPTIMISER
-    api = frozenset({"voltvar_status", "set_mode", "set_objective", "approve", "plan_now", "fallback_settings"})
+    api = frozenset({"voltvar_status", "set_mode", "set_objective", "approve", "plan_now", "fallback_settings",
+                     "push_fallback"})
     read_only = frozenset({"voltvar_status", "fallback_settings"})
 
     def __init__(self, default_mode: str = "OFF", period_s: float = 300.0, swing_fraction: float = 0.1,
@@ -414,6 +415,39 @@ class VoltVarApp:
                             "band_centre_pu": t.band_centre_pu, "bandwidth_pu": t.bandwidth_pu,
                             "ldc_r_ohm": t.ldc_r_ohm, "ldc_x_ohm": t.ldc_x_ohm})
         return out
+
+    async def push_fallback(self, by: str) -> list[dict[str, Any]]:
+        """Write every bank's and tap changer's local settings (:meth:`fallback_settings`) to the
+        device, one setting at a time through :func:`actors.execution.write_setting`: what holds the
+        voltage when the head-end is away. One result per setting; a device held by FDIR or an
+        operator, or without a settings point, fails with the reason and the others still go."""
+        assert self._ports is not None
+        write = getattr(self._ports, "write_setting", None)
+        if write is None:
+            raise DmsError("this host cannot push controller settings", code="APPLICATION_UNAVAILABLE")
+        results: list[dict[str, Any]] = []
+        for item in self.fallback_settings():
+            for attr, kind in _SETTING_KINDS:
+                value = item.get(attr)
+                if value is None:
+                    continue
+                try:
+                    out = await write(item["device_id"], kind, float(value))
+                    status, code, message = out.status, out.code, out.message
+                except DmsError as exc:
+                    status, code, message = "REFUSED", exc.code, exc.message
+                results.append({"device_id": item["device_id"], "setting": kind, "value": float(value),
+                                "status": status, "code": code, "message": message})
+        ok = sum(1 for r in results if r["status"] == "ACCEPTED")
+        self._ports.emit(EventKind.PLAN, Severity.INFO,
+                         f"Volt/VAR pushed {ok} of {len(results)} local controller settings (by {by})",
+                         {"application": VOLTVAR_OPERATOR, "phase": "FALLBACK_PUSHED", "accepted": ok,
+                          "total": len(results)})
+        return results
+
+
+_SETTING_KINDS = (("v_on_pu", "SET_V_ON"), ("v_off_pu", "SET_V_OFF"), ("band_centre_pu", "SET_BAND_CENTRE"),
+                  ("bandwidth_pu", "SET_BANDWIDTH"))
 
 
 def operation_dict(op: Operation) -> dict[str, Any]:

@@ -81,6 +81,10 @@ class ControlAction(StrEnum):
     RELEASE_DER_P = "RELEASE_DER_P"
     DER_CONTROL = "DER_CONTROL"
     STORAGE_SCHEDULE = "STORAGE_SCHEDULE"
+    # A local controller's setting (a bank's switch-in/out voltage, a tap changer's band) pushed by
+    # Volt/VAR as the field's fallback: arbitrated and recorded like a control, not a switching
+    # operation.
+    SET_LOCAL_SETTING = "SET_LOCAL_SETTING"
 
 
 class TagKind(StrEnum):

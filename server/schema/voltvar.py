@@ -22,12 +22,14 @@ from security.audit import AuditAction
 from security.roles import Permission, requires
 from server.schema.audit import audited
 from server.schema.enums import (
+    ControlStatus,
     RegulatorKind,
     VoltVarAction,
     VoltVarDeviceKind,
     VoltVarMode,
     VoltVarObjective,
     VoltVarPlanState,
+    coerce,
 )
 
 
@@ -141,6 +143,16 @@ class VoltVarQuery:
         return status_type(str(feeder_id), st)
 
 
+@strawberry.type(description="One local controller setting pushed to a device")
+class SettingPushResult:
+    device_id: strawberry.ID
+    setting: str = strawberry.field(description="SET_V_ON, SET_V_OFF, SET_BAND_CENTRE or SET_BANDWIDTH")
+    value: float = strawberry.field(description="pu")
+    status: ControlStatus = strawberry.field(description="ACCEPTED by the device, FAILED (with code) or REFUSED")
+    code: str | None
+    message: str | None
+
+
 @strawberry.type
 class VoltVarMutation:
     @strawberry.mutation(name="setVoltVarMode",
@@ -179,6 +191,20 @@ class VoltVarMutation:
                             {"plan_id": str(plan_id)},
                             grid.fleet.call_app(str(feeder_id), _app.VOLTVAR_OPERATOR, "approve", str(plan_id), by))
         return plan_type(rec)
+
+    @strawberry.mutation(name="pushVoltVarFallback",
+                         permission_classes=[requires(Permission.SET_VOLTVAR_MODE, feeder_arg="feeder_id")],
+                         description="Write every bank's and tap changer's local controller settings to the device: "
+                                     "what holds the voltage when the head-end is away")
+    async def push_volt_var_fallback(self, info: Info, feeder_id: strawberry.ID) -> list[SettingPushResult]:
+        by = info.context["principal"].sub
+        grid = info.context["services"].grid
+        grid.require_feeder(str(feeder_id))
+        rows = await audited(info, AuditAction.VOLTVAR_FALLBACK_PUSH, str(feeder_id), {},
+                             grid.fleet.call_app(str(feeder_id), _app.VOLTVAR_OPERATOR, "push_fallback", by))
+        return [SettingPushResult(device_id=strawberry.ID(r["device_id"]), setting=r["setting"], value=r["value"],
+                                  status=coerce(ControlStatus, r["status"], ControlStatus.FAILED), code=r["code"],
+                                  message=r["message"]) for r in rows]
 
     @strawberry.mutation(name="planVoltVar", permission_classes=[requires(Permission.WHAT_IF, feeder_arg="feeder_id")],
                          description="Plan now on the live state; never executes, whatever the mode (a what-if: "

@@ -378,3 +378,18 @@ async def test_capacitor_steps_over_modbus_and_the_local_controllers_when_nobody
         t = s.truth(v)
         assert t.cap_step["cap30"] > 0 and t.tap_pos["reg1"] > 0  # the sagging far end got help
         assert t.cap_step["cap12"] == 2  # commanded: its controller stays off
+        # Settings pushed by the head-end are what the controller then keeps: cap30 switching out above
+        # 0.955 pu now steps out; a switch-out voltage below the switch-in one is refused (it would hunt).
+        stepped = t.cap_step["cap30"]
+        c = ModbusClient(dev, pm.points_of(dev.device_id), timeout_s=0.5)
+        await c.connect()
+        try:
+            with pytest.raises(DmsError):
+                await c.write_command(f"{v}/cap30/SET_V_OFF", 0.95)  # below its v_on 0.96
+            await c.write_command(f"{v}/cap30/SET_V_ON", 0.90)
+            await c.write_command(f"{v}/cap30/SET_V_OFF", 0.955)
+        finally:
+            await c.close()
+        assert s.local_settings(v) == {("cap30", "SET_V_ON"): pytest.approx(0.90),
+                                       ("cap30", "SET_V_OFF"): pytest.approx(0.955)}
+        await wait_for(lambda: s.truth(v).cap_step["cap30"] < stepped, within_s=10)

@@ -111,6 +111,28 @@ async def _model(gql: Any) -> dict[str, Any]:
     return r["data"]["feeder"]
 
 
+async def test_the_local_controller_settings_are_pushed_to_the_field(gql, vvo_field) -> None:
+    """The fallback: each bank's switch-in/out voltages and each tap changer's band, written to the
+    device over Modbus (arbitrated, recorded, audited), and what its own controller then uses."""
+    sim = vvo_field
+    q = 'mutation { pushVoltVarFallback(feederId: "case33bw-vvo") { deviceId setting value status code message } }'
+    denied = await gql(q)
+    assert denied["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    r = await gql(q, role="ENGINEER")
+    assert "errors" not in r, r
+    rows = r["data"]["pushVoltVarFallback"]
+    assert len(rows) == 3 * 2 + 2 * 2, rows  # three banks (v_on, v_off), OLTC and regulator (centre, width)
+    assert all(x["status"] == "ACCEPTED" for x in rows), rows
+    assert sim.local_settings(F) == {(x["deviceId"], x["setting"]): pytest.approx(x["value"]) for x in rows}
+    hist = await gql('{ controlHistory(feederId: "case33bw-vvo", first: 50) { edges { node { deviceId action '
+                     'status operator } } } }', role="OPERATOR")
+    pushed = [e["node"] for e in hist["data"]["controlHistory"]["edges"] if e["node"]["action"] == "SET_LOCAL_SETTING"]
+    assert len(pushed) >= len(rows) and {p["operator"] for p in pushed} == {"voltvar"}
+    trail = await gql("{ auditLog(first: 50) { edges { node { action outcome target } } } }", role="SECAUD")
+    assert {"action": "VOLTVAR_FALLBACK_PUSH", "outcome": "OK", "target": F} in [
+        e["node"] for e in trail["data"]["auditLog"]["edges"]]
+
+
 async def test_a_fault_suspends_automatic_volt_var_fdir_has_precedence(gql, runtime, vvo_field) -> None:
     """A fault mid-cycle: the breaker trips and indicators latch; Volt/VAR re-plans on the event but
     sends nothing, and says why, until the feeder is back to normal."""
