@@ -73,6 +73,22 @@ def reported_positions(values: Mapping[str, Any], points: Mapping[str, Any]) -> 
     return taps, caps
 
 
+def field_hold(ports: FeederPorts) -> str | None:
+    """Why an optimiser (Volt/VAR, DER management) must keep its hands off this feeder now, or None:
+    a fault indicated or a breaker tripped (FDIR and the operators have precedence), or any switch
+    out of its normal position (restoration or operator switching has precedence)."""
+    flags = ports.field_flags()
+    if flags.tripped or any(flags.fault_indicators.values()):
+        return "a fault is indicated on this feeder: FDIR and the operators have precedence"
+    feeder = ports.model()
+    states = ports.switch_states()
+    abnormal = sorted(s.id for s in feeder.switches if states.get(s.id, s.is_open) != s.normally_open)
+    if abnormal:
+        return (f"abnormal switching state ({', '.join(abnormal[:5])}"
+                f"{'...' if len(abnormal) > 5 else ''} out of normal position): restoration has precedence")
+    return None
+
+
 class FeederPorts(Protocol):
     """Everything an application may do with its feeder (one instance per application: the identity
     it operates and emits under is its own name)."""

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from actors.applications import FeederPorts, TelemetryChange
+from actors.applications import FeederPorts, TelemetryChange, field_hold
 from actors.arbiter import Priority
 from actors.cores.der import Curtailment, CurtailmentInput, DerControl, DerRating, curtailment, rating, validate_control
 from actors.cores.events import EventKind, Severity
@@ -101,8 +101,8 @@ class DerApp:
     name = DER_OPERATOR
     priority = Priority.OPTIMISER
     api = frozenset({"ders", "mode_of", "set_mode", "set_control", "release_curtailment", "attach", "set_schedule",
-                     "set_limits", "evaluate_now", "operation"})
-    read_only = frozenset({"ders", "mode_of"})
+                     "set_limits", "evaluate_now", "operation", "management"})
+    read_only = frozenset({"ders", "mode_of", "management"})
 
     def __init__(self, default_mode: str = "ADVISORY", poll_s: float = 1.0, timeout_s: float = 1.0) -> None:
         self._default_mode = default_mode
@@ -125,6 +125,7 @@ class DerApp:
         self._poll_task: asyncio.Task[Any] | None = None
         self._eval_task: asyncio.Task[Any] | None = None
         self._eval_dirty = False
+        self.suspended: str | None = None  # why AUTOMATIC sends nothing now (a fault, abnormal switching)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -240,6 +241,12 @@ class DerApp:
             self._eval_dirty = False
             await self.evaluate_now()
 
+    def management(self) -> dict[str, Any]:
+        """Mode, why AUTOMATIC is held off (None: it is not), the limits in force and what is curtailed
+        or proposed."""
+        return {"mode": str(self.mode), "suspended": self.suspended, "limits": dict(self._limits),
+                "curtailed": sorted(self._curtailed), "proposed": sorted(self._proposed)}
+
     def status(self) -> Mapping[str, Any]:
         return {"mode": str(self.mode), "bound": len(self._clients),
                 "online": sum(1 for v in self._online.values() if v), "curtailed": sorted(self._curtailed),
@@ -272,14 +279,20 @@ class DerApp:
                 del wanted[did]
             elif not any(c.element_id == element for c in wanted.values()):
                 del self._exempt[did]
-        if self.mode is DerMode.ADVISORY:
+        self.suspended = field_hold(self._ports) if self.mode is DerMode.AUTOMATIC else None
+        if self.mode is DerMode.ADVISORY or self.suspended is not None:  # proposals only
+            if self.suspended is not None and wanted != self._proposed:
+                self._emit(Severity.INFO, f"DER curtailment held off: {self.suspended}", phase="SUSPENDED",
+                           reason=self.suspended)
             for did, c in wanted.items():
                 if self._proposed.get(did) != c:
                     self._emit(Severity.INFO, f"DER {did}: curtailment to {c.p_limit_mw:g} MW proposed ({c.reason})",
                                device_id=did, phase="CURTAILMENT_PROPOSED", p_limit_mw=c.p_limit_mw,
                                reason=c.reason)
             self._proposed = wanted
-            return {"mode": str(self.mode), "proposed": {k: asdict(v) for k, v in wanted.items()}}
+            return {"mode": str(self.mode), "suspended": self.suspended,
+                    "proposed": {k: asdict(v) for k, v in wanted.items()}}
+        self._proposed = {}
         for did, c in wanted.items():
             if self._curtailed.get(did) == c:
                 continue

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from actors.applications import FeederPorts, TelemetryChange, reported_positions
+from actors.applications import FeederPorts, TelemetryChange, field_hold, reported_positions
 from actors.arbiter import Priority
 from actors.cores.control import ControlAction
 from actors.cores.events import EventKind, Severity
@@ -208,16 +208,7 @@ class VoltVarApp:
     def _suspension(self) -> str | None:
         """Why the feeder is someone else's now (None: VVO may act)."""
         assert self._ports is not None
-        flags = self._ports.field_flags()
-        if flags.tripped or any(flags.fault_indicators.values()):
-            return "a fault is indicated on this feeder: FDIR and the operators have precedence"
-        feeder = self._ports.model()
-        states = self._ports.switch_states()
-        abnormal = sorted(s.id for s in feeder.switches if states.get(s.id, s.is_open) != s.normally_open)
-        if abnormal:
-            return (f"abnormal switching state ({', '.join(abnormal[:5])}"
-                    f"{'...' if len(abnormal) > 5 else ''} out of normal position): restoration has precedence")
-        return None
+        return field_hold(self._ports)
 
     def _state(self) -> tuple[VoltVarState, str]:
         assert self._ports is not None

@@ -111,6 +111,13 @@ class DerCommandResult:
 class DerManagement:
     feeder_id: strawberry.ID
     mode: DerMode  # type: ignore[valid-type]
+    suspended: str | None = strawberry.field(
+        description="Why AUTOMATIC sends nothing now (a fault, an abnormal switching state); null: it acts")
+    max_loading_percent: float | None = strawberry.field(description="setDerLimits' loading limit; null: the "
+                                                                     "feeder's own")
+    vm_max_pu: float | None = strawberry.field(description="setDerLimits' voltage limit; null: the feeder's own")
+    curtailed_der_ids: list[strawberry.ID]
+    proposed_der_ids: list[strawberry.ID] = strawberry.field(description="ADVISORY (or held-off) proposals")
 
 
 def _curve(points: object) -> list[CurvePoint] | None:
@@ -171,8 +178,12 @@ class DerQuery:
     async def der_management(self, info: Info, feeder_id: strawberry.ID) -> DerManagement:
         grid = info.context["services"].grid
         grid.require_feeder(str(feeder_id))
-        mode = await grid.fleet.call_app(str(feeder_id), "der", "mode_of")
-        return DerManagement(feeder_id=feeder_id, mode=DerMode(mode))
+        m = await grid.fleet.call_app(str(feeder_id), "der", "management")
+        return DerManagement(feeder_id=feeder_id, mode=DerMode(m["mode"]), suspended=m["suspended"],
+                             max_loading_percent=m["limits"].get("max_loading_percent"),
+                             vm_max_pu=m["limits"].get("vm_max_pu"),
+                             curtailed_der_ids=[strawberry.ID(d) for d in m["curtailed"]],
+                             proposed_der_ids=[strawberry.ID(d) for d in m["proposed"]])
 
 
 @strawberry.type(description="Limits DER curtailment keeps; null: the feeder's own")

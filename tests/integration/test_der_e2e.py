@@ -6,6 +6,7 @@ that does not answer, refuses or reads back another value fails with that reason
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -178,6 +179,47 @@ async def test_curtailment_on_a_forced_overload_and_its_release(gql, der_field, 
         r = await gql(MODE_Q, {"f": F, "m": "ADVISORY"}, role="OPERATOR")
         der_field.set_resource(F, WIND, None)
     assert r["data"]["setDerMode"] == "ADVISORY"
+
+
+async def test_automatic_curtailment_is_held_off_while_switching_is_abnormal(gql, der_field, runtime) -> None:
+    """A switch out of its normal position (restoration or operator switching under way): AUTOMATIC
+    DER management proposes but sends nothing and says why; back to normal, it curtails."""
+    mgmt_q = "query M($f: ID!) { derManagement(feederId: $f) { mode suspended curtailedDerIds proposedDerIds } }"
+    der_field.set_resource(F, WIND, 1.0)
+    r = await gql(MODE_Q, {"f": F, "m": "AUTOMATIC"}, role="OPERATOR")
+    assert r["data"]["setDerMode"] == "AUTOMATIC", r
+    der_field.report_wrong_status(F, "sw0")  # closed, reported open (line12 is dead either way)
+    try:
+        loading = (await runtime.fleet.call(F, "state")).live.max_line_loading_percent
+        r = await gql(LIMITS_Q, {"f": F, "l": round(loading * 0.5, 1)}, role="OPERATOR")
+        assert "errors" not in r, r
+
+        async def held_off():
+            await runtime.fleet.call_app(F, "der", "evaluate_now")
+            m = (await gql(mgmt_q, {"f": F}))["data"]["derManagement"]
+            return m if m["suspended"] and "sw0" in m["suspended"] and WIND in m["proposedDerIds"] else None
+
+        m = await wait_for(held_off, 20)
+        assert m["mode"] == "AUTOMATIC" and m["curtailedDerIds"] == [] and "precedence" in m["suspended"]
+        assert (await ders(gql))[WIND]["curtailment"] is None  # nothing was sent
+        der_field.report_wrong_status(F, "sw0", on=False)  # back to normal: the reason still holds
+
+        async def curtailed():
+            d = (await ders(gql))[WIND]
+            return d if d["curtailment"] else None
+
+        await wait_for(curtailed, 30)
+    finally:
+        der_field.report_wrong_status(F, "sw0", on=False)
+        await gql(LIMITS_Q, {"f": F, "l": None}, role="OPERATOR")
+
+        async def released():
+            return (await ders(gql))[WIND]["curtailment"] is None
+
+        with contextlib.suppress(AssertionError):
+            await wait_for(released, 20)
+        await gql(MODE_Q, {"f": F, "m": "ADVISORY"}, role="OPERATOR")
+        der_field.set_resource(F, WIND, None)
 
 
 async def test_a_volt_var_plan_operation_goes_through_the_same_path(runtime, der_field) -> None:
