@@ -145,6 +145,16 @@ class DerApp:
         if lim:
             with contextlib.suppress(ValueError, TypeError):
                 self._limits = {k: float(v) for k, v in json.loads(str(lim[0]["value"])).items()}
+        # What this application had curtailed before a restart: the devices keep their P limits, so it
+        # must still know them to release them when the reason goes.
+        cur = await ports.list_records("Setting", where={"key": "der_curtailed"}, limit=1, newest_first=True)
+        if cur:
+            try:
+                self._curtailed = {d: Curtailment(d, float(c["p_limit_mw"]), str(c["reason"]), str(c["element_id"]))
+                                   for d, c in json.loads(str(cur[0]["value"])).items()}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log.error("feeder %s: the stored DER curtailments are malformed; releases need an operator",
+                          ports.feeder_id)
         _APPS[ports.feeder_id] = self
         self._poll_task = ports.spawn(self._poll_loop(), "der poll")
 
@@ -293,6 +303,7 @@ class DerApp:
             return {"mode": str(self.mode), "suspended": self.suspended,
                     "proposed": {k: asdict(v) for k, v in wanted.items()}}
         self._proposed = {}
+        before = dict(self._curtailed)
         for did, c in wanted.items():
             if self._curtailed.get(did) == c:
                 continue
@@ -311,9 +322,22 @@ class DerApp:
                 self._emit(Severity.INFO, f"DER {did} curtailment released: the reason is gone ({prev.reason})",
                            device_id=did, phase="CURTAILMENT_RELEASED", reason=prev.reason,
                            element_id=prev.element_id)
+        await self._remember_curtailed(before)
         return {"mode": str(self.mode), "curtailed": {k: asdict(v) for k, v in self._curtailed.items()}}
 
     # -- commands --------------------------------------------------------------------------------
+
+    async def _remember_curtailed(self, before: Mapping[str, Curtailment]) -> None:
+        """Persist what is curtailed when it changed (read back at start)."""
+        if self._ports is None or dict(before) == self._curtailed:
+            return
+        value = json.dumps({d: {"p_limit_mw": c.p_limit_mw, "reason": c.reason, "element_id": c.element_id}
+                            for d, c in sorted(self._curtailed.items())})
+        try:
+            await self._ports.append_record("Setting", {"key": "der_curtailed", "value": value, "set_by": DER_OPERATOR,
+                                                        "set_at": datetime.now(UTC).isoformat()})
+        except DmsError as exc:  # the store is away: the devices still hold their limits; retried next change
+            log.warning("feeder %s: DER curtailments not stored (%s)", self._feeder_id(), exc.message)
 
     async def _command(self, der_id: str, control: DerControl, action: str, value: float | None, *,
                        operator: str | None, ports: FeederPorts | None = None) -> DerCommandResult:
@@ -400,6 +424,7 @@ class DerApp:
             if did not in ders:
                 raise NotFound(f"DER {did!r} is not in feeder {self._feeder_id()!r}", element_id=did)
         results = []
+        before = dict(self._curtailed)
         for did in targets:
             res = await self._command(did, DerControl(release_p_limit=True), "RELEASE_DER_P", None, operator=by)
             if res.status == "CONFIRMED":
@@ -409,6 +434,7 @@ class DerApp:
                 self._emit(Severity.INFO, f"DER {did} curtailment released by {by}", device_id=did,
                            phase="CURTAILMENT_RELEASED", operator=by)
             results.append(res)
+        await self._remember_curtailed(before)
         return results
 
     async def operation(self, der_id: str, action: str, value: float, by: str) -> DerCommandResult:
