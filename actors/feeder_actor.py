@@ -365,6 +365,9 @@ class FeederActor:
         if result.state_changed:
             changed, self._telemetry_changed = self._telemetry_changed, asyncio.Event()
             changed.set()
+            # A tap or bank moved (state_changed without a switch change): solve at the new positions.
+            if not result.switch_changes and (self._resolver is None or self._resolver.done()):
+                self._resolver = asyncio.create_task(self._resolve_after_changes(), name=f"resolve {self.feeder_id}")
 
     async def _wait_state_changed(self) -> None:
         await self._telemetry_changed.wait()
@@ -384,6 +387,10 @@ class FeederActor:
             if failed and (self._persister is None or self._persister.done()):
                 self._persister = asyncio.create_task(self._persist_later(), name=f"persist {self.feeder_id}")
             state = await self._resolve()
+        if not dirty:  # positions only (taps, banks): no topology change to report
+            if self.ingest is not None:
+                self.outbox.queue(self.ingest.check_violations(state.power_flow))
+            return
         topo = state.topology
         self.outbox.event(EventKind.TOPOLOGY_CHANGE, None, f"switches changed: {', '.join(sorted(dirty))}",
                           durable=True,

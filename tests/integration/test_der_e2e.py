@@ -162,21 +162,6 @@ async def test_curtailment_on_a_forced_overload_and_its_release(gql, der_field, 
                     and e["elementId"] == WIND]
 
         assert "beyond its limit" in (await wait_for(lambda: der_events("CURTAILED"), 10))[-1]["message"]
-        # A restart does not forget it: the recreated actor knows what it curtailed (and releases it below).
-        runtime.fleet.kill(F)
-
-        async def remembered():
-            r = await gql("query M($f: ID!) { derManagement(feederId: $f) { curtailedDerIds } }", {"f": F})
-            m = (r.get("data") or {}).get("derManagement")
-            return m if m and WIND in m["curtailedDerIds"] else None
-
-        await wait_for(remembered, 60)
-
-        async def field_back():
-            st = await runtime.fleet.call(F, "field_status")
-            return st["attached"] and st["devices"] and all(st["devices"].values())
-
-        await wait_for(field_back, 60)
         # the reason goes: released, through the same path
         r = await gql(LIMITS_Q, {"f": F, "l": None}, role="OPERATOR")
         assert r["data"]["setDerLimits"] == {"maxLoadingPercent": None, "vmMaxPu": None}, r
