@@ -186,10 +186,14 @@ async def test_automatic_curtailment_is_held_off_while_switching_is_abnormal(gql
     DER management proposes but sends nothing and says why; back to normal, it curtails."""
     mgmt_q = "query M($f: ID!) { derManagement(feederId: $f) { mode suspended curtailedDerIds proposedDerIds } }"
     der_field.set_resource(F, WIND, 1.0)
-    r = await gql(MODE_Q, {"f": F, "m": "AUTOMATIC"}, role="OPERATOR")
-    assert r["data"]["setDerMode"] == "AUTOMATIC", r
     der_field.report_wrong_status(F, "sw0")  # closed, reported open (line12 is dead either way)
     try:
+        async def seen_open():
+            return (await runtime.fleet.call(F, "state")).switch_states["sw0"]
+
+        await wait_for(seen_open, 20)  # the actor sees the abnormal state before AUTOMATIC may act
+        r = await gql(MODE_Q, {"f": F, "m": "AUTOMATIC"}, role="OPERATOR")
+        assert r["data"]["setDerMode"] == "AUTOMATIC", r
         loading = (await runtime.fleet.call(F, "state")).live.max_line_loading_percent
         r = await gql(LIMITS_Q, {"f": F, "l": round(loading * 0.5, 1)}, role="OPERATOR")
         assert "errors" not in r, r
