@@ -314,8 +314,13 @@ class FeederActor:
         return self._state.live
 
     def publish_estimate(self, estimate: Any) -> None:
-        """The estimation application's latest result becomes the live state (None: back to the model)."""
+        """The estimation application's latest result becomes the live state (None: back to the model).
+        An estimate that arrives when no field is bound is dropped: it was computed from a binding
+        that is gone (a detach while the estimator ran), and the model must stand, not its ghost."""
         if self._state is None:
+            return
+        if estimate is not None and (self.ingest is None or not self.ingest.points):
+            log.info("feeder %s: an estimate finished after the field was detached; dropped", self.feeder_id)
             return
         self._version += 1
         self._state = replace(self._state, version=self._version, estimate=estimate, updated_at=time.time())

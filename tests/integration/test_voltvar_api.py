@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.integration.conftest import wait_for
+
 STATUS_Q = """query($f: ID!) { voltVar(feederId: $f) { feederId mode objective status
-  lastPlan { id state feasible predictedLossesMw predictedMinVmPu predictedMaxVmPu
+  lastPlan { id state trigger feasible predictedLossesMw predictedMinVmPu predictedMaxVmPu
              operations { deviceId action value } } } }"""
 
 
@@ -29,6 +31,12 @@ async def test_voltvar_status_mode_objective_and_plan(gql) -> None:
         assert r["data"]["setVoltVarMode"] == "ADVISORY", r
         r = await gql('mutation { setVoltVarObjective(feederId: "case33bw", objective: CVR) }', role="ENGINEER")
         assert r["data"]["setVoltVarObjective"] == "CVR", r
+
+        async def kicked_plan_done() -> bool:  # a mode or objective change plans in the background
+            last = (await gql(STATUS_Q, {"f": "case33bw"}))["data"]["voltVar"]["lastPlan"]
+            return last is not None and last["trigger"] == "objective change"
+
+        await wait_for(kicked_plan_done, 30)  # else it could land after (and replace) the one asked for
         r = await gql('mutation { planVoltVar(feederId: "case33bw") { id state objective operations { deviceId } '
                       'predictedMinVmPu } }', role="OPERATOR")
         assert "errors" not in r, r
