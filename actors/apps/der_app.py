@@ -15,10 +15,12 @@
   against the SOC limits from the reported SOC before anything is stored; the entry in force is
   sent when its time comes.
 * **Curtailment** (:func:`actors.cores.der.curtailment` on the estimated state after every
-  re-solve): ``AUTOMATIC`` sends the P limits (``CURTAIL_DER_P``) and lifts them when the reason is
-  gone; ``ADVISORY`` only proposes (events); ``OFF`` does neither. The mode is a persisted
-  ``Setting`` (``der_mode``). An operator's :meth:`release_curtailment` lifts a limit now and keeps
-  the app from limiting that DER again for the same reason until the reason has cleared.
+  re-solve, with the feeder's topology so that a line or transformer overloaded by reverse power
+  curtails only the DERs behind it, and a load-driven overload curtails none): ``AUTOMATIC``
+  sends the P limits (``CURTAIL_DER_P``) and lifts them when the reason is gone; ``ADVISORY``
+  only proposes (events); ``OFF`` does neither. The mode is a persisted ``Setting``
+  (``der_mode``). An operator's :meth:`release_curtailment` lifts a limit now and keeps the app
+  from limiting that DER again for the same reason until the reason has cleared.
 * **Other applications** (the Volt/VAR planner) send ``SET_DER_Q`` / ``CURTAIL_DER_P`` through
   :func:`execute_operation` with their own ports: same checks, same path, their own identity.
 """
@@ -275,11 +277,24 @@ class DerApp:
         der_p = {did: r.p_mw for did, r in self._readings.items() if r is not None and r.p_mw is not None}
         for d in feeder.ders:
             der_p.setdefault(d.id, d.p_mw)
+        est = getattr(state, "estimate", None)
+        if est is not None and not est.stale and est.load_p_mw:  # what the loads draw now, as estimated
+            load_p = dict(est.load_p_mw)
+        else:
+            load_p = {ld.id: ld.p_mw * float(getattr(state, "load_scale", 1.0)) for ld in feeder.loads}
+        graph, topo = self._ports.topology_graph(), state.topology
+
+        def downstream(element_id: str) -> frozenset[str]:
+            try:
+                return graph.downstream_buses(topo, element_id)
+            except NotFound:  # not a branch of this feeder's graph: not attributable
+                return frozenset()
+
         inp = CurtailmentInput(
             vm_pu={b.bus_id: b.vm_pu for b in live.buses if b.energized},
             line_loading_percent={ln.line_id: ln.loading_percent for ln in live.lines},
             trafo_loading_percent={t.transformer_id: t.loading_percent for t in live.transformers},
-            der_p_mw=der_p)
+            der_p_mw=der_p, load_p_mw=load_p, downstream=downstream, source_of_bus=topo.source_of_bus)
         current = self._curtailed if self.mode is DerMode.AUTOMATIC else self._proposed
         # An operator's release holds until its element is no longer the reason.
         wanted = curtailment(feeder, inp, vm_max_pu=self._limits.get("vm_max_pu"),

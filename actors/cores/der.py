@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from graph_schema.errors import BadInput
@@ -341,12 +341,36 @@ class Curtailment:
 
 @dataclass(frozen=True, slots=True)
 class CurtailmentInput:
-    """The estimated state the decision reads (from the feeder's live state)."""
+    """The estimated state the decision reads (from the feeder's live state).
+
+    ``downstream`` and ``load_p_mw`` let the decision tell who causes an overload: ``downstream(e)``
+    is the set of energized buses whose supply passes through line or transformer ``e`` (radial
+    operation; empty for a loop's closing branch), ``load_p_mw`` what each load draws now.
+    ``source_of_bus`` (energized bus -> its source) confines an over-voltage to the DERs fed from
+    the same source. Without ``downstream`` every producing DER shares every curtailment (the
+    decision cannot attribute the flow)."""
 
     vm_pu: Mapping[str, float | None]
     line_loading_percent: Mapping[str, float]
     trafo_loading_percent: Mapping[str, float] = field(default_factory=dict)
     der_p_mw: Mapping[str, float] = field(default_factory=dict)  # what each DER produces now
+    load_p_mw: Mapping[str, float] = field(default_factory=dict)  # what each load draws now
+    downstream: Callable[[str], frozenset[str]] | None = None
+    source_of_bus: Mapping[str, str] = field(default_factory=dict)
+
+
+def _reverse_flow(feeder: Feeder, state: CurtailmentInput, element_id: str) -> tuple[frozenset[str], float] | None:
+    """The buses behind ``element_id`` and the net power pushed back through it towards the source
+    (MW: every DER behind it, storage included, less every load behind it), or None when the
+    element carries power towards its loads (a load-driven overload: curtailing the DERs behind it
+    would only raise its loading) or cannot be attributed (a loop's closing branch)."""
+    assert state.downstream is not None
+    down = state.downstream(element_id)
+    if not down:
+        return None
+    gen = sum(state.der_p_mw.get(d.id, 0.0) for d in feeder.ders if d.in_service and d.bus_id in down)
+    load = sum(state.load_p_mw.get(ld.id, ld.p_mw) for ld in feeder.loads if ld.in_service and ld.bus_id in down)
+    return (down, gen - load) if gen - load > 1e-6 else None
 
 
 def curtailment(feeder: Feeder, state: CurtailmentInput, *, vm_max_pu: float | None = None,
@@ -355,51 +379,82 @@ def curtailment(feeder: Feeder, state: CurtailmentInput, *, vm_max_pu: float | N
                 exempt: frozenset[str] = frozenset()) -> dict[str, Curtailment]:
     """Which DERs to limit now, and to what.
 
-    A line or transformer loaded beyond ``max_loading_percent`` or a bus above ``vm_max_pu`` (the
-    feeder's limits unless given): every producing (or already curtailed) PV/wind DER not in
-    ``exempt`` is limited to its rating times ``1 - excess - margin``, where ``excess`` is how far
-    beyond its limit the worst element is (loading ratio; for voltage, the rise above the limit
-    over the rise above 1 pu). Limits only tighten while a reason holds (a new limit within
-    ``deadband`` of the rating of the one in force keeps the one in force), so they do not hunt;
-    a curtailment whose element is back within ``1 - 2 x margin`` of its loading limit (0.01 pu
-    below the voltage limit) is dropped: released. Storage is never curtailed here (its schedule
-    rules it). Limitation: every producing DER of the feeder shares the curtailment; which DERs
-    actually feed the element (sensitivities) is not computed."""
+    **Overload** of a line or transformer beyond ``max_loading_percent`` (the feeder's limit unless
+    given). With ``state.downstream`` (the host passes it) the decision attributes the flow: only
+    an element that carries *reverse* power (the DERs behind it produce more than the loads behind
+    it draw) is a reason to curtail, and only the DERs behind it are curtailed, each by the same
+    share of its present output, so that the reverse flow falls to ``1 - margin`` of the limit
+    (loading taken proportional to the active flow). A load-driven overload is no reason: the DERs
+    behind it relieve it, and curtailing them would raise its loading. Without ``downstream``,
+    every producing DER is limited to its rating times ``1 - excess - margin`` (``excess``: the
+    loading ratio beyond the limit).
+
+    **Over-voltage** at a bus above ``vm_max_pu``: every producing PV/wind DER fed from the same
+    source is limited to its rating times ``1 - excess - margin`` (``excess``: the rise above the
+    limit over the rise above 1 pu).
+
+    Each DER takes the tightest limit any violation asks of it, with that violation's reason.
+    Limits only tighten while a reason holds (a new limit within ``deadband`` of the rating of the
+    one in force keeps the one in force), so they do not hunt; a curtailment whose element is back
+    within ``1 - 2 x margin`` of its loading limit (0.01 pu below the voltage limit), or whose
+    element no longer carries reverse power, is dropped: released. Storage is never curtailed here
+    (its schedule rules it); DERs in ``exempt`` (an operator released them) neither."""
     vmax = vm_max_pu if vm_max_pu is not None else feeder.limits.vm_max_pu
     lmax = max_loading_percent if max_loading_percent is not None else feeder.limits.max_loading_percent
     current = current or {}
     ratings = {d.id: rating(d).p_max_mw for d in feeder.ders}
+    bus_of = {d.id: d.bus_id for d in feeder.ders}
     candidates = [d.id for d in feeder.ders if d.in_service and d.kind is not DerKind.STORAGE and d.id not in exempt
                   and (state.der_p_mw.get(d.id, 0.0) > 1e-6 or d.id in current)]
-    worst: tuple[float, str, str] | None = None  # (excess ratio, element, reason)
+    asks: dict[str, tuple[float, str, str]] = {}  # der id -> (limit, reason, element): the tightest
+
+    def ask(did: str, limit: float, reason: str, eid: str) -> None:
+        limit = round(max(0.0, limit), 6)
+        if did not in asks or limit < asks[did][0]:
+            asks[did] = (limit, reason, eid)
+
     for eid, loading in {**state.line_loading_percent, **state.trafo_loading_percent}.items():
-        if loading > lmax:
-            ratio = loading / lmax - 1.0
-            if worst is None or ratio > worst[0]:
-                worst = (ratio, eid, f"{eid} loaded {loading:.1f} % beyond its limit {lmax:g} %")
+        if loading <= lmax:
+            continue
+        reason = f"{eid} loaded {loading:.1f} % beyond its limit {lmax:g} %"
+        if state.downstream is None:
+            factor = max(0.0, 1.0 - (loading / lmax - 1.0) - margin)
+            for did in candidates:
+                ask(did, ratings[did] * factor, reason, eid)
+            continue
+        rf = _reverse_flow(feeder, state, eid)
+        if rf is None:
+            continue
+        down, net = rf
+        behind = [d for d in candidates if bus_of[d] in down]
+        gen = sum(max(0.0, state.der_p_mw.get(d, 0.0)) for d in behind)
+        share = min(1.0, net * (1.0 - lmax * (1.0 - margin) / loading) / gen) if gen > 0 else 1.0
+        for did in behind:
+            ask(did, max(0.0, state.der_p_mw.get(did, 0.0)) * (1.0 - share), reason + " by reverse power", eid)
     for bid, vm in state.vm_pu.items():
-        if vm is not None and vm > vmax:
-            ratio = (vm - vmax) / max(vm - 1.0, 1e-3)
-            if worst is None or ratio > worst[0]:
-                worst = (ratio, bid, f"{bid} at {vm:.3f} pu above its limit {vmax:g} pu")
-    out: dict[str, Curtailment] = {}
-    if worst is not None:
-        ratio, eid, reason = worst
-        factor = max(0.0, 1.0 - ratio - margin)
+        if vm is None or vm <= vmax:
+            continue
+        factor = max(0.0, 1.0 - (vm - vmax) / max(vm - 1.0, 1e-3) - margin)
+        src = state.source_of_bus.get(bid)
         for did in candidates:
-            base = ratings[did]
-            limit = round(base * factor, 6)
-            prev = current.get(did)
-            if prev is not None and limit >= prev.p_limit_mw - deadband * base:
-                out[did] = prev
-            else:
-                out[did] = Curtailment(did, limit, reason, eid)
+            if src is None or state.source_of_bus.get(bus_of[did]) == src:
+                ask(did, ratings[did] * factor, f"{bid} at {vm:.3f} pu above its limit {vmax:g} pu", bid)
+    out: dict[str, Curtailment] = {}
+    for did, (limit, reason, eid) in asks.items():
+        prev = current.get(did)
+        if prev is not None and limit >= prev.p_limit_mw - deadband * ratings[did]:
+            out[did] = prev
+        else:
+            out[did] = Curtailment(did, limit, reason, eid)
     for did, prev in current.items():
         if did in out:
             continue
         el = prev.element_id
         loading = state.line_loading_percent.get(el, state.trafo_loading_percent.get(el))
         vm = state.vm_pu.get(el)
-        if (loading is not None and loading > lmax * (1.0 - 2 * margin)) or (vm is not None and vm > vmax - 0.01):
+        if loading is not None and loading > lmax * (1.0 - 2 * margin):
+            if state.downstream is None or _reverse_flow(feeder, state, el) is not None:
+                out[did] = prev
+        elif vm is not None and vm > vmax - 0.01:
             out[did] = prev
     return out

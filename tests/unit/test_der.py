@@ -14,6 +14,7 @@ import pytest
 
 from actors.cores.der import (
     VV_Q_TOLERANCE_PCT_S,
+    Curtailment,
     CurtailmentInput,
     DerControl,
     InverterSettings,
@@ -28,6 +29,7 @@ from actors.cores.der import (
     validate_volt_var,
     validate_volt_watt,
 )
+from actors.cores.topology import TopologyGraph
 from graph_schema.errors import BadInput
 from graph_schema.importers import cigre_mv
 from graph_schema.model import Der, DerKind
@@ -179,6 +181,63 @@ def test_curtailment_on_over_voltage() -> None:
     st = CurtailmentInput(vm_pu={"bus7": 1.06}, line_loading_percent={}, der_p_mw={"der8": 1.5})
     cut = curtailment(f, st)
     assert set(cut) == {"der8"} and "bus7" in cut["der8"].reason and cut["der8"].p_limit_mw < 1.5
+
+
+def _attributed(f, **kw) -> CurtailmentInput:  # type: ignore[no-untyped-def]
+    """A state whose flows the decision can attribute (the host passes the same)."""
+    graph = TopologyGraph(f)
+    topo = graph.process({s.id: s.normally_open for s in f.switches})
+    return CurtailmentInput(downstream=lambda e: graph.downstream_buses(topo, e),
+                            source_of_bus=topo.source_of_bus, **kw)
+
+
+def test_a_reverse_flow_overload_curtails_only_the_ders_behind_it() -> None:
+    """cigre-mv: the wind (der8, 1.5 MW at bus7) feeds line5 back towards bus8; bus7 draws 0.0765 MW."""
+    f = cigre_mv()
+    der_p = {d.id: d.sn_mva for d in f.ders}
+    st = _attributed(f, vm_pu={}, line_loading_percent={"line5": 200.0, "line0": 150.0}, der_p_mw=der_p)
+    cut = curtailment(f, st, max_loading_percent=100.0)
+    assert set(cut) == {"der8"}, "line0 carries load: no reason; only the wind is behind line5"
+    c = cut["der8"]
+    assert c.element_id == "line5" and "reverse power" in c.reason
+    net = 1.5 - 0.0765
+    target = net * 0.95 * 100.0 / 200.0  # the reverse flow falls to 95 % of the limit
+    assert 1.5 - c.p_limit_mw == pytest.approx(net - target, rel=1e-6)
+    # still near the limit, still reverse: kept; the wind drops (reverse flow gone): released
+    near = _attributed(f, vm_pu={}, line_loading_percent={"line5": 96.0}, der_p_mw={**der_p, "der8": c.p_limit_mw})
+    assert curtailment(f, near, max_loading_percent=100.0, current=cut) == cut
+    calm = _attributed(f, vm_pu={}, line_loading_percent={"line5": 96.0}, der_p_mw={**der_p, "der8": 0.05})
+    assert curtailment(f, calm, max_loading_percent=100.0, current=cut) == {}
+
+
+def test_a_load_driven_overload_curtails_nothing_and_releases_what_it_held() -> None:
+    """line1 feeds nine buses whose loads exceed every DER behind it: curtailing them would raise
+    its loading. A curtailment held on it (the loads grew since) is released."""
+    f = cigre_mv()
+    der_p = {d.id: d.sn_mva for d in f.ders}
+    st = _attributed(f, vm_pu={}, line_loading_percent={"line1": 140.0}, der_p_mw=der_p)
+    assert curtailment(f, st) == {}
+    held = {"der8": Curtailment("der8", 0.5, "line1 loaded 130.0 % beyond its limit 100 %", "line1")}
+    assert curtailment(f, st, current=held) == {}
+
+
+def test_a_loop_closing_branch_is_not_attributed() -> None:
+    f = cigre_mv()
+    st = _attributed(f, vm_pu={}, line_loading_percent={"line13": 150.0}, der_p_mw={"der8": 1.5})
+    assert curtailment(f, st) == {}  # an open tie carries nothing: no buses behind it
+
+
+def test_over_voltage_curtails_the_ders_fed_from_the_same_source_with_the_tightest_ask() -> None:
+    f = cigre_mv()
+    der_p = {d.id: d.sn_mva for d in f.ders}
+    st = _attributed(f, vm_pu={"bus7": 1.06, "bus13": 1.01}, line_loading_percent={"line5": 200.0}, der_p_mw=der_p)
+    cut = curtailment(f, st, max_loading_percent=100.0)
+    assert set(cut) == set(der_p), "every DER is fed from tr0's source, as bus7 is"
+    v_factor = 1 - (1.06 - 1.05) / 0.06 - 0.05
+    assert cut["der0"].element_id == "bus7" and cut["der0"].p_limit_mw == pytest.approx(0.02 * v_factor, abs=1e-6)
+    by_line = 1.5 - (1.5 - 0.0765) * (1 - 0.95 * 100.0 / 200.0)
+    assert by_line < 1.5 * v_factor  # the wind: line5 asks more of it than the voltage does
+    assert cut["der8"].element_id == "line5" and cut["der8"].p_limit_mw == pytest.approx(by_line, abs=1e-6)
 
 
 # -- the simulated inverter's registers ------------------------------------------------------------
