@@ -46,7 +46,8 @@ Search (every candidate is a full AC power flow; screened in batches by
 4. **Restarts**: the same descent from the present settings and from two extreme starts (taps at
    neutral with every bank out / every bank in); the best result wins. Coupled devices (two banks
    on one lateral, an OLTC and a regulator in series) leave local optima that a single start can
-   be caught in.
+   be caught in. The restarts search the discrete devices only; DER Q (step 2, a flow per DER per
+   gradient) then alternates with the descent from the winner alone.
 5. **Curtailment, last resort**: only if the best plan still violates a limit, the DER whose
    curtailment by ``curtail_step`` of its available output helps most is curtailed, repeatedly,
    until the plan is feasible (or nothing helps); Q is re-optimised after.
@@ -547,10 +548,16 @@ class VoltVarPlanner:
                         disc.append(d.values[-1] if extreme else d.values[0])
                 starts.append(_Point(tuple(disc), q0.copy(), p0.copy()))
         best = current
+        # The restarts look for the best discrete settings; DER Q (a finite-difference gradient of
+        # one flow per DER, the costly part on a feeder with a hundred DERs) is then optimised once,
+        # alternating with the descent, from the winner only.
+        discrete = replace(opt, use_der_q=False) if len(starts) > 1 else opt
         for s in starts:
-            found = self._search(devs, s, ctx, opt, free_q)
+            found = self._search(devs, s, ctx, discrete, free_q)
             if found.score < best.score:
                 best = found
+        if discrete is not opt:
+            best = self._search(devs, best, ctx, opt, free_q)
         reason: str | None = None
         after, _ = self._validate(devs, best, state, lp, lq, opt)
         if not after.feasible and opt.allow_curtailment and self._ders:
