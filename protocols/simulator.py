@@ -127,6 +127,16 @@ def pv_profile(hour: float) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
+def compensated_voltage(v_pu: float, p_mw: float, q_mvar: float, r_ohm: float, x_ohm: float, vn_kv: float) -> float:
+    """The voltage a regulator's line-drop compensator sees (pu): its own lv-side voltage less the
+    drop to the load centre over ``r_ohm + j x_ohm`` for the power it sends out,
+    ``dV = (R P + X Q) / V`` (three-phase, V line to line in kV, so dV in kV; then per unit of
+    ``vn_kv``). With no compensation (R = X = 0) or no voltage it is ``v_pu`` itself."""
+    if (not r_ohm and not x_ohm) or v_pu <= 0 or vn_kv <= 0:
+        return v_pu
+    return v_pu - (r_ohm * p_mw + x_ohm * q_mvar) / (v_pu * vn_kv * vn_kv)
+
+
 def malformed_frame(frame: bytes, mode: str) -> bytes:
     """``frame`` (a Modbus TCP answer: MBAP header + PDU) garbled as ``mode`` (see ``FRAME_FAULTS``).
 
@@ -245,6 +255,8 @@ class SimTruth:
     losses_mw: float | None = None
     tap_pos: Mapping[str, int] = field(default_factory=dict)
     cap_step: Mapping[str, int] = field(default_factory=dict)
+    # tap changer id -> the voltage its own controller regulates: lv side less the line drop
+    regulated_vm_pu: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -716,13 +728,36 @@ class FieldSimulator:
         """The settings the head-end pushed to this feeder's local controllers (tests)."""
         return dict(self._fs(feeder_id).settings)
 
+    @staticmethod
+    def _regulated(fs: _FeederSim, res: PowerFlowResult) -> dict[str, float]:
+        """Tap changer id -> the voltage its controller regulates (pu): its lv-side voltage less the
+        line drop to the load centre (:func:`compensated_voltage` for the power the lines leaving
+        its lv bus carry away, losses neglected)."""
+        vm = {b.bus_id: b.vm_pu for b in res.buses if b.energized and b.vm_pu is not None}
+        lines = {ln.id: ln for ln in fs.feeder.lines}
+        out: dict[str, float] = {}
+        for t in fs.feeder.transformers:
+            v = vm.get(t.lv_bus_id)
+            if not t.has_tap_changer or v is None:
+                continue
+            p_out = q_out = 0.0
+            if t.ldc_r_ohm or t.ldc_x_ohm:
+                for lr in res.lines:
+                    ln = lines.get(lr.line_id)
+                    sign = 1.0 if ln is not None and ln.from_bus_id == t.lv_bus_id else (
+                        -1.0 if ln is not None and ln.to_bus_id == t.lv_bus_id else 0.0)
+                    p_out, q_out = p_out + sign * lr.p_from_mw, q_out + sign * lr.q_from_mvar
+            out[t.id] = compensated_voltage(v, p_out, q_out, t.ldc_r_ohm, t.ldc_x_ohm, t.vn_lv_kv)
+        return out
+
     def _local_control(self, fs: _FeederSim, res: PowerFlowResult) -> bool:
         """One step of each device's own controller, where it is due; True when one stepped.
 
         A capacitor bank with ``local_control`` switches one step in below ``v_on_pu`` and one out
         above ``v_off_pu`` at its bus. A tap changer with a band (``band_centre_pu`` +-
-        ``bandwidth_pu``/2) steps its lv-side voltage back toward it; line-drop compensation is not
-        simulated (the band holds at the regulator's own lv bus)."""
+        ``bandwidth_pu``/2) steps the voltage it regulates back toward it: its lv-side voltage less
+        the line drop to the load centre (:func:`compensated_voltage` over ``ldc_r_ohm`` +
+        j ``ldc_x_ohm`` for the power the lines leaving its lv bus carry away)."""
         now = time.monotonic()
         vm = {b.bus_id: b.vm_pu for b in res.buses if b.energized and b.vm_pu is not None}
 
@@ -743,8 +778,9 @@ class FieldSimulator:
                 fs.cap_step[c.id], fs.local_at[c.id], moved = step + 1, now, True
             elif v_off is not None and v > v_off and step > 0:
                 fs.cap_step[c.id], fs.local_at[c.id], moved = step - 1, now, True
+        regulated = self._regulated(fs, res)
         for t in fs.feeder.transformers:
-            v = vm.get(t.lv_bus_id)
+            v = regulated.get(t.id)
             centre = fs.settings.get((t.id, CommandKind.SET_BAND_CENTRE), t.band_centre_pu)
             width = fs.settings.get((t.id, CommandKind.SET_BANDWIDTH), t.bandwidth_pu)
             if (not t.has_tap_changer or centre is None or not width or v is None
@@ -1172,6 +1208,7 @@ class FieldSimulator:
             losses_mw=res.losses_mw,
             tap_pos=dict(fs.tap_pos),
             cap_step=dict(fs.cap_step),
+            regulated_vm_pu=self._regulated(fs, res),
         )
 
     def report_wrong_status(self, feeder_id: str, switch_id: str, on: bool = True) -> None:
