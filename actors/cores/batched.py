@@ -67,7 +67,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -330,6 +330,22 @@ def _dissection_order(a: sp.spmatrix) -> np.ndarray:
     return np.asarray(rev[::-1], dtype=np.int64)
 
 
+class _Factors(NamedTuple):
+    """One LU of ``A`` in the form :class:`_LevelSolver` solves with."""
+
+    perm_r: np.ndarray
+    perm_c: np.ndarray
+    inv_diag: np.ndarray
+    lower: list[tuple[np.ndarray, sp.csr_matrix]]
+    upper_first: np.ndarray
+    upper: list[tuple[np.ndarray, sp.csr_matrix]]
+    nnz: int
+
+    @property
+    def depth(self) -> int:  # levels of both triangular solves: one sparse product each
+        return len(self.lower) + len(self.upper)
+
+
 class _LevelSolver:
     """``A x = B`` for many right-hand sides with a sparse LU of ``A`` (SuperLU, kept in this
     module because SuperLU's own multi-column solve costs milliseconds per column here).
@@ -344,38 +360,32 @@ class _LevelSolver:
     """
 
     def __init__(self, a: sp.csc_matrix) -> None:
-        n = a.shape[0]
-        self.n = n
-        best: tuple[int, int] | None = None
-        for nd in (False, True):
-            try:
-                parts = self._factor(a, nd)
-            except RuntimeError:
-                if nd and best is not None:
-                    break
-                raise
-            if parts is None:
-                continue
-            depth, nnz = len(parts[3]) + len(parts[5]), parts[6]
-            if best is None or (depth < best[0] and nnz <= 2 * best[1]):
-                best = (depth, nnz)
-                self.perm_r, self.perm_c, self.inv_diag, self.lower, self.upper_first, self.upper, _ = parts
+        self.n = a.shape[0]
+        best = self._factor(a, nested=False)  # its RuntimeError (a zero pivot) is the caller's
+        assert best is not None  # minimum degree keeps SuperLU's own order
+        try:
+            nested = self._factor(a, nested=True)
+        except RuntimeError:
+            nested = None
+        if nested is not None and nested.depth < best.depth and nested.nnz <= 2 * best.nnz:
+            best = nested
+        self.perm_r: np.ndarray | None = best.perm_r
+        self.perm_c: np.ndarray | None = best.perm_c
+        self.inv_diag, self.lower, self.upper_first, self.upper = (
+            best.inv_diag, best.lower, best.upper_first, best.upper)
 
     @staticmethod
-    def _factor(a: sp.csc_matrix, nested: bool) -> tuple[Any, ...] | None:
+    def _factor(a: sp.csc_matrix, nested: bool) -> _Factors | None:
         """The factors in solve form, or None when nested dissection could not keep its order
         (SuperLU pivoted off the diagonal)."""
         n = a.shape[0]
-        order = None
         if nested:
             order = _dissection_order(a)
-            a = sp.csc_matrix(a[order][:, order])
-            lu = splu(a, permc_spec="NATURAL", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+            lu = splu(sp.csc_matrix(a[order][:, order]), permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                      options={"SymmetricMode": True})
             if not (np.array_equal(lu.perm_r, np.arange(n)) and np.array_equal(lu.perm_c, np.arange(n))):
                 return None
-            inv = np.argsort(order)
-            perm_r: np.ndarray | None = inv
-            perm_c: np.ndarray | None = inv
+            perm_r = perm_c = np.argsort(order)
         else:
             lu = splu(a, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
             perm_r = np.asarray(lu.perm_r, dtype=np.int64)
@@ -387,8 +397,8 @@ class _LevelSolver:
             raise RuntimeError("zero pivot")
         strict_up = sp.triu(up, 1).tocsr()
         u_lev = _levels(strict_up, range(n - 1, -1, -1))
-        return (perm_r, perm_c, (1.0 / diag)[:, None], _blocks(low, _levels(low, range(n))),
-                np.flatnonzero(u_lev == 0), _blocks(strict_up, u_lev), low.nnz + up.nnz)
+        return _Factors(perm_r, perm_c, (1.0 / diag)[:, None], _blocks(low, _levels(low, range(n))),
+                        np.flatnonzero(u_lev == 0), _blocks(strict_up, u_lev), low.nnz + up.nnz)
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         """``x`` of shape ``b.shape`` ((n,) or (n, k))."""
